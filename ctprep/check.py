@@ -1,0 +1,61 @@
+"""``ctprep check``: compare a download with its dataset manifest before converting it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+
+from ctprep.case import CaseRef
+from ctprep.sources import get_source
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckReport:
+    source: str
+    found: tuple[str, ...]
+    missing: tuple[str, ...]  # in the manifest, not in the download
+    unexpected: tuple[str, ...]  # in the download, not in the manifest
+    unreadable: tuple[tuple[str, str], ...]  # (case id, reason)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.unreadable)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.source}: {len(self.found)} cases found, {len(self.missing)} missing, "
+               f"{len(self.unexpected)} unexpected, {len(self.unreadable)} unreadable"]
+        out += [f"  missing     {_compact(self.missing)}"] if self.missing else []
+        out += [f"  unexpected  {_compact(self.unexpected)}"] if self.unexpected else []
+        out += [f"  unreadable  {case}: {reason}" for case, reason in self.unreadable]
+        return out
+
+
+def _compact(ids: tuple[str, ...], limit: int = 12) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f" ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def _header_problem(ref: CaseRef) -> str | None:
+    """Read only the headers: a cheap check that each file exists and is NIfTI."""
+    for role, _ in ref.files:
+        path = ref.path(role)
+        if not path.exists():
+            return f"{path}: file not found"
+        try:
+            nib.load(path).header  # noqa: B018 - reading the header is the check
+        except Exception as exc:  # nibabel raises several types
+            return f"{path}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def check_download(source_name: str, root: str | Path) -> CheckReport:
+    source = get_source(source_name)
+    refs = source.discover(Path(root))
+    found = tuple(r.case_id for r in refs)
+    official = set(source.manifest.case_ids)
+    unreadable = tuple((r.case_id, problem) for r in refs if (problem := _header_problem(r)))
+    return CheckReport(source=source_name, found=found,
+                       missing=tuple(c for c in source.manifest.case_ids if c not in set(found)),
+                       unexpected=tuple(c for c in found if c not in official), unreadable=unreadable)

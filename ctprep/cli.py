@@ -1,0 +1,195 @@
+"""The ``ctprep`` command line: thin wrappers over the library (heavy imports happen inside commands)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+
+import click
+
+EXIT_FAILED = 1
+
+
+def _fail_cleanly(func):
+    """Turn lesionkit's (and the OS's) errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from ctprep.errors import LesionkitError
+
+        try:
+            return func(*args, **kwargs)
+        except (LesionkitError, OSError, ValueError) as exc:
+            click.echo(f"ctprep: error: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper
+
+
+def _floats(text: str | None, count: tuple[int, ...], what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated numbers", param_hint=what) from None
+    if len(values) not in count:
+        raise click.BadParameter(f"{text!r}: expected {' or '.join(map(str, count))} numbers", param_hint=what)
+    return values
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lesionkit")
+def main() -> None:
+    """Convert public CT tumour datasets into HU-windowed Zarr slice stores.
+
+    \b
+    Start with:  ctprep demo demo_out        (phantom data, no download)
+    Then:        ctprep convert --source kits19 --input kits19/data --output kits19.zarr
+    """
+    logging.basicConfig(level=logging.INFO, format="ctprep: %(message)s", stream=sys.stderr)
+
+
+@main.command()
+@click.option("--source", required=True, help="Raw dataset layout: lits or kits19.")
+@click.option("--input", "input_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of the download (searched recursively).")
+@click.option("--output", required=True, type=click.Path(), help="Store to write, e.g. kits19.zarr.")
+@click.option("--window", "windows", multiple=True, metavar="W",
+              help="A channel: preset (lung, mediastinum, abdomen, liver, kidney, bone), 'L,W' or 'min:max', "
+                   "optionally 'name=...'. Repeat for several channels. Default: the dataset's manifest.")
+@click.option("--spacing", metavar="Z,Y,X", help="Resample to this spacing in mm (one number: isotropic; 0 keeps an axis).")
+@click.option("--size", metavar="Y,X", help="Resample slices to this in-plane size (one number: square).")
+@click.option("--slices", default="all", show_default=True, metavar="MODE",
+              help="all, lesion (tumour slices only) or lesion+K (plus K neighbours each side).")
+@click.option("--keep-hu", is_flag=True, help="Also store raw HU as int16.")
+@click.option("--cases", metavar="ID,ID", help="Only these case ids (comma-separated).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Cases converted in parallel.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming into it.")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any case is skipped.")
+@click.option("--split-seed", default=0, show_default=True, help="Seed of the patient-level split.")
+@click.option("--split", "split_fractions", default="0.7,0.15,0.15", show_default=True, metavar="TR,VA,TE",
+              help="Train, validation and test fractions (used when the dataset has no official split).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, cases, workers, overwrite,
+            strict, split_seed, split_fractions, quiet) -> None:
+    """Convert a raw dataset folder into a slice store.
+
+    Re-running the same command resumes: complete cases are kept, interrupted ones redone.
+    Bad cases are skipped and listed; the exit status is non-zero only when nothing
+    was converted (or, with --strict, when anything was skipped).
+
+    \b
+    Examples:
+      ctprep convert --source lits --input LiTS/ --output lits.zarr --window liver --window abdomen
+      ctprep convert --source kits19 --input kits19/data --output kits19.zarr \\
+          --spacing 3,0,0 --size 256 --slices lesion+2 --workers 2
+    """
+    from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+    from ctprep.datasets import SplitConfig
+    from ctprep.windowing import parse_window
+
+    spacing_values = _floats(spacing, (1, 3), "--spacing")
+    if spacing_values is not None and len(spacing_values) == 1:
+        spacing_values = spacing_values * 3
+    size_values = _floats(size, (1, 2), "--size")
+    if size_values is not None:
+        size_values = tuple(int(v) for v in (size_values * 2 if len(size_values) == 1 else size_values))
+    fractions = _floats(split_fractions, (3,), "--split")
+    config = ConvertConfig(
+        source=source, input_dir=input_dir, output=output,
+        windows=tuple(parse_window(w) for w in windows), spacing=spacing_values, size=size_values,
+        slices=slices, keep_hu=keep_hu,
+        cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None,
+        workers=workers, overwrite=overwrite, strict=strict,
+        split=SplitConfig(seed=split_seed, fractions=fractions),
+    )
+    report = convert_dataset(config, progress=not quiet)
+    for line in report.summary_lines():
+        click.echo(line)
+    click.echo(f"manifest: {manifest_path(output)}")
+    done = report.with_status("converted") + report.with_status("existing")
+    if not done or (strict and report.with_status("skipped")):
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.option("--source", required=True, help="Raw dataset layout: lits or kits19.")
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of the download.")
+@_fail_cleanly
+def check(source, input_dir) -> None:
+    """Compare a download with the dataset's manifest: missing, unexpected and unreadable cases.
+
+    Exits 1 when anything is off.
+    """
+    from ctprep.check import check_download
+
+    report = check_download(source, input_dir)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_fail_cleanly
+def info(store, as_json) -> None:
+    """Summarise a store: cases, slices, lesion slices, windows, labels, size and compression."""
+    import dataclasses
+
+    from ctprep.info import store_info
+
+    summary = store_info(store)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(summary) | {"compression_ratio": summary.compression_ratio}, indent=2))
+    else:
+        for line in summary.lines():
+            click.echo(line)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--case", "case_id", required=True, help="Case id, as listed by the manifest or `ctprep info`.")
+@click.option("--z", "zs", type=int, multiple=True,
+              help="Stored slice number (repeatable). Default: the slice with the most lesion.")
+@click.option("--channel", default=0, show_default=True, help="Which window to show.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@_fail_cleanly
+def preview(store, case_id, zs, channel, out) -> None:
+    """Write a PNG of stored slices with the outline of every label."""
+    from ctprep.preview import write_preview
+
+    click.echo(f"wrote {write_preview(store, case_id, out, zs, channel)}")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@_fail_cleanly
+def demo(out_dir, workers) -> None:
+    """Fabricate phantom LiTS and KiTS19 downloads in OUT_DIR, convert them, show info and previews.
+
+    No download; takes a few seconds.
+    """
+    from ctprep.demo import run_demo
+
+    result = run_demo(out_dir, workers=workers)
+    for source, report in result.reports.items():
+        click.echo("")
+        for line in report.summary_lines():
+            click.echo(line)
+        for line in result.infos[source].lines():
+            click.echo(f"  {line}")
+    click.echo("")
+    for path in result.previews:
+        click.echo(f"preview: {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,374 @@
+"""Converting a raw dataset folder into a slice store: the library behind ``ctprep convert``.
+
+One case at a time (or one per worker process), each written atomically into
+the store; a bad case is skipped and reported, never fatal to the others.
+Re-running the same command resumes: complete cases are skipped, incomplete
+ones redone. The slice index and manifest are consolidated once at the end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ctprep import __version__
+from ctprep.case import CaseRecord, CaseRef, CaseVolume
+from ctprep.datasets import SplitConfig, assign_split
+from ctprep.errors import CaseInputError, LesionkitError, StoreError
+from ctprep.sources import get_source
+from ctprep.store import SliceStore
+from ctprep.windowing import Window, apply_windows, parse_window
+
+log = logging.getLogger("ctprep")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertConfig:
+    """Everything a conversion needs; ``content_parameters`` must match to resume into a store."""
+
+    source: str
+    input_dir: str
+    output: str
+    windows: tuple[Window, ...] = ()  # empty: the dataset manifest's defaults
+    spacing: tuple[float, float, float] | None = None  # (z, y, x) mm, 0 keeps an axis
+    size: tuple[int, int] | None = None  # (y, x) in-plane size
+    slices: str = "all"  # all | lesion | lesion+K
+    keep_hu: bool = False
+    cases: tuple[str, ...] | None = None
+    workers: int = 1
+    overwrite: bool = False
+    strict: bool = False
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        parse_slice_mode(self.slices)
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, found {self.workers}")
+        names = [w.name for w in self.windows]
+        if len(set(names)) != len(names):
+            raise ValueError(f"window names must be unique, found {names}")
+
+    def content_parameters(self) -> dict:
+        """The parameters that shape the stored data (not which cases, nor how many workers)."""
+        return {
+            "source": self.source,
+            "windows": [w.to_dict() for w in self.windows],
+            "spacing": list(self.spacing) if self.spacing else None,
+            "size": list(self.size) if self.size else None,
+            "slices": self.slices,
+            "keep_hu": self.keep_hu,
+            "split": self.split.to_dict(),
+        }
+
+    def to_dict(self) -> dict:
+        return {**self.content_parameters(), "input_dir": self.input_dir, "output": self.output,
+                "cases": list(self.cases) if self.cases else None, "workers": self.workers,
+                "overwrite": self.overwrite, "strict": self.strict}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ConvertConfig":
+        return cls(source=data["source"], input_dir=data["input_dir"], output=data["output"],
+                   windows=tuple(Window.from_dict(w) for w in data.get("windows", [])),
+                   spacing=tuple(data["spacing"]) if data.get("spacing") else None,
+                   size=tuple(data["size"]) if data.get("size") else None,
+                   slices=data.get("slices", "all"), keep_hu=bool(data.get("keep_hu", False)),
+                   cases=tuple(data["cases"]) if data.get("cases") else None,
+                   workers=int(data.get("workers", 1)), overwrite=bool(data.get("overwrite", False)),
+                   strict=bool(data.get("strict", False)),
+                   split=SplitConfig.from_dict(data["split"]) if "split" in data else SplitConfig())
+
+
+def parse_slice_mode(mode: str) -> tuple[str, int]:
+    """``all`` -> ("all", 0); ``lesion`` -> ("lesion", 0); ``lesion+K`` -> ("lesion", K)."""
+    if mode == "all":
+        return "all", 0
+    if m := re.fullmatch(r"lesion(?:\+(\d+))?", mode):
+        return "lesion", int(m[1] or 0)
+    raise ValueError(f"--slices {mode!r}: expected all, lesion or lesion+K")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaseOutcome:
+    """What happened to one case in a run."""
+
+    case_id: str
+    status: str  # converted | existing | skipped
+    reason: str = ""
+    slices: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    quirks: tuple[str, ...] = ()
+    inputs: tuple[dict, ...] = ()
+    split: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"quirks": list(self.quirks), "inputs": list(self.inputs)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversionReport:
+    """The end-of-run summary."""
+
+    store: str
+    outcomes: tuple[CaseOutcome, ...]
+    seconds: float
+
+    def with_status(self, status: str) -> list[CaseOutcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def slices_written(self) -> int:
+        return sum(o.slices for o in self.with_status("converted"))
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(o.bytes_written for o in self.with_status("converted"))
+
+    def summary_lines(self) -> list[str]:
+        converted, existing, skipped = (self.with_status(s) for s in ("converted", "existing", "skipped"))
+        rate = self.slices_written / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"{self.store}: {len(converted)} converted, {len(existing)} already complete, "
+                 f"{len(skipped)} skipped; {self.slices_written} slices in {self.seconds:.1f} s "
+                 f"({rate:.0f} slices/s), {self.bytes_written / 1e6:.1f} MB written"]
+        lines += [f"  skipped {o.case_id}: {o.reason}" for o in skipped]
+        return lines
+
+
+def _select_slices(volume: CaseVolume, lesion_label: str | None, mode: str) -> np.ndarray:
+    kind, margin = parse_slice_mode(mode)
+    nz = volume.geometry.shape[0]
+    if kind == "all":
+        return np.arange(nz)
+    if lesion_label is None or lesion_label not in volume.labels:
+        raise CaseInputError(volume.ref.case_id, f"--slices {mode} needs a lesion label; this source has none")
+    has_lesion = np.count_nonzero(volume.labels[lesion_label].reshape(nz, -1), axis=1) > 0
+    keep = np.convolve(has_lesion, np.ones(2 * margin + 1, dtype=bool), mode="same") > 0
+    return np.flatnonzero(keep)
+
+
+def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...]) -> CaseOutcome:
+    """Load, resample, window and store one case. Raises CaseInputError for unusable input."""
+    started = time.perf_counter()
+    source = get_source(config.source)
+    volume = source.load(ref)
+    if config.spacing or config.size:
+        from ctprep.resample import resample_case
+
+        volume = resample_case(volume, spacing=config.spacing, size=config.size)
+    lesion_label = source.manifest.lesion_label
+    selected = _select_slices(volume, lesion_label, config.slices)
+    if len(selected) == 0:
+        raise CaseInputError(ref.path("label"), f"no {lesion_label} voxels, so --slices {config.slices} keeps no slice")
+    whole = len(selected) == volume.geometry.shape[0]
+    pick = (lambda a: a) if whole else (lambda a: a[selected])
+    hu = pick(volume.hu)
+    image = apply_windows(hu, windows)
+    labels = {name: np.ascontiguousarray(pick(label)) for name, label in volume.labels.items()}
+    lesion_pixels = (np.count_nonzero(labels[lesion_label].reshape(len(selected), -1), axis=1)
+                     if lesion_label in labels else np.zeros(len(selected), dtype=np.int64))
+    z_all = volume.geometry.z_positions()
+    quirks = tuple(f"{q.id}: {q.description}" for q in source.manifest.quirks_of(ref.case_id))
+    record = CaseRecord(
+        case_id=ref.case_id, source=config.source, patient_id=ref.patient_id, split=split,
+        geometry=volume.geometry, canonical_geometry=_canonical_geometry(volume, config),
+        source_grid=volume.source_grid, slice_indices=tuple(int(i) for i in selected),
+        z_positions=tuple(z_all[i] for i in selected), windows=windows,
+        labels=source.manifest.labels, lesion_label=lesion_label,
+        lesion_pixels=tuple(int(n) for n in lesion_pixels), has_hu=config.keep_hu, quirks=quirks,
+        inputs=volume.inputs, parameters=config.content_parameters(),
+    )
+    store = SliceStore.open(config.output, mode="a")
+    written = store.write_case(record, image, labels, hu=np.ascontiguousarray(hu) if config.keep_hu else None)
+    return CaseOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
+                       seconds=time.perf_counter() - started, quirks=quirks, split=split,
+                       inputs=tuple(f.to_dict() for f in volume.inputs))
+
+
+def _canonical_geometry(volume: CaseVolume, config: ConvertConfig):
+    # The grid before resampling, rebuilt from the source grid (needed to export results back).
+    from ctprep.geometry import canonicalize
+
+    if not (config.spacing or config.size):
+        return volume.geometry
+    dummy = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=volume.source_grid.shape,
+                                            strides=(0,) * len(volume.source_grid.shape))
+    return canonicalize(dummy, np.asarray(volume.source_grid.affine_ras).reshape(4, 4))[1]
+
+
+def _convert_guarded(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...]) -> CaseOutcome:
+    """convert_case, with every failure of this case turned into a 'skipped' outcome."""
+    try:
+        return convert_case(ref, config, split, windows)
+    except (CaseInputError, ValueError, OSError, MemoryError) as exc:
+        reason = str(exc) if isinstance(exc, LesionkitError) else f"{type(exc).__name__}: {exc}"
+        return CaseOutcome(case_id=ref.case_id, status="skipped", reason=reason, split=split)
+
+
+def _open_store(config: ConvertConfig, created_by: str) -> SliceStore:
+    path = Path(config.output)
+    if path.exists() and not config.overwrite:
+        store = SliceStore.open(path, mode="a")
+        store.check_parameters(config.content_parameters())
+        return store
+    return SliceStore.create(path, parameters=config.content_parameters(), created_by=created_by,
+                             overwrite=config.overwrite)
+
+
+def convert_dataset(config: ConvertConfig, *, progress: bool = True,
+                    created_by: str | None = None,
+                    on_outcome: Callable[[CaseOutcome], None] | None = None) -> ConversionReport:
+    """Convert ``config.input_dir`` into the store ``config.output``; see the module docstring."""
+    started = time.perf_counter()
+    source = get_source(config.source)
+    root = Path(config.input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: input folder not found")
+    refs = source.discover(root)
+    if not refs:
+        raise CaseInputError(root, f"no {config.source} cases found ({source.description})")
+    if config.cases:
+        known = {r.case_id for r in refs}
+        unknown = sorted(set(config.cases) - known)
+        if unknown:
+            raise CaseInputError(root, f"--cases not found in the input: {', '.join(unknown)}")
+        refs = [r for r in refs if r.case_id in set(config.cases)]
+    if not config.windows:
+        config = dataclasses.replace(config, windows=source.manifest.windows())
+    store = _open_store(config, created_by or _command_line())
+    splits = {r.case_id: assign_split(r.patient_id, config.split, source.manifest.official_split) for r in refs}
+    complete = set(store.case_ids())
+    outcomes: dict[str, CaseOutcome] = {}
+    previous = store.manifest().get("cases", {})
+    for ref in refs:
+        if ref.case_id in complete:
+            prior = previous.get(ref.case_id, {})
+            outcomes[ref.case_id] = CaseOutcome(
+                case_id=ref.case_id, status="existing", slices=store.record(ref.case_id).num_slices,
+                split=splits[ref.case_id], quirks=tuple(prior.get("quirks", ())),
+                inputs=tuple(prior.get("inputs", ())))
+    todo = [r for r in refs if r.case_id not in complete]
+    for outcome in _run(todo, config, splits, progress):
+        outcomes[outcome.case_id] = outcome
+        for quirk in outcome.quirks:
+            log.warning("quirk %s: %s", outcome.case_id, quirk)
+        if outcome.status == "skipped":
+            log.error("skipped %s: %s", outcome.case_id, outcome.reason)
+        if on_outcome:
+            on_outcome(outcome)
+    ordered = tuple(outcomes[r.case_id] for r in refs)
+    report = ConversionReport(store=str(config.output), outcomes=ordered, seconds=time.perf_counter() - started)
+    _consolidate(store, config, source, report, previous)
+    return report
+
+
+def _run(todo: Sequence[CaseRef], config: ConvertConfig, splits: dict[str, str], progress: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="case", desc=f"converting {config.source}", disable=not progress or None,
+               file=sys.stderr)
+    try:
+        if config.workers == 1 or len(todo) <= 1:
+            for ref in todo:
+                bar.set_postfix_str(ref.case_id)
+                yield _convert_guarded(ref, config, splits[ref.case_id], config.windows)
+                bar.update()
+            return
+        # spawn, not fork: zarr and numcodecs keep thread pools that do not survive a fork.
+        context = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool:
+            futures = {pool.submit(_convert_guarded, ref, config, splits[ref.case_id], config.windows): ref
+                       for ref in todo}
+            for future in cf.as_completed(futures):
+                ref = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # a worker died (e.g. killed for memory)
+                    outcome = CaseOutcome(case_id=ref.case_id, status="skipped", split=splits[ref.case_id],
+                                          reason=f"worker failed: {type(exc).__name__}: {exc}")
+                bar.update()
+                yield outcome
+    finally:
+        bar.close()
+
+
+def _consolidate(store: SliceStore, config: ConvertConfig, source, report: ConversionReport,
+                 previous: dict) -> None:
+    store.rebuild_index()
+    manifest = build_manifest(store, config, source, report, previous)
+    store.set_manifest(manifest)
+    write_json_atomic(manifest_path(config.output), manifest)
+
+
+def manifest_path(store_path: str | Path) -> Path:
+    """The JSON manifest written beside a store: ``x.zarr`` -> ``x.manifest.json``."""
+    path = Path(store_path)
+    return path.with_name(f"{path.name.removesuffix('.zarr')}.manifest.json")
+
+
+def build_manifest(store: SliceStore, config: ConvertConfig, source, report: ConversionReport,
+                   previous: dict) -> dict:
+    cases = dict(previous)  # cases converted by earlier runs keep their entries
+    for outcome in report.outcomes:
+        entry = outcome.to_dict()
+        if outcome.status == "existing" and outcome.case_id in previous:
+            entry = {**previous[outcome.case_id], "status": "converted"}
+        cases[outcome.case_id] = entry
+    complete = set(store.case_ids())
+    for case_id, entry in cases.items():  # a case that failed now but exists from before stays listed as such
+        if case_id in complete and entry.get("status") == "skipped":
+            entry["status"] = "converted"
+    return {
+        "format": "lesionkit-conversion-manifest",
+        "lesionkit_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": _command_line(),
+        "dataset": source.manifest.summary(),
+        "parameters": config.content_parameters(),
+        "libraries": library_versions(),
+        "split": {**config.split.to_dict(), "official": source.manifest.official_split is not None,
+                  "patients": {e.get("case_id", k): e.get("split") for k, e in sorted(cases.items())
+                               if e.get("split")}},
+        "cases": dict(sorted(cases.items())),
+        "summary": {"converted": len(complete),
+                    "skipped": sorted(k for k, e in cases.items() if e.get("status") == "skipped")},
+    }
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": sys.version.split()[0]}
+    for name in ("numpy", "zarr", "numcodecs", "nibabel", "SimpleITK", "isal"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _command_line() -> str:
+    # Only the program and its arguments: never the environment, which may hold anything.
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+__all__ = ["ConvertConfig", "ConversionReport", "CaseOutcome", "convert_dataset", "convert_case",
+           "manifest_path", "StoreError"]

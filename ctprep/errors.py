@@ -1,0 +1,53 @@
+"""Project exceptions.
+
+Each one subclasses the builtin it refines, so callers may catch either
+(a missing case is also a ``FileNotFoundError``). Messages name the file or
+field, what was expected and what was found; the CLI prints them as one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LesionkitError(Exception):
+    """Base class of every error lesionkit raises on purpose."""
+
+
+class CaseInputError(LesionkitError, ValueError):
+    """A case's input files are unusable (corrupt, inconsistent, out of range).
+
+    The converter skips such a case, reports it and converts the others.
+    """
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class MissingInputError(CaseInputError, FileNotFoundError):
+    """A file a case needs does not exist."""
+
+
+class StoreError(LesionkitError):
+    """A slice store cannot be used as asked."""
+
+
+class StoreFormatError(StoreError, ValueError):
+    """The folder is not a lesionkit store, or has a format version we cannot read."""
+
+
+class StoreParameterError(StoreError, ValueError):
+    """A conversion into an existing store asked for different parameters."""
+
+
+class CaseNotFoundError(StoreError, FileNotFoundError, KeyError):
+    """A case id is not (completely) in the store."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ManifestError(LesionkitError, ValueError):
+    """A dataset manifest in data_manifests/ is malformed or unknown."""

@@ -1,0 +1,66 @@
+"""``ctprep info``: what a store holds, in numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctprep.store import SliceStore
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreInfo:
+    path: str
+    source: str
+    format_version: int
+    lesionkit_version: str
+    cases: int
+    incomplete_cases: int
+    slices: int
+    lesion_slices: int
+    splits: dict[str, int]
+    windows: list[str]
+    labels: list[str]
+    bytes_on_disk: int
+    uncompressed_bytes: int
+    skipped: list[str]
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.uncompressed_bytes / self.bytes_on_disk if self.bytes_on_disk else 0.0
+
+    def lines(self) -> list[str]:
+        split_text = ", ".join(f"{k} {v}" for k, v in self.splits.items())
+        out = [
+            f"store        {self.path}",
+            f"format       lesionkit-ct-slice-store v{self.format_version} (written by lesionkit {self.lesionkit_version})",
+            f"source       {self.source}",
+            f"cases        {self.cases} complete ({split_text})"
+            + (f", {self.incomplete_cases} incomplete" if self.incomplete_cases else ""),
+            f"slices       {self.slices} ({self.lesion_slices} with lesion)",
+            f"windows      {', '.join(self.windows)}",
+            f"labels       {', '.join(self.labels)}",
+            f"on disk      {self.bytes_on_disk / 1e6:.1f} MB "
+            f"(uncompressed {self.uncompressed_bytes / 1e6:.1f} MB, ratio {self.compression_ratio:.1f}x)",
+        ]
+        if self.skipped:
+            out.append(f"skipped      {', '.join(self.skipped)} (reasons in the manifest)")
+        return out
+
+
+def store_info(path: str | Path) -> StoreInfo:
+    store = SliceStore.open(path)
+    records = store.records()
+    index = store.index()
+    windows = list(dict.fromkeys(f"{w.name} [{w.lo:g}, {w.hi:g}] HU" for r in records for w in r.windows))
+    labels = sorted({name for r in records for name in store.label_names(r.case_id)})
+    splits = {s: sum(1 for r in records if r.split == s) for s in ("train", "val", "test")}
+    info = store.info
+    return StoreInfo(
+        path=str(path), source=str(info.get("parameters", {}).get("source", "?")),
+        format_version=int(info["format_version"]), lesionkit_version=str(info.get("lesionkit_version")),
+        cases=len(records), incomplete_cases=len(store.incomplete_case_ids()), slices=len(index),
+        lesion_slices=int(index.has_lesion.sum()), splits=splits, windows=windows, labels=labels,
+        bytes_on_disk=store.bytes_on_disk(), uncompressed_bytes=store.uncompressed_bytes(),
+        skipped=list(store.manifest().get("summary", {}).get("skipped", [])),
+    )

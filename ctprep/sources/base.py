@@ -1,0 +1,83 @@
+"""What every source provides: find cases in a download, load one onto the canonical grid."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ctprep.case import CaseRef, CaseVolume, InputFile, LabelSpec
+from ctprep.datasets import DatasetManifest, load_dataset_manifest
+from ctprep.errors import CaseInputError
+from ctprep.geometry import canonicalize
+from ctprep.nifti import NiftiVolume, hu_int16, label_uint8, read_nifti
+
+
+class Source(ABC):
+    """A public dataset's raw layout. Subclasses set ``name`` and implement discover/load."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, manifest: DatasetManifest | None = None):
+        self.manifest = manifest or load_dataset_manifest(self.name)
+
+    @abstractmethod
+    def discover(self, root: Path) -> list[CaseRef]:
+        """Find the cases below ``root`` (cheap: no voxel data is read), sorted by case id."""
+
+    @abstractmethod
+    def load(self, ref: CaseRef) -> CaseVolume:
+        """Decode a case onto the canonical grid; raise CaseInputError when it is unusable."""
+
+
+class NiftiPairSource(Source):
+    """A source whose case is an image NIfTI plus a segmentation NIfTI on the same grid."""
+
+    # An affine entry may differ between image and segmentation by this much (mm) before
+    # the pair counts as misaligned; NIfTI writers round float32 affines differently.
+    affine_tolerance_mm: ClassVar[float] = 1e-2
+
+    def load(self, ref: CaseRef) -> CaseVolume:
+        image = read_nifti(ref.path("image"))
+        label = read_nifti(ref.path("label"))
+        self._check_same_grid(image, label)
+        values = label_uint8(label)
+        self._check_label_values(label.path, values)
+        hu = hu_int16(image)
+        hu_canonical, geometry, source_grid = canonicalize(hu, image.affine)
+        seg_canonical, _, _ = canonicalize(values, image.affine)
+        labels = {spec.name: binary_label(seg_canonical, spec) for spec in self.manifest.labels}
+        root = Path(ref.root)
+        inputs = tuple(InputFile(role=role, path=str(vol.path.relative_to(root)), size=vol.size, sha256=vol.sha256)
+                       for role, vol in (("image", image), ("label", label)))
+        return CaseVolume(ref=ref, hu=hu_canonical, labels=labels, geometry=geometry,
+                          source_grid=source_grid, inputs=inputs)
+
+    def _check_same_grid(self, image: NiftiVolume, label: NiftiVolume) -> None:
+        if image.array.shape != label.array.shape:
+            raise CaseInputError(label.path, f"segmentation shape {label.array.shape} differs from "
+                                             f"image shape {image.array.shape} ({image.path.name})")
+        worst = float(np.abs(image.affine - label.affine).max())
+        if worst > self.affine_tolerance_mm:
+            raise CaseInputError(label.path, f"segmentation affine differs from the image's by up to "
+                                             f"{worst:.3g} mm (tolerance {self.affine_tolerance_mm} mm)")
+
+    def _check_label_values(self, path: Path, values: np.ndarray) -> None:
+        counts = np.bincount(values.ravel(order="K"), minlength=256)
+        unknown = {int(v): int(counts[v]) for v in np.flatnonzero(counts) if v not in self.manifest.label_values}
+        if unknown:
+            found = ", ".join(f"{v} ({n} voxels)" for v, n in sorted(unknown.items()))
+            raise CaseInputError(path, f"label values outside the label map "
+                                       f"{sorted(self.manifest.label_values)}: {found}")
+
+
+def binary_label(segmentation: np.ndarray, spec: LabelSpec) -> np.ndarray:
+    """A contiguous (z, y, x) uint8 0/1 mask of the voxels whose value is in ``spec.values``."""
+    table = np.zeros(256, dtype=np.uint8)
+    table[list(spec.values)] = 1
+    out = np.empty(segmentation.shape, dtype=np.uint8)
+    np.take(table, segmentation, out=out, mode="clip")
+    return out

@@ -1,0 +1,34 @@
+"""LiTS: ``volume-N.nii`` + ``segmentation-N.nii`` (0 background, 1 liver, 2 tumour)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ctprep.case import CaseRef
+from ctprep.sources.base import NiftiPairSource
+
+_NAME = re.compile(r"^(volume|segmentation)-(\d+)\.nii(\.gz)?$")
+
+
+class LitsSource(NiftiPairSource):
+    name = "lits"
+    description = "LiTS liver tumours: volume-N.nii + segmentation-N.nii anywhere below the input folder"
+
+    def discover(self, root: Path) -> list[CaseRef]:
+        found: dict[str, dict[str, Path]] = {}
+        for path in sorted(root.rglob("*.nii*")):
+            if m := _NAME.match(path.name):
+                role = "image" if m[1] == "volume" else "label"
+                found.setdefault(m[2], {}).setdefault(role, path)
+        refs = []
+        for number, files in found.items():
+            if "image" not in files:
+                continue  # a segmentation without its volume is not a case
+            # a missing segmentation is kept as a case so that it is reported, not ignored
+            label = files.get("label", files["image"].with_name(f"segmentation-{number}.nii"))
+            case_id = f"volume-{int(number)}"
+            refs.append(CaseRef(source=self.name, case_id=case_id, patient_id=case_id, root=str(root),
+                                files=(("image", str(files["image"].relative_to(root))),
+                                       ("label", str(label.relative_to(root))))))
+        return sorted(refs, key=lambda r: int(r.case_id.split("-")[1]))

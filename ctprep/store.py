@@ -1,0 +1,492 @@
+"""The CT slice store: the one module that knows the on-disk format (docs/store-format.md).
+
+A store is a Zarr v3 hierarchy::
+
+    STORE.zarr/
+      zarr.json                   format, version, parameters, manifest (attributes)
+      cases/<case_id>/            one group per case; attributes hold its CaseRecord
+        image                     uint8 (z, channel, y, x), one channel per window
+        hu                        int16 (z, y, x), only with --keep-hu
+        labels/<name>             uint8 (z, y, x), 0/1 (later: trimaps, soft masks ...)
+      index/                      the slice index: case, z, z_mm, lesion_pixels, split
+
+Every array is chunked one slice per chunk and compressed with zstd level 1
+(benchmarks/bench_store.py chose it). A case becomes visible only when its
+attributes say ``complete``; that write comes last, so an interrupted
+conversion leaves an incomplete case that readers ignore and the next run redoes.
+
+No other module imports zarr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import zarr
+from numcodecs import Zstd
+from zarr.codecs import BytesCodec, ZstdCodec
+
+from ctprep.case import SPLITS, CaseRecord
+from ctprep.errors import CaseNotFoundError, StoreError, StoreFormatError, StoreParameterError
+
+FORMAT_NAME = "lesionkit-ct-slice-store"
+FORMAT_VERSION = 1
+ZSTD_LEVEL = 1
+_STORE_KEY = "lesionkit"
+_CASE_KEY = "lesionkit_case"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaseData:
+    """A whole case read back: image (z, channel, y, x) uint8, labels (z, y, x), optional HU."""
+
+    record: CaseRecord
+    image: np.ndarray
+    labels: Mapping[str, np.ndarray]
+    hu: np.ndarray | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SliceBatch:
+    """Slices from any cases: image (n, channel, y, x) uint8, labels name -> (n, y, x)."""
+
+    keys: tuple[tuple[str, int], ...]
+    image: np.ndarray
+    labels: Mapping[str, np.ndarray]
+
+
+INDEX_DTYPE = np.dtype([("case", "U64"), ("z", "i4"), ("z_mm", "f4"),
+                        ("lesion_pixels", "i8"), ("split", "U5")])
+
+
+class SliceIndex:
+    """The store-level slice table (case, z, z_mm, lesion_pixels, split); ``z`` is the stored slice row."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        return iter(self.keys())
+
+    @property
+    def has_lesion(self) -> np.ndarray:
+        return self.rows["lesion_pixels"] > 0
+
+    def keys(self) -> list[tuple[str, int]]:
+        return [(str(c), int(z)) for c, z in zip(self.rows["case"], self.rows["z"])]
+
+    def filter(self, *, split: str | None = None, lesion_only: bool = False,
+               cases: Iterable[str] | None = None) -> "SliceIndex":
+        mask = np.ones(len(self.rows), dtype=bool)
+        if split is not None:
+            if split not in SPLITS:
+                raise ValueError(f"split must be one of {SPLITS}, found {split!r}")
+            mask &= self.rows["split"] == split
+        if lesion_only:
+            mask &= self.has_lesion
+        if cases is not None:
+            mask &= np.isin(self.rows["case"], list(cases))
+        return SliceIndex(self.rows[mask])
+
+    @classmethod
+    def from_records(cls, records: Iterable[CaseRecord]) -> "SliceIndex":
+        parts = []
+        for rec in records:
+            part = np.zeros(rec.num_slices, dtype=INDEX_DTYPE)
+            part["case"] = rec.case_id
+            part["z"] = np.arange(rec.num_slices)
+            part["z_mm"] = rec.z_positions
+            part["lesion_pixels"] = rec.lesion_pixels
+            part["split"] = rec.split
+            parts.append(part)
+        return cls(np.concatenate(parts) if parts else np.zeros(0, dtype=INDEX_DTYPE))
+
+
+class _ChunkFiles:
+    """Reads one-slice chunks of a local array straight from their files.
+
+    zarr-python spends ~1 ms of per-call overhead on a single-chunk read; decoding
+    the chunk file ourselves is several times faster (benchmarks/bench_read.py).
+    Used only when the array's codecs are exactly bytes + zstd, which is what this
+    module writes; anything else goes through zarr.
+    """
+
+    def __init__(self, array: zarr.Array, folder: Path):
+        self.folder = folder
+        self.array = array
+        self.chunk_shape = tuple(array.metadata.chunk_grid.chunk_shape)
+        self.dtype = array.dtype
+        self.fill_value = array.metadata.fill_value
+        self._encoding = array.metadata.chunk_key_encoding
+        self._zeros = (0,) * (array.ndim - 1)
+        self._zstd = Zstd()
+
+    @staticmethod
+    def usable(array: zarr.Array) -> bool:
+        codecs = array.metadata.codecs
+        return (len(codecs) == 2 and isinstance(codecs[0], BytesCodec)
+                and isinstance(codecs[1], ZstdCodec) and array.metadata.chunk_grid.chunk_shape[0] == 1
+                and tuple(array.metadata.chunk_grid.chunk_shape[1:]) == tuple(array.shape[1:]))
+
+    def read_into(self, z: int, out: np.ndarray) -> None:
+        key = self._encoding.encode_chunk_key((z, *self._zeros))
+        try:
+            with open(self.folder / key, "rb") as handle:
+                payload = handle.read()
+        except FileNotFoundError:  # zarr does not write chunks that equal the fill value
+            out[...] = self.fill_value
+            return
+        self._zstd.decode(payload, out=out.reshape(-1).view(np.uint8))
+        if self.dtype.byteorder == ">" or (self.dtype.byteorder == "=" and np.little_endian is False):
+            out.byteswap(inplace=True)  # pragma: no cover - we only write little-endian
+
+
+def _slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (1, *shape[1:])
+
+
+def _case_path(case_id: str) -> str:
+    return f"cases/{case_id}"
+
+
+def _validate_case_id(case_id: str) -> None:
+    if not case_id or "/" in case_id or case_id.startswith(".") or case_id != case_id.strip():
+        raise ValueError(f"case id {case_id!r} cannot name a store group")
+
+
+class SliceStore:
+    """A lesionkit CT slice store on the local file system.
+
+    Open with :meth:`open` (reading, or ``mode="a"`` to add labels) or :meth:`create`.
+    Reading needs numpy and zarr only, never torch.
+    """
+
+    def __init__(self, path: str | Path, group: zarr.Group):
+        self.path = Path(path)
+        self._root = group
+        self._records: dict[str, CaseRecord] = {}
+        self._chunk_files: dict[tuple[str, str], _ChunkFiles | zarr.Array] = {}
+
+    # ---- opening -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, *, parameters: Mapping, created_by: str,
+               overwrite: bool = False) -> "SliceStore":
+        """Create an empty store; with ``overwrite`` an existing one at ``path`` is removed first."""
+        from ctprep import __version__
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise StoreError(f"{path}: already exists (use overwrite to replace it)")
+        if path.exists() and overwrite and not cls.is_store(path) and any(path.iterdir()):
+            raise StoreError(f"{path}: exists and is not a lesionkit store; refusing to delete it")
+        group = zarr.open_group(str(path), mode="w")
+        group.attrs.update({_STORE_KEY: {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "lesionkit_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created_by": created_by,
+            "parameters": dict(parameters),
+        }})
+        group.create_group("cases")
+        return cls(path, group)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "SliceStore":
+        """Open an existing store (``mode`` "r" or "a"), checking its format and version."""
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise StoreFormatError(f"{path}: not a lesionkit store (no zarr.json)")
+        try:
+            group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+        except Exception as exc:  # zarr raises several types for unreadable metadata
+            raise StoreFormatError(f"{path}: cannot open as Zarr v3 group ({exc})") from exc
+        info = group.attrs.get(_STORE_KEY)
+        if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
+            raise StoreFormatError(f"{path}: not a lesionkit store (attribute {_STORE_KEY!r}.format "
+                                   f"is not {FORMAT_NAME!r})")
+        version = info.get("format_version")
+        if version != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{path}: store format version {version}, this lesionkit reads version "
+                f"{FORMAT_VERSION}; {'upgrade lesionkit' if (version or 0) > FORMAT_VERSION else 'reconvert the data'}")
+        return cls(path, group)
+
+    @staticmethod
+    def is_store(path: str | Path) -> bool:
+        try:
+            meta = json.loads((Path(path) / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return (meta.get("attributes", {}).get(_STORE_KEY, {}) or {}).get("format") == FORMAT_NAME
+
+    # ---- store attributes ----------------------------------------------------------------
+    @property
+    def info(self) -> dict:
+        return dict(self._root.attrs[_STORE_KEY])
+
+    @property
+    def parameters(self) -> dict:
+        return dict(self.info.get("parameters", {}))
+
+    def check_parameters(self, parameters: Mapping) -> None:
+        """Raise if ``parameters`` differ from those the store was created with."""
+        stored = self.parameters
+        wanted = json.loads(json.dumps(dict(parameters)))  # normalise tuples to lists
+        differing = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        if differing:
+            detail = "; ".join(f"{k}: store has {stored.get(k)!r}, asked {wanted.get(k)!r}" for k in differing)
+            raise StoreParameterError(
+                f"{self.path}: was created with other parameters ({detail}); "
+                "use --overwrite to rebuild it or choose another output")
+
+    def manifest(self) -> dict:
+        return dict(self.info.get("manifest", {}))
+
+    def set_manifest(self, manifest: Mapping) -> None:
+        info = self.info
+        info["manifest"] = json.loads(json.dumps(dict(manifest)))
+        self._root.attrs.update({_STORE_KEY: info})
+
+    # ---- cases ---------------------------------------------------------------------------
+    def _cases_group(self) -> zarr.Group:
+        return self._root["cases"]  # type: ignore[return-value]
+
+    def _case_states(self) -> dict[str, bool]:
+        states = {}
+        for name, group in self._cases_group().groups():
+            try:
+                marker = group.attrs.get(_CASE_KEY, {})
+            except Exception:  # unreadable metadata: an interrupted write
+                marker = {}
+            states[name] = bool(marker.get("complete"))
+        return states
+
+    def case_ids(self) -> list[str]:
+        """Ids of the complete cases, sorted."""
+        return sorted(name for name, done in self._case_states().items() if done)
+
+    def incomplete_case_ids(self) -> list[str]:
+        """Case groups left by an interrupted write; readers ignore them."""
+        return sorted(name for name, done in self._case_states().items() if not done)
+
+    def __contains__(self, case_id: str) -> bool:
+        try:
+            self.record(case_id)
+        except CaseNotFoundError:
+            return False
+        return True
+
+    def _case_group(self, case_id: str) -> zarr.Group:
+        try:
+            group = self._root[_case_path(case_id)]
+            marker = group.attrs.get(_CASE_KEY, {})
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            raise CaseNotFoundError(f"{self.path}: no case {case_id!r}") from exc
+        if not marker.get("complete"):
+            raise CaseNotFoundError(f"{self.path}: case {case_id!r} is incomplete (interrupted write)")
+        return group  # type: ignore[return-value]
+
+    def record(self, case_id: str) -> CaseRecord:
+        if case_id not in self._records:
+            marker = self._case_group(case_id).attrs[_CASE_KEY]
+            self._records[case_id] = CaseRecord.from_dict(marker["record"])
+        return self._records[case_id]
+
+    def records(self) -> list[CaseRecord]:
+        return [self.record(c) for c in self.case_ids()]
+
+    def delete_case(self, case_id: str) -> None:
+        cases = self._cases_group()
+        if case_id in cases:
+            del cases[case_id]
+        self._records.pop(case_id, None)
+        self._chunk_files = {k: v for k, v in self._chunk_files.items() if k[0] != case_id}
+
+    def write_case(self, record: CaseRecord, image: np.ndarray, labels: Mapping[str, np.ndarray],
+                   hu: np.ndarray | None = None) -> int:
+        """Write one case; it becomes visible only once everything is on disk. Returns bytes written."""
+        _validate_case_id(record.case_id)
+        n = record.num_slices
+        if image.dtype != np.uint8 or image.ndim != 4 or image.shape[0] != n or image.shape[1] != len(record.windows):
+            raise ValueError(f"case {record.case_id}: image must be uint8 (z={n}, channel={len(record.windows)}, y, x), "
+                             f"found {image.dtype} {image.shape}")
+        if set(labels) != set(record.label_names):
+            raise ValueError(f"case {record.case_id}: labels {sorted(labels)} differ from the record's "
+                             f"{sorted(record.label_names)}")
+        if (hu is not None) != record.has_hu:
+            raise ValueError(f"case {record.case_id}: record.has_hu is {record.has_hu} but hu "
+                             f"{'was' if hu is not None else 'was not'} given")
+        self.delete_case(record.case_id)
+        group = self._cases_group().create_group(record.case_id)
+        group.attrs.update({_CASE_KEY: {"complete": False}})
+        self._write_array(group, "image", image, ("z", "channel", "y", "x"))
+        if hu is not None:
+            self._write_array(group, "hu", hu, ("z", "y", "x"))
+        label_group = group.create_group("labels")
+        for name, array in labels.items():
+            self._write_array(label_group, name, array, ("z", "y", "x"))
+        # The completion marker is the last write: before it the case does not exist for readers.
+        group.attrs.update({_CASE_KEY: {"complete": True, "record": record.to_dict()}})
+        return self.case_bytes(record.case_id)
+
+    def write_label(self, case_id: str, name: str, array: np.ndarray) -> None:
+        """Add or replace ``labels/<name>`` of a complete case (used by ctlabel)."""
+        record = self.record(case_id)
+        expected = (record.num_slices, *record.geometry.shape[1:])
+        if array.shape != expected:
+            raise ValueError(f"case {case_id}: label {name!r} must have shape {expected}, found {array.shape}")
+        labels = self._case_group(case_id)["labels"]
+        self._write_array(labels, name, array, ("z", "y", "x"))  # type: ignore[arg-type]
+        self._chunk_files.pop((case_id, f"labels/{name}"), None)
+
+    @staticmethod
+    def _write_array(group: zarr.Group, name: str, data: np.ndarray, dims: tuple[str, ...]) -> None:
+        array = group.create_array(
+            name, shape=data.shape, dtype=data.dtype, chunks=_slice_chunks(data.shape),
+            serializer=BytesCodec(), compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0,
+            dimension_names=dims, overwrite=True)
+        array[...] = data
+
+    # ---- reading -------------------------------------------------------------------------
+    def label_names(self, case_id: str) -> list[str]:
+        return sorted(name for name, _ in self._case_group(case_id)["labels"].arrays())  # type: ignore[union-attr]
+
+    def _array(self, case_id: str, name: str) -> zarr.Array:
+        try:
+            return self._case_group(case_id)[name]  # type: ignore[return-value]
+        except KeyError as exc:
+            raise CaseNotFoundError(f"{self.path}: case {case_id!r} has no array {name!r}") from exc
+
+    def read_case(self, case_id: str, labels: Sequence[str] | None = None, hu: bool = False) -> CaseData:
+        record = self.record(case_id)
+        names = self.label_names(case_id) if labels is None else list(labels)
+        return CaseData(
+            record=record,
+            image=self._array(case_id, "image")[...],
+            labels={n: self._array(case_id, f"labels/{n}")[...] for n in names},
+            hu=self._array(case_id, "hu")[...] if hu else None,
+        )
+
+    def _reader(self, case_id: str, name: str) -> _ChunkFiles | zarr.Array:
+        key = (case_id, name)
+        if key not in self._chunk_files:
+            array = self._array(case_id, name)
+            folder = self.path / _case_path(case_id) / name
+            self._chunk_files[key] = _ChunkFiles(array, folder) if _ChunkFiles.usable(array) else array
+        return self._chunk_files[key]
+
+    def _read_slice_into(self, case_id: str, name: str, z: int, out: np.ndarray) -> None:
+        reader = self._reader(case_id, name)
+        if isinstance(reader, _ChunkFiles):
+            reader.read_into(z, out)
+        else:
+            out[...] = reader[z]
+
+    def read_slices(self, keys: Sequence[tuple[str, int]], labels: Sequence[str] = ()) -> SliceBatch:
+        """Read stored slices ``(case_id, z)`` with the named labels into one batch.
+
+        All slices must share one in-plane size (convert with ``--size`` for mixed datasets).
+        """
+        keys = tuple((str(c), int(z)) for c, z in keys)
+        if not keys:
+            raise ValueError("read_slices needs at least one (case_id, z) key")
+        shapes = set()
+        for case_id, z in keys:
+            record = self.record(case_id)
+            if not 0 <= z < record.num_slices:
+                raise IndexError(f"case {case_id!r} has {record.num_slices} stored slices, asked z={z}")
+            shapes.add((len(record.windows), *record.geometry.shape[1:]))
+        if len(shapes) != 1:
+            raise ValueError(f"slices of different shapes in one batch: {sorted(shapes)}; convert with --size")
+        channels, height, width = shapes.pop()
+        image = np.empty((len(keys), channels, height, width), dtype=np.uint8)
+        out_labels = {name: np.empty((len(keys), height, width), dtype=np.uint8) for name in labels}
+        for i, (case_id, z) in enumerate(keys):
+            self._read_slice_into(case_id, "image", z, image[i])
+            for name, target in out_labels.items():
+                self._read_slice_into(case_id, f"labels/{name}", z, target[i])
+        return SliceBatch(keys=keys, image=image, labels=out_labels)
+
+    # ---- slice index ---------------------------------------------------------------------
+    def rebuild_index(self) -> SliceIndex:
+        """Recompute the slice index from the complete cases and store it."""
+        index = SliceIndex.from_records(self.records())
+        group = self._root.require_group("index")
+        rows = index.rows
+        case_ids = sorted(set(rows["case"].tolist()))
+        codes = np.searchsorted(np.asarray(case_ids, dtype=INDEX_DTYPE["case"]), rows["case"]).astype(np.int32)
+        columns = {
+            "case": codes,
+            "z": rows["z"],
+            "z_mm": rows["z_mm"],
+            "lesion_pixels": rows["lesion_pixels"],
+            "split": np.asarray([SPLITS.index(s) for s in rows["split"]], dtype=np.uint8),
+        }
+        for name, values in columns.items():
+            array = group.create_array(name, shape=values.shape, dtype=values.dtype,
+                                       chunks=(max(len(values), 1),), compressors=ZstdCodec(level=3),
+                                       fill_value=0, overwrite=True)
+            if len(values):
+                array[...] = values
+        group.attrs.update({"case_ids": case_ids, "splits": list(SPLITS), "num_slices": int(len(rows))})
+        return index
+
+    def index(self, *, split: str | None = None, lesion_only: bool = False) -> SliceIndex:
+        """The slice index, filtered. Falls back to the case records if the stored index is stale."""
+        index = self._stored_index()
+        if index is None or set(index.rows["case"].tolist()) != set(self.case_ids()):
+            index = SliceIndex.from_records(self.records())
+        return index.filter(split=split, lesion_only=lesion_only)
+
+    def _stored_index(self) -> SliceIndex | None:
+        if "index" not in self._root:
+            return None
+        group = self._root["index"]
+        case_ids = list(group.attrs.get("case_ids", []))
+        n = int(group.attrs.get("num_slices", 0))
+        rows = np.zeros(n, dtype=INDEX_DTYPE)
+        if n:
+            rows["case"] = np.asarray(case_ids, dtype=INDEX_DTYPE["case"])[group["case"][...]]
+            rows["z"] = group["z"][...]
+            rows["z_mm"] = group["z_mm"][...]
+            rows["lesion_pixels"] = group["lesion_pixels"][...]
+            rows["split"] = np.asarray(SPLITS)[group["split"][...]]
+        return SliceIndex(rows)
+
+    # ---- sizes ---------------------------------------------------------------------------
+    def case_bytes(self, case_id: str) -> int:
+        return _folder_bytes(self.path / _case_path(case_id))
+
+    def bytes_on_disk(self) -> int:
+        return _folder_bytes(self.path)
+
+    def uncompressed_bytes(self) -> int:
+        total = 0
+        for case_id in self.case_ids():
+            group = self._case_group(case_id)
+            for _, array in group.arrays():
+                total += array.nbytes
+            for _, array in group["labels"].arrays():  # type: ignore[union-attr]
+                total += array.nbytes
+        return total
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, name))
+            except OSError:
+                pass
+    return total
