@@ -154,7 +154,11 @@ def _select_slices(volume: CaseVolume, lesion_label: str | None, mode: str) -> n
     if lesion_label is None or lesion_label not in volume.labels:
         raise CaseInputError(volume.ref.case_id, f"--slices {mode} needs a lesion label; this source has none")
     has_lesion = np.count_nonzero(volume.labels[lesion_label].reshape(nz, -1), axis=1) > 0
-    keep = np.convolve(has_lesion, np.ones(2 * margin + 1, dtype=bool), mode="same") > 0
+    # A slice is kept when a lesion slice lies within `margin` of it (clipped to the volume;
+    # np.convolve(mode="same") would return max(nz, 2 * margin + 1) entries for a wide margin).
+    before = np.concatenate([[0], np.cumsum(has_lesion)])
+    z = np.arange(nz)
+    keep = before[np.minimum(z + margin + 1, nz)] - before[np.maximum(z - margin, 0)] > 0
     return np.flatnonzero(keep)
 
 
@@ -253,11 +257,12 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
     previous = store.manifest().get("cases", {})
     for ref in refs:
         if ref.case_id in complete:
-            prior = previous.get(ref.case_id, {})
+            # The case's own record, not the previous manifest: a killed run never wrote a manifest.
+            record = store.record(ref.case_id)
             outcomes[ref.case_id] = CaseOutcome(
-                case_id=ref.case_id, status="existing", slices=store.record(ref.case_id).num_slices,
-                split=splits[ref.case_id], quirks=tuple(prior.get("quirks", ())),
-                inputs=tuple(prior.get("inputs", ())))
+                case_id=ref.case_id, status="existing", slices=record.num_slices,
+                split=splits[ref.case_id], quirks=tuple(record.quirks),
+                inputs=tuple(f.to_dict() for f in record.inputs))
     todo = [r for r in refs if r.case_id not in complete]
     for outcome in _run(todo, config, splits, progress):
         outcomes[outcome.case_id] = outcome
@@ -322,8 +327,8 @@ def build_manifest(store: SliceStore, config: ConvertConfig, source, report: Con
     cases = dict(previous)  # cases converted by earlier runs keep their entries
     for outcome in report.outcomes:
         entry = outcome.to_dict()
-        if outcome.status == "existing" and outcome.case_id in previous:
-            entry = {**previous[outcome.case_id], "status": "converted"}
+        if outcome.status == "existing":  # in the store: listed as converted, with any earlier details
+            entry = {**entry, **previous.get(outcome.case_id, {}), "status": "converted"}
         cases[outcome.case_id] = entry
     complete = set(store.case_ids())
     for case_id, entry in cases.items():  # a case that failed now but exists from before stays listed as such

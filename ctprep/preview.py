@@ -28,6 +28,10 @@ def render_preview(store: SliceStore, case_id: str, zs: Sequence[int] = (), chan
 
     record = store.record(case_id)
     zs = list(zs) or [default_slice(store, case_id)]
+    for z in zs:  # a ValueError naming the store, so the CLI reports it as one line
+        if not 0 <= z < record.num_slices:
+            raise ValueError(f"{store.path}: case {case_id!r} has {record.num_slices} stored slices "
+                             f"(z 0..{record.num_slices - 1}), asked z={z}")
     names = list(labels) if labels is not None else store.label_names(case_id)
     batch = store.read_slices([(case_id, z) for z in zs], labels=names)
     if not 0 <= channel < batch.image.shape[1]:

@@ -2,7 +2,7 @@
 
 A window keeps HU in ``[lo, hi]`` and maps it linearly onto 0..255::
 
-    value = round((clip(hu, lo, hi) - lo) / (hi - lo) * 255)
+    value = floor((clip(hu, lo, hi) - lo) / (hi - lo) * 255 + 1/2)   (halves round up)
 
 The mapping is applied through a 65,536-entry lookup table indexed by the
 int16 bit pattern, so windowing costs one gather per voxel and never builds a
@@ -11,7 +11,9 @@ float copy of the volume.
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -86,12 +88,13 @@ def parse_window(text: str) -> Window:
         return Window(name=name or preset.name, level=float(preset.level), width=float(preset.width))
     if m := re.fullmatch(rf"({_NUMBER})\s*,\s*({_NUMBER})", spec):
         level, width = float(m[1]), float(m[2])
-        return Window(name=name or f"L{m[1]}_W{m[2]}", level=level, width=width)
+        # A leading '+' is dropped from generated names: window names allow no '+'.
+        return Window(name=name or f"L{m[1].lstrip('+')}_W{m[2].lstrip('+')}", level=level, width=width)
     if m := re.fullmatch(rf"({_NUMBER})\s*:\s*({_NUMBER})", spec):
         lo, hi = float(m[1]), float(m[2])
         if not hi > lo:
             raise ValueError(f"window {text!r}: max must exceed min")
-        return Window.from_range(name or f"w{m[1]}_{m[2]}", lo, hi)
+        return Window.from_range(name or f"w{m[1].lstrip('+')}_{m[2].lstrip('+')}", lo, hi)
     raise ValueError(
         f"window {text!r}: expected a preset ({', '.join(PRESETS)}), 'level,width' or 'min:max'"
     )
@@ -101,7 +104,9 @@ def parse_window(text: str) -> Window:
 def _lookup_table(lo: float, hi: float) -> np.ndarray:
     # Entry u holds the window value of the int16 whose bit pattern is u.
     hu = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.float64)
-    scaled = (np.clip(hu, lo, hi) - lo) * (255.0 / (hi - lo))
+    # Multiply before dividing: one rounding, so exact halves (the level of an
+    # integer window, e.g. HU 50 in abdomen) round up as the formula says.
+    scaled = (np.clip(hu, lo, hi) - lo) * 255.0 / (hi - lo)
     table = np.floor(scaled + 0.5).astype(np.uint8)
     table.setflags(write=False)
     return table
@@ -118,30 +123,70 @@ def apply_window(hu: np.ndarray, window: Window, out: np.ndarray | None = None) 
         raise TypeError(f"apply_window expects int16 HU, found {hu.dtype}")
     if out is None:
         out = np.empty(hu.shape, dtype=np.uint8)
+    if out.shape != hu.shape:
+        raise ValueError(f"apply_window: out has shape {out.shape}, hu {hu.shape}")
+    table = window_lookup_table(window)
+    bits = hu.view(np.uint16)
+    # np.take first converts all indices into a new intp array (8 bytes a voxel) and
+    # only then gathers. On a big array that conversion goes through main memory;
+    # feeding it ~256k voxels at a time through one reused intp buffer keeps it in
+    # cache, ~3x faster on CT volumes (benchmarks/bench_convert.py).
+    rows = _GATHER_VOXELS // max(1, int(np.prod(hu.shape[1:], dtype=np.int64))) if hu.ndim > 1 else 0
+    if rows < 1 or rows >= hu.shape[0]:
+        _take(table, bits, out)
+        return out
+    buffer = np.empty((rows, *hu.shape[1:]), dtype=np.intp)
+    for start in range(0, hu.shape[0], rows):
+        part = bits[start:start + rows]
+        indices = buffer[:len(part)]
+        np.copyto(indices, part)  # uint16 -> intp, in cache
+        _take(table, indices, out[start:start + rows])
+    return out
+
+
+# Voxels windowed per np.take call in apply_window (its intp buffer is 8x this in bytes).
+_GATHER_VOXELS = 1 << 18
+
+
+def _take(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> None:
     # mode="clip" makes np.take write straight into a strided `out` (no buffering);
     # uint16 indices are always in range, so clipping never changes a value.
-    np.take(window_lookup_table(window), hu.view(np.uint16), out=out, mode="clip")
-    return out
+    np.take(table, indices, out=out, mode="clip")
 
 
 def apply_windows(hu: np.ndarray, windows: tuple[Window, ...] | list[Window],
                   block: int = 16) -> np.ndarray:
     """Window a (z, y, x) int16 volume into a (z, channel, y, x) uint8 image, one channel per window.
 
-    Works in blocks of ``block`` slices so the source stays cache-resident across windows.
+    Works in blocks of ``block`` slices so the source stays cache-resident across
+    windows; the blocks are windowed in parallel threads (np.take releases the GIL).
     """
     if hu.ndim != 3:
         raise ValueError(f"apply_windows expects a (z, y, x) volume, found shape {hu.shape}")
     nz = hu.shape[0]
     image = np.empty((nz, len(windows), *hu.shape[1:]), dtype=np.uint8)
-    for start in range(0, nz, block):
+
+    def window_block(start: int) -> None:
         part = hu[start:start + block]
         for channel, window in enumerate(windows):
             apply_window(part, window, out=image[start:start + block, channel])
+
+    starts = range(0, nz, block)
+    if len(starts) == 1 or _THREADS == 1:
+        for start in starts:
+            window_block(start)
+    else:
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            for _ in pool.map(window_block, starts):
+                pass  # re-raises the first error
     return image
+
+
+# Threads windowing blocks in apply_windows: the gather is memory- and CPU-bound, so one a core.
+_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 def window_reference(hu: np.ndarray, window: Window) -> np.ndarray:
     """The window formula evaluated directly in float64; the specification the table must meet."""
-    scaled = (np.clip(hu.astype(np.float64), window.lo, window.hi) - window.lo) * (255.0 / (window.hi - window.lo))
+    scaled = (np.clip(hu.astype(np.float64), window.lo, window.hi) - window.lo) * 255.0 / (window.hi - window.lo)
     return np.floor(scaled + 0.5).astype(np.uint8)
