@@ -387,6 +387,17 @@ def test_stale_stored_index_falls_back_to_records(store):
     assert len(store.index()) == 7
 
 
+def test_rewritten_case_is_not_served_from_an_old_index(store):
+    _index_store(store)
+    store.rebuild_index()
+    store.write_case(make_record("a", nz=2, split="val", lesion_pixels=(4, 0)),
+                     np.zeros((2, 2, 6, 7), np.uint8), {n: np.zeros((2, 6, 7), np.uint8) for n in LABELS})
+    for reader in (store, SliceStore.open(store.path)):
+        assert [k for k in reader.index(split="train").keys()] == []
+        assert reader.index(split="val").keys() == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+        assert reader.index(lesion_only=True).keys() == [("a", 0), ("b", 0)]
+
+
 def test_empty_store_index(store):
     assert len(store.index()) == 0
     assert len(store.rebuild_index()) == 0
