@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Union
 
 import numpy as np
 
 from ctprep.geometry import Geometry, SourceGrid
+from ctprep.lookup import LazySlices
 from ctprep.windowing import Window
 
 SPLITS = ("train", "val", "test")
@@ -75,11 +76,15 @@ class InputFile:
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class CaseVolume:
-    """A case on the canonical grid: ``hu`` is (z, y, x) int16, each label (z, y, x) uint8 in {0, 1}."""
+    """A case on the canonical grid: ``hu`` is (z, y, x) int16, each label (z, y, x) uint8 in {0, 1}.
+
+    Labels are numpy arrays or :class:`ctprep.lookup.LazySlices` (computed slice by
+    slice as the store writes them); ``np.asarray`` gives an array either way.
+    """
 
     ref: CaseRef
     hu: np.ndarray
-    labels: Mapping[str, np.ndarray]
+    labels: Mapping[str, Union[np.ndarray, LazySlices]]
     geometry: Geometry
     source_grid: SourceGrid
     inputs: tuple[InputFile, ...] = ()

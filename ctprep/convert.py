@@ -9,6 +9,7 @@ ones redone. The slice index and manifest are consolidated once at the end.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import json
 import logging
@@ -16,6 +17,7 @@ import multiprocessing
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,8 @@ from ctprep.datasets import SplitConfig, assign_split
 from ctprep.errors import CaseInputError, LesionkitError, StoreError
 from ctprep.sources import get_source
 from ctprep.store import SliceStore
-from ctprep.windowing import Window, apply_windows, parse_window
+from ctprep.lookup import LazySlices, nonzero_per_slice
+from ctprep.windowing import Window, parse_window, windowed_slices
 
 log = logging.getLogger("ctprep")
 
@@ -146,17 +149,16 @@ class ConversionReport:
         return lines
 
 
-def _select_slices(volume: CaseVolume, lesion_label: str | None, mode: str) -> np.ndarray:
+def _select_slices(lesion_per_slice: np.ndarray | None, mode: str, case_id: str) -> np.ndarray:
+    """Indices of the slices to store, from each slice's lesion pixel count."""
     kind, margin = parse_slice_mode(mode)
-    nz = volume.geometry.shape[0]
     if kind == "all":
-        return np.arange(nz)
-    if lesion_label is None or lesion_label not in volume.labels:
-        raise CaseInputError(volume.ref.case_id, f"--slices {mode} needs a lesion label; this source has none")
-    has_lesion = np.count_nonzero(volume.labels[lesion_label].reshape(nz, -1), axis=1) > 0
-    # A slice is kept when a lesion slice lies within `margin` of it (clipped to the volume;
-    # np.convolve(mode="same") would return max(nz, 2 * margin + 1) entries for a wide margin).
-    before = np.concatenate([[0], np.cumsum(has_lesion)])
+        return np.arange(len(lesion_per_slice)) if lesion_per_slice is not None else None
+    if lesion_per_slice is None:
+        raise CaseInputError(case_id, f"--slices {mode} needs a lesion label; this source has none")
+    nz = len(lesion_per_slice)
+    # A slice is kept when a lesion slice lies within `margin` of it, clipped to the volume.
+    before = np.concatenate([[0], np.cumsum(lesion_per_slice > 0)])
     z = np.arange(nz)
     keep = before[np.minimum(z + margin + 1, nz)] - before[np.maximum(z - margin, 0)] > 0
     return np.flatnonzero(keep)
@@ -171,17 +173,20 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
         from ctprep.resample import resample_case
 
         volume = resample_case(volume, spacing=config.spacing, size=config.size)
-    lesion_label = source.manifest.lesion_label
-    selected = _select_slices(volume, lesion_label, config.slices)
+    nz = volume.geometry.shape[0]
+    lesion_label = source.manifest.lesion_label if source.manifest.lesion_label in volume.labels else None
+    lesion_all = nonzero_per_slice(volume.labels[lesion_label]) if lesion_label else None
+    selected = _select_slices(lesion_all, config.slices, ref.case_id)
+    if selected is None:
+        selected = np.arange(nz)
     if len(selected) == 0:
         raise CaseInputError(ref.path("label"), f"no {lesion_label} voxels, so --slices {config.slices} keeps no slice")
-    whole = len(selected) == volume.geometry.shape[0]
-    pick = (lambda a: a) if whole else (lambda a: a[selected])
-    hu = pick(volume.hu)
-    image = apply_windows(hu, windows)
-    labels = {name: np.ascontiguousarray(pick(label)) for name, label in volume.labels.items()}
-    lesion_pixels = (np.count_nonzero(labels[lesion_label].reshape(len(selected), -1), axis=1)
-                     if lesion_label in labels else np.zeros(len(selected), dtype=np.int64))
+    if len(selected) == nz:
+        hu, labels = volume.hu, dict(volume.labels)
+    else:
+        hu = volume.hu[selected]
+        labels = {name: _take_slices(label, selected) for name, label in volume.labels.items()}
+    lesion_pixels = lesion_all[selected] if lesion_all is not None else np.zeros(len(selected), dtype=np.int64)
     z_all = volume.geometry.z_positions()
     quirks = tuple(f"{q.id}: {q.description}" for q in source.manifest.quirks_of(ref.case_id))
     record = CaseRecord(
@@ -194,10 +199,15 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
         inputs=volume.inputs, parameters=config.content_parameters(),
     )
     store = SliceStore.open(config.output, mode="a")
-    written = store.write_case(record, image, labels, hu=np.ascontiguousarray(hu) if config.keep_hu else None)
+    # The windowed image is computed slice by slice inside the store's writer threads.
+    written = store.write_case(record, windowed_slices(hu, windows), labels, hu=hu if config.keep_hu else None)
     return CaseOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
                        seconds=time.perf_counter() - started, quirks=quirks, split=split,
                        inputs=tuple(f.to_dict() for f in volume.inputs))
+
+
+def _take_slices(label, indices: np.ndarray):
+    return label.take(indices) if isinstance(label, LazySlices) else label[indices]
 
 
 def _canonical_geometry(volume: CaseVolume, config: ConvertConfig):
@@ -250,60 +260,82 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
         refs = [r for r in refs if r.case_id in set(config.cases)]
     if not config.windows:
         config = dataclasses.replace(config, windows=source.manifest.windows())
-    store = _open_store(config, created_by or _command_line())
-    splits = {r.case_id: assign_split(r.patient_id, config.split, source.manifest.official_split) for r in refs}
-    complete = set(store.case_ids())
-    outcomes: dict[str, CaseOutcome] = {}
-    previous = store.manifest().get("cases", {})
-    for ref in refs:
-        if ref.case_id in complete:
-            # The case's own record, not the previous manifest: a killed run never wrote a manifest.
-            record = store.record(ref.case_id)
-            outcomes[ref.case_id] = CaseOutcome(
-                case_id=ref.case_id, status="existing", slices=record.num_slices,
-                split=splits[ref.case_id], quirks=tuple(record.quirks),
-                inputs=tuple(f.to_dict() for f in record.inputs))
-    todo = [r for r in refs if r.case_id not in complete]
-    for outcome in _run(todo, config, splits, progress):
-        outcomes[outcome.case_id] = outcome
-        for quirk in outcome.quirks:
-            log.warning("quirk %s: %s", outcome.case_id, quirk)
-        if outcome.status == "skipped":
-            log.error("skipped %s: %s", outcome.case_id, outcome.reason)
-        if on_outcome:
-            on_outcome(outcome)
+    with _worker_pool(config.workers) as pool:  # first: workers fork before zarr starts threads
+        store = _open_store(config, created_by or _command_line())
+        splits = {r.case_id: assign_split(r.patient_id, config.split, source.manifest.official_split) for r in refs}
+        complete = set(store.case_ids())
+        outcomes: dict[str, CaseOutcome] = {}
+        previous = store.manifest().get("cases", {})
+        for ref in refs:
+            if ref.case_id in complete:
+                # The case's own record, not the previous manifest: a killed run never wrote a manifest.
+                record = store.record(ref.case_id)
+                outcomes[ref.case_id] = CaseOutcome(
+                    case_id=ref.case_id, status="existing", slices=record.num_slices,
+                    split=splits[ref.case_id], quirks=tuple(record.quirks),
+                    inputs=tuple(f.to_dict() for f in record.inputs))
+        todo = [r for r in refs if r.case_id not in complete]
+        for outcome in _run(todo, config, splits, progress, pool):
+            outcomes[outcome.case_id] = outcome
+            for quirk in outcome.quirks:
+                log.warning("quirk %s: %s", outcome.case_id, quirk)
+            if outcome.status == "skipped":
+                log.error("skipped %s: %s", outcome.case_id, outcome.reason)
+            if on_outcome:
+                on_outcome(outcome)
     ordered = tuple(outcomes[r.case_id] for r in refs)
     report = ConversionReport(store=str(config.output), outcomes=ordered, seconds=time.perf_counter() - started)
     _consolidate(store, config, source, report, previous)
     return report
 
 
-def _run(todo: Sequence[CaseRef], config: ConvertConfig, splits: dict[str, str], progress: bool):
+@contextlib.contextmanager
+def _worker_pool(workers: int):
+    """A process pool for ``workers`` > 1 (else None), its workers started before this returns.
+
+    Workers are forked while this process still has a single thread (call this before
+    any zarr use: zarr starts an I/O thread), which starts them in milliseconds with
+    everything imported. If threads already run, fork is unsafe and a forkserver that
+    imports the converter once is used instead.
+    """
+    if workers <= 1:
+        yield None
+        return
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")
+    else:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["ctprep.convert"])
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for future in [pool.submit(os.getpid) for _ in range(workers)]:
+            future.result()  # make every worker exist now, while forking is safe
+        yield pool
+
+
+def _run(todo: Sequence[CaseRef], config: ConvertConfig, splits: dict[str, str], progress: bool,
+         pool: cf.ProcessPoolExecutor | None):
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), unit="case", desc=f"converting {config.source}", disable=not progress or None,
                file=sys.stderr)
     try:
-        if config.workers == 1 or len(todo) <= 1:
+        if pool is None or len(todo) <= 1:
             for ref in todo:
                 bar.set_postfix_str(ref.case_id)
                 yield _convert_guarded(ref, config, splits[ref.case_id], config.windows)
                 bar.update()
             return
-        # spawn, not fork: zarr and numcodecs keep thread pools that do not survive a fork.
-        context = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool:
-            futures = {pool.submit(_convert_guarded, ref, config, splits[ref.case_id], config.windows): ref
-                       for ref in todo}
-            for future in cf.as_completed(futures):
-                ref = futures[future]
-                try:
-                    outcome = future.result()
-                except Exception as exc:  # a worker died (e.g. killed for memory)
-                    outcome = CaseOutcome(case_id=ref.case_id, status="skipped", split=splits[ref.case_id],
-                                          reason=f"worker failed: {type(exc).__name__}: {exc}")
-                bar.update()
-                yield outcome
+        futures = {pool.submit(_convert_guarded, ref, config, splits[ref.case_id], config.windows): ref
+                   for ref in todo}
+        for future in cf.as_completed(futures):
+            ref = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # a worker died (e.g. killed for memory)
+                outcome = CaseOutcome(case_id=ref.case_id, status="skipped", split=splits[ref.case_id],
+                                      reason=f"worker failed: {type(exc).__name__}: {exc}")
+            bar.update()
+            yield outcome
     finally:
         bar.close()
 

@@ -171,6 +171,8 @@ class _ChunkFiles:
         zstd = Zstd(level=zstd_codec.level, checksum=zstd_codec.checksum)
         little = self.dtype.newbyteorder("<")
         fill = self.dtype.type(self.fill_value)
+        os.makedirs(self.folder, exist_ok=True)
+        flat = os.path.dirname(self._path(0)) == os.fspath(self.folder)  # our "." chunk keys
 
         def write(z: int) -> None:
             chunk = data[z]
@@ -179,7 +181,8 @@ class _ChunkFiles:
                 return  # as zarr (write_empty_chunks=False): a missing chunk reads as the fill value
             payload = zstd.encode(np.ascontiguousarray(chunk, dtype=little))
             path = self._path(z)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not flat:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
             # Written in place, not to a temporary name renamed into place as zarr does: a
             # case is invisible until write_case marks it complete, so a torn chunk is never
             # read, and on slow disks the rename was a third of the time of a chunk.
@@ -193,6 +196,11 @@ class _ChunkFiles:
 
 # Threads encoding and writing chunks; more than the cores buys nothing (zstd is CPU-bound).
 _WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+# Chunk files named c.<z>.0.0.0 side by side in the array's folder: with the default "/"
+# separator every slice costs three directories, most of a chunk's write time on slow disks.
+_CHUNK_KEYS = {"name": "default", "separator": "."}
 
 
 def _slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -356,6 +364,7 @@ class SliceStore:
         cases = self._cases_group()
         if case_id in cases:
             del cases[case_id]
+            self._drop_stored_index()
         self._records.pop(case_id, None)
         self._chunk_files = {k: v for k, v in self._chunk_files.items() if k[0] != case_id}
 
@@ -410,13 +419,14 @@ class SliceStore:
         array = group.create_array(
             name, shape=data.shape, dtype=data.dtype, chunks=_slice_chunks(data.shape),
             serializer=BytesCodec(), compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0,
+            chunk_key_encoding=_CHUNK_KEYS,
             dimension_names=dims, overwrite=True)
         store = group.store
         if isinstance(store, LocalStore) and _ChunkFiles.usable(array):
             # Our own threaded chunk writer: several times zarr's speed (see _ChunkFiles).
-            _ChunkFiles(array, Path(store.root) / array.path).write_all(np.asarray(data))
+            _ChunkFiles(array, Path(store.root) / array.path).write_all(data)
         else:
-            array[...] = data
+            array[...] = np.asarray(data)
 
     # ---- reading -------------------------------------------------------------------------
     def label_names(self, case_id: str) -> list[str]:
@@ -501,6 +511,15 @@ class SliceStore:
                 array[...] = values
         group.attrs.update({"case_ids": case_ids, "splits": list(SPLITS), "num_slices": int(len(rows))})
         return index
+
+    def _drop_stored_index(self) -> None:
+        # A case changed: the stored index may now be wrong about it. Readers fall back to
+        # the case records until the next rebuild_index (every conversion ends with one).
+        try:
+            if "index" in self._root:
+                del self._root["index"]
+        except (KeyError, FileNotFoundError):  # another writer removed it first
+            pass
 
     def index(self, *, split: str | None = None, lesion_only: bool = False) -> SliceIndex:
         """The slice index, filtered. Falls back to the case records if the stored index is stale."""

@@ -19,6 +19,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ctprep.lookup import LazySlices, lookup
+
 
 @dataclass(frozen=True, kw_only=True)
 class Window:
@@ -125,33 +127,7 @@ def apply_window(hu: np.ndarray, window: Window, out: np.ndarray | None = None) 
         out = np.empty(hu.shape, dtype=np.uint8)
     if out.shape != hu.shape:
         raise ValueError(f"apply_window: out has shape {out.shape}, hu {hu.shape}")
-    table = window_lookup_table(window)
-    bits = hu.view(np.uint16)
-    # np.take first converts all indices into a new intp array (8 bytes a voxel) and
-    # only then gathers. On a big array that conversion goes through main memory;
-    # feeding it ~256k voxels at a time through one reused intp buffer keeps it in
-    # cache, ~3x faster on CT volumes (benchmarks/bench_convert.py).
-    rows = _GATHER_VOXELS // max(1, int(np.prod(hu.shape[1:], dtype=np.int64))) if hu.ndim > 1 else 0
-    if rows < 1 or rows >= hu.shape[0]:
-        _take(table, bits, out)
-        return out
-    buffer = np.empty((rows, *hu.shape[1:]), dtype=np.intp)
-    for start in range(0, hu.shape[0], rows):
-        part = bits[start:start + rows]
-        indices = buffer[:len(part)]
-        np.copyto(indices, part)  # uint16 -> intp, in cache
-        _take(table, indices, out[start:start + rows])
-    return out
-
-
-# Voxels windowed per np.take call in apply_window (its intp buffer is 8x this in bytes).
-_GATHER_VOXELS = 1 << 18
-
-
-def _take(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> None:
-    # mode="clip" makes np.take write straight into a strided `out` (no buffering);
-    # uint16 indices are always in range, so clipping never changes a value.
-    np.take(table, indices, out=out, mode="clip")
+    return lookup(window_lookup_table(window), hu.view(np.uint16), out)
 
 
 def apply_windows(hu: np.ndarray, windows: tuple[Window, ...] | list[Window],
@@ -180,6 +156,22 @@ def apply_windows(hu: np.ndarray, windows: tuple[Window, ...] | list[Window],
             for _ in pool.map(window_block, starts):
                 pass  # re-raises the first error
     return image
+
+
+def windowed_slices(hu: np.ndarray, windows: tuple[Window, ...] | list[Window]) -> LazySlices:
+    """Like :func:`apply_windows`, but each (channel, y, x) slice is computed when it is read."""
+    if hu.ndim != 3:
+        raise ValueError(f"windowed_slices expects a (z, y, x) volume, found shape {hu.shape}")
+    tables = [window_lookup_table(w) for w in windows]
+    bits = hu.view(np.uint16)
+
+    def make_slice(z: int) -> np.ndarray:
+        out = np.empty((len(tables), *hu.shape[1:]), dtype=np.uint8)
+        for channel, table in enumerate(tables):
+            lookup(table, bits[z], out[channel])
+        return out
+
+    return LazySlices((hu.shape[0], len(windows), *hu.shape[1:]), np.uint8, make_slice)
 
 
 # Threads windowing blocks in apply_windows: the gather is memory- and CPU-bound, so one a core.

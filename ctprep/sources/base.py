@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,6 +13,7 @@ from ctprep.case import CaseRef, CaseVolume, InputFile, LabelSpec
 from ctprep.datasets import DatasetManifest, load_dataset_manifest
 from ctprep.errors import CaseInputError
 from ctprep.geometry import canonicalize
+from ctprep.lookup import LazySlices
 from ctprep.nifti import NiftiVolume, hu_int16, label_uint8, read_nifti
 
 
@@ -41,8 +43,11 @@ class NiftiPairSource(Source):
     affine_tolerance_mm: ClassVar[float] = 1e-2
 
     def load(self, ref: CaseRef) -> CaseVolume:
-        image = read_nifti(ref.path("image"))
-        label = read_nifti(ref.path("label"))
+        # Both files inflate at once: ISA-L and sha256 release the GIL (benchmarks/bench_convert.py).
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            image_job = pool.submit(read_nifti, ref.path("image"))
+            label_job = pool.submit(read_nifti, ref.path("label"))
+            image, label = image_job.result(), label_job.result()
         self._check_same_grid(image, label)
         values = label_uint8(label)
         self._check_label_values(label.path, values)
@@ -66,7 +71,15 @@ class NiftiPairSource(Source):
                                              f"{worst:.3g} mm (tolerance {self.affine_tolerance_mm} mm)")
 
     def _check_label_values(self, path: Path, values: np.ndarray) -> None:
-        counts = np.bincount(values.ravel(order="K"), minlength=256)
+        # Fast path: when the map holds every value 0..max, the maximum alone decides.
+        # (np.bincount would first copy the volume into 8-byte integers.)
+        top = int(values.max()) if values.size else 0
+        if all(v in self.manifest.label_values for v in range(top + 1)):
+            return
+        counts = np.zeros(256, dtype=np.int64)
+        flat = values.ravel(order="K")
+        for start in range(0, flat.size, _COUNT_BLOCK):
+            counts += np.bincount(flat[start:start + _COUNT_BLOCK], minlength=256)
         unknown = {int(v): int(counts[v]) for v in np.flatnonzero(counts) if v not in self.manifest.label_values}
         if unknown:
             found = ", ".join(f"{v} ({n} voxels)" for v, n in sorted(unknown.items()))
@@ -74,10 +87,19 @@ class NiftiPairSource(Source):
                                        f"{sorted(self.manifest.label_values)}: {found}")
 
 
-def binary_label(segmentation: np.ndarray, spec: LabelSpec) -> np.ndarray:
-    """A contiguous (z, y, x) uint8 0/1 mask of the voxels whose value is in ``spec.values``."""
-    table = np.zeros(256, dtype=np.uint8)
-    table[list(spec.values)] = 1
-    out = np.empty(segmentation.shape, dtype=np.uint8)
-    np.take(table, segmentation, out=out, mode="clip")
-    return out
+# Voxels counted per np.bincount call when a label map has gaps (bounds its int64 copy).
+_COUNT_BLOCK = 1 << 22
+
+
+def binary_label(segmentation: np.ndarray, spec: LabelSpec) -> LazySlices:
+    """The (z, y, x) uint8 0/1 mask of the voxels whose value is in ``spec.values``, computed per slice."""
+    values = sorted(set(spec.values))
+
+    def make_slice(z: int) -> np.ndarray:
+        plane = segmentation[z]
+        out = np.equal(plane, values[0])
+        for value in values[1:]:  # comparisons vectorise better than a table lookup here
+            out |= plane == value
+        return out.view(np.uint8)  # same bytes: True is 1
+
+    return LazySlices(segmentation.shape, np.uint8, make_slice)

@@ -523,3 +523,28 @@ def test_case_not_found_error_types(store):
         store.read_slices([("nope", 0)])
     assert isinstance(info.value, FileNotFoundError)
     assert "'nope'" in str(info.value) and not str(info.value).startswith('"')
+
+
+def test_own_chunk_writer_writes_exactly_what_zarr_writes(tmp_path):
+    from zarr.codecs import BytesCodec, ZstdCodec
+
+    from ctprep.store import _CHUNK_KEYS, ZSTD_LEVEL
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, size=(6, 2, 16, 20), dtype=np.uint8)
+    data[2] = 0  # an empty slice: neither writer stores it
+    trees = []
+    for name, write in (("zarr", lambda a, d: a.__setitem__(Ellipsis, d)), ("store", None)):
+        group = zarr.open_group(str(tmp_path / name), mode="w")
+        if write is None:
+            SliceStore._write_array(group, "image", data, ("z", "channel", "y", "x"))
+        else:
+            array = group.create_array("image", shape=data.shape, dtype=data.dtype, chunks=(1, 2, 16, 20),
+                                       serializer=BytesCodec(), compressors=ZstdCodec(level=ZSTD_LEVEL),
+                                       fill_value=0, dimension_names=("z", "channel", "y", "x"),
+                                       chunk_key_encoding=_CHUNK_KEYS)
+            write(array, data)
+        root = tmp_path / name
+        trees.append({str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()})
+    assert trees[0] == trees[1]
+    assert "image/c.2.0.0.0" not in trees[1] and "image/c.1.0.0.0" in trees[1]
