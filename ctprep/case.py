@@ -78,6 +78,9 @@ class InputFile:
 class CaseVolume:
     """A case on the canonical grid: ``hu`` is (z, y, x) int16, each label (z, y, x) uint8 in {0, 1}.
 
+    ``label_specs`` describes each label; ``annotations`` holds JSON-serialisable
+    per-case findings that are not masks (points, measurements, characteristics).
+
     Labels are numpy arrays or :class:`ctprep.lookup.LazySlices` (computed slice by
     slice as the store writes them); ``np.asarray`` gives an array either way.
     """
@@ -85,14 +88,19 @@ class CaseVolume:
     ref: CaseRef
     hu: np.ndarray
     labels: Mapping[str, Union[np.ndarray, LazySlices]]
+    label_specs: tuple[LabelSpec, ...]
     geometry: Geometry
     source_grid: SourceGrid
     inputs: tuple[InputFile, ...] = ()
+    annotations: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.hu.dtype != np.int16 or self.hu.shape != self.geometry.shape:
             raise ValueError(f"case {self.ref.case_id}: hu must be int16 of shape {self.geometry.shape}, "
                              f"found {self.hu.dtype} {self.hu.shape}")
+        if set(self.labels) != {spec.name for spec in self.label_specs}:
+            raise ValueError(f"case {self.ref.case_id}: labels {sorted(self.labels)} differ from their specs "
+                             f"{sorted(spec.name for spec in self.label_specs)}")
         for name, label in self.labels.items():
             if label.shape != self.hu.shape or label.dtype != np.uint8:
                 raise ValueError(f"case {self.ref.case_id}: label {name!r} must be uint8 of shape "
@@ -126,6 +134,7 @@ class CaseRecord:
     quirks: tuple[str, ...] = ()
     inputs: tuple[InputFile, ...] = ()
     parameters: Mapping[str, object] = field(default_factory=dict)
+    annotations: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -162,6 +171,7 @@ class CaseRecord:
             "quirks": list(self.quirks),
             "inputs": [f.to_dict() for f in self.inputs],
             "parameters": dict(self.parameters),
+            "annotations": dict(self.annotations),
         }
 
     @classmethod
@@ -184,4 +194,5 @@ class CaseRecord:
             quirks=tuple(data.get("quirks", ())),
             inputs=tuple(InputFile.from_dict(f) for f in data.get("inputs", ())),
             parameters=dict(data.get("parameters", {})),
+            annotations=dict(data.get("annotations", {})),
         )

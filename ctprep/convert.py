@@ -26,13 +26,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ctprep import __version__
-from ctprep.case import CaseRecord, CaseRef, CaseVolume
+from ctprep.case import CaseRecord, CaseRef
 from ctprep.datasets import SplitConfig, assign_split
 from ctprep.errors import CaseInputError, LesionkitError, StoreError
 from ctprep.sources import get_source
 from ctprep.store import SliceStore
 from ctprep.lookup import LazySlices, nonzero_per_slice
-from ctprep.windowing import Window, parse_window, windowed_slices
+from ctprep.windowing import Window, windowed_slices
 
 log = logging.getLogger("ctprep")
 
@@ -149,14 +149,13 @@ class ConversionReport:
         return lines
 
 
-def _select_slices(lesion_per_slice: np.ndarray | None, mode: str, case_id: str) -> np.ndarray:
+def _select_slices(nz: int, lesion_per_slice: np.ndarray | None, mode: str, case_id: str) -> np.ndarray:
     """Indices of the slices to store, from each slice's lesion pixel count."""
     kind, margin = parse_slice_mode(mode)
     if kind == "all":
-        return np.arange(len(lesion_per_slice)) if lesion_per_slice is not None else None
+        return np.arange(nz)
     if lesion_per_slice is None:
         raise CaseInputError(case_id, f"--slices {mode} needs a lesion label; this source has none")
-    nz = len(lesion_per_slice)
     # A slice is kept when a lesion slice lies within `margin` of it, clipped to the volume.
     before = np.concatenate([[0], np.cumsum(lesion_per_slice > 0)])
     z = np.arange(nz)
@@ -169,6 +168,7 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
     started = time.perf_counter()
     source = get_source(config.source)
     volume = source.load(ref)
+    canonical_geometry = volume.geometry  # before resampling: needed to export results back
     if config.spacing or config.size:
         from ctprep.resample import resample_case
 
@@ -176,9 +176,7 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
     nz = volume.geometry.shape[0]
     lesion_label = source.manifest.lesion_label if source.manifest.lesion_label in volume.labels else None
     lesion_all = nonzero_per_slice(volume.labels[lesion_label]) if lesion_label else None
-    selected = _select_slices(lesion_all, config.slices, ref.case_id)
-    if selected is None:
-        selected = np.arange(nz)
+    selected = _select_slices(nz, lesion_all, config.slices, ref.case_id)
     if len(selected) == 0:
         raise CaseInputError(ref.path("label"), f"no {lesion_label} voxels, so --slices {config.slices} keeps no slice")
     if len(selected) == nz:
@@ -191,12 +189,12 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
     quirks = tuple(f"{q.id}: {q.description}" for q in source.manifest.quirks_of(ref.case_id))
     record = CaseRecord(
         case_id=ref.case_id, source=config.source, patient_id=ref.patient_id, split=split,
-        geometry=volume.geometry, canonical_geometry=_canonical_geometry(volume, config),
+        geometry=volume.geometry, canonical_geometry=canonical_geometry,
         source_grid=volume.source_grid, slice_indices=tuple(int(i) for i in selected),
         z_positions=tuple(z_all[i] for i in selected), windows=windows,
-        labels=source.manifest.labels, lesion_label=lesion_label,
+        labels=volume.label_specs, lesion_label=lesion_label,
         lesion_pixels=tuple(int(n) for n in lesion_pixels), has_hu=config.keep_hu, quirks=quirks,
-        inputs=volume.inputs, parameters=config.content_parameters(),
+        inputs=volume.inputs, parameters=config.content_parameters(), annotations=volume.annotations,
     )
     store = SliceStore.open(config.output, mode="a")
     # The windowed image is computed slice by slice inside the store's writer threads.
@@ -208,17 +206,6 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
 
 def _take_slices(label, indices: np.ndarray):
     return label.take(indices) if isinstance(label, LazySlices) else label[indices]
-
-
-def _canonical_geometry(volume: CaseVolume, config: ConvertConfig):
-    # The grid before resampling, rebuilt from the source grid (needed to export results back).
-    from ctprep.geometry import canonicalize
-
-    if not (config.spacing or config.size):
-        return volume.geometry
-    dummy = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=volume.source_grid.shape,
-                                            strides=(0,) * len(volume.source_grid.shape))
-    return canonicalize(dummy, np.asarray(volume.source_grid.affine_ras).reshape(4, 4))[1]
 
 
 def _convert_guarded(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...]) -> CaseOutcome:

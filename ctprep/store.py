@@ -36,6 +36,7 @@ from zarr.storage import LocalStore
 
 from ctprep.case import SPLITS, CaseRecord
 from ctprep.errors import CaseNotFoundError, StoreError, StoreFormatError, StoreParameterError
+from ctprep.lookup import LazySlices
 
 FORMAT_NAME = "lesionkit-ct-slice-store"
 FORMAT_VERSION = 1
@@ -163,8 +164,12 @@ class _ChunkFiles:
         if self.dtype.byteorder == ">" or (self.dtype.byteorder == "=" and np.little_endian is False):
             out.byteswap(inplace=True)  # pragma: no cover - we only write little-endian
 
-    def write_all(self, data: np.ndarray) -> None:
-        """Write every slice of ``data`` (the array's full shape) as one chunk file each."""
+    def write_all(self, data: np.ndarray | LazySlices) -> None:
+        """Write every slice of ``data`` (the array's full shape) as one chunk file each.
+
+        Slices are pulled with ``data[z]`` from the writer threads, so a LazySlices
+        volume is computed in parallel, slice by slice, and never held whole.
+        """
         if data.shape != tuple(self.array.shape):
             raise ValueError(f"expected shape {tuple(self.array.shape)}, found {data.shape}")
         zstd_codec = self.array.metadata.codecs[1]
@@ -370,7 +375,10 @@ class SliceStore:
 
     def write_case(self, record: CaseRecord, image: np.ndarray, labels: Mapping[str, np.ndarray],
                    hu: np.ndarray | None = None) -> int:
-        """Write one case; it becomes visible only once everything is on disk. Returns bytes written."""
+        """Write one case; it becomes visible only once everything is on disk. Returns bytes written.
+
+        ``image`` and ``labels`` may be numpy arrays or :class:`~ctprep.lookup.LazySlices`.
+        """
         _validate_case_id(record.case_id)
         n = record.num_slices
         ny, nx = record.geometry.shape[1:]
@@ -405,7 +413,11 @@ class SliceStore:
         return self.case_bytes(record.case_id)
 
     def write_label(self, case_id: str, name: str, array: np.ndarray) -> None:
-        """Add or replace ``labels/<name>`` of a complete case (used by ctlabel)."""
+        """Add or replace ``labels/<name>`` of a complete case (used by ctlabel).
+
+        Not atomic yet: an interrupted replacement leaves that label incomplete (the rest
+        of the case is untouched). ctlabel must stage and swap labels before it relies on it.
+        """
         record = self.record(case_id)
         expected = (record.num_slices, *record.geometry.shape[1:])
         if array.shape != expected:

@@ -58,8 +58,8 @@ class NiftiPairSource(Source):
         root = Path(ref.root)
         inputs = tuple(InputFile(role=role, path=str(vol.path.relative_to(root)), size=vol.size, sha256=vol.sha256)
                        for role, vol in (("image", image), ("label", label)))
-        return CaseVolume(ref=ref, hu=hu_canonical, labels=labels, geometry=geometry,
-                          source_grid=source_grid, inputs=inputs)
+        return CaseVolume(ref=ref, hu=hu_canonical, labels=labels, label_specs=self.manifest.labels,
+                          geometry=geometry, source_grid=source_grid, inputs=inputs)
 
     def _check_same_grid(self, image: NiftiVolume, label: NiftiVolume) -> None:
         if image.array.shape != label.array.shape:
