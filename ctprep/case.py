@@ -51,10 +51,15 @@ class CaseRef:
     files: tuple[tuple[str, str], ...]  # (role, path relative to root)
 
     def path(self, role: str) -> Path:
+        """The (first) file of ``role``."""
         for name, rel in self.files:
             if name == role:
                 return Path(self.root) / rel
         raise KeyError(f"case {self.case_id} has no {role!r} file")
+
+    def paths(self, role: str) -> list[Path]:
+        """Every file of ``role`` (e.g. the slices of a DICOM series)."""
+        return [Path(self.root) / rel for name, rel in self.files if name == role]
 
 
 @dataclass(frozen=True, kw_only=True)
