@@ -1,0 +1,100 @@
+"""Reading a DICOM CT series: ctprep.dicom.read_ct_series against a plain pydicom read.
+
+    python benchmarks/bench_dicom.py            # 300 slices 512x512, uncompressed (~1 min; first run +20 s)
+    python benchmarks/bench_dicom.py --quick    # 60 slices
+
+Target (benchmarks/README.md): t(read_ct_series) <= 1.3 x t(plain), where plain is
+"pydicom.dcmread every file, sort by InstanceNumber, np.stack(pixel_array)" (no HU,
+no checks). Both read the same files, hot (page cache), best of --repeat runs each,
+alternating, in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+TARGET = 1.3
+
+
+def series_folder(out: Path, slices: int, size: int) -> Path:
+    folder = out / f"ct-{size}x{size}x{slices}"
+    if folder.is_dir() and len(list(folder.iterdir())) == slices:
+        return folder
+    print(f"generating a {slices}-slice {size}x{size} series (once; cached in {folder}) ...", flush=True)
+    from ctprep.dicom_phantom import write_ct_series
+
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    body = ((yy - size / 2) ** 2 / 0.8 + (xx - size / 2) ** 2) < (size * 0.42) ** 2
+    hu = np.empty((slices, size, size), np.int16)
+    for k in range(slices):
+        hu[k] = np.where(body, 40, -1000) + rng.normal(0, 8, (size, size)).round().astype(np.int16)
+    write_ct_series(partial, hu, (1.0, 0.75, 0.75))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
+
+
+def plain_read(files: list[Path]) -> np.ndarray:
+    datasets = [pydicom.dcmread(f) for f in files]
+    datasets.sort(key=lambda ds: int(ds.InstanceNumber))
+    return np.stack([ds.pixel_array for ds in datasets])
+
+
+def ctprep_read(files: list[Path]) -> np.ndarray:
+    from ctprep.dicom import read_ct_series
+
+    return read_ct_series(files).hu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="cache folder (default <tmp>/lesionkit-bench/dicom)")
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="60 slices")
+    args = parser.parse_args()
+    slices = 60 if args.quick else args.slices
+    out = Path(args.out) if args.out else common.out_dir(None, "bench") / "dicom"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
+    files = sorted(series_folder(out, slices, args.size).iterdir())
+    # Warm the page cache and check that both give the same voxels (HU = stored - 1024 here).
+    reference = plain_read(files)
+    hu = ctprep_read(files)
+    # InstanceNumber is written in reverse z order, so the plain stack is upside down.
+    assert np.array_equal(hu, (reference[::-1].astype(np.int32) - 1024).astype(np.int16)), "results differ"
+    times = {"plain": [], "ctprep": []}
+    for _ in range(args.repeat):
+        for name, fn in (("plain", plain_read), ("ctprep", ctprep_read)):
+            started = time.perf_counter()
+            fn(files)
+            times[name].append(time.perf_counter() - started)
+    best = {k: min(v) for k, v in times.items()}
+    ratio = best["ctprep"] / best["plain"]
+    print(f"{slices} slices {args.size}x{args.size}, uncompressed, best of {args.repeat}")
+    for name, label in (("plain", "plain pydicom (dcmread, sort, stack pixel_array)"),
+                        ("ctprep", "ctprep.dicom.read_ct_series")):
+        print(f"  {label:52s} {best[name]:7.3f} s  {slices / best[name]:8.0f} slices/s")
+    status = "PASS" if ratio <= TARGET else "FAIL"
+    print(f"ratio t(read_ct_series) / t(plain) = {ratio:.2f} (target <= {TARGET}): {status}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    return 0 if status == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,588 @@
+"""Reading DICOM CT series (shared by the NSCLC-Radiomics and LIDC-IDRI sources).
+
+* :func:`scan_dicom_folder` walks any folder layout (file names mean nothing) and
+  groups CT Image Storage files by SeriesInstanceUID, lists RTSTRUCTs and the
+  files it could not read. Headers only.
+* :func:`read_ct_series` reads one series onto the canonical ``(z, y, x)`` grid
+  (ctprep.geometry): slices sorted by ImagePositionPatient projected on the slice
+  normal (never by file name or InstanceNumber), modality LUT to int16 HU,
+  padding replaced by air, duplicates dropped, irregular spacing and gantry tilt
+  resampled (or refused).
+
+Privacy: only the tags named in ``_SCAN_TAGS`` / ``_READ_TAGS`` are parsed
+(pydicom's ``specific_tags``), and only PatientID (the dataset's public id) and
+the allowlisted technical attributes are kept.
+
+Compressed transfer syntaxes are decoded by pydicom's plug-ins: JPEG 2000 by
+``pylibjpeg-openjpeg`` (MIT), JPEG lossless and the other JPEG flavours by
+``python-gdcm`` (BSD-style GDCM licence; preferred to the GPL-3 pylibjpeg-libjpeg).
+Uncompressed little-endian pixel data are viewed straight out of the PixelData
+bytes (pydicom's ``pixel_array`` costs more than the parsing).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                         RTStructureSetStorage)
+
+from ctprep.errors import CaseInputError, MissingInputError
+from ctprep.geometry import Geometry, SourceGrid, canonicalize
+
+AIR_HU = -1024
+_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# Tolerances (mm / unit vectors) for "the same" geometry across the slices of one series.
+_ORIENTATION_TOL = 1e-4
+_SPACING_TOL = 1e-3
+_DUPLICATE_TOL_MM = 1e-3
+# Slice steps within this fraction of the median step count as regular.
+_STEP_REL_TOL = 0.01
+# In-plane drift of the slice origins, as a fraction of a pixel, above which a series is tilted.
+_TILT_PIXEL_TOL = 0.05
+
+_SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "PatientID", "Modality",
+              "ReferencedFrameOfReferenceSequence"]
+_TECHNICAL_TAGS = ["Modality", "Manufacturer", "ManufacturerModelName", "ConvolutionKernel",
+                   "SliceThickness", "KVP", "PixelSpacing", "RescaleType"]
+_READ_TAGS = sorted(set(_TECHNICAL_TAGS) | {
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "ImagePositionPatient",
+    "ImageOrientationPatient", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
+    "NumberOfFrames", "RescaleSlope", "RescaleIntercept", "PixelPaddingValue",
+    "PixelPaddingRangeLimit", "PixelData"})
+_NATIVE_SYNTAXES = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+IRREGULAR_MODES = ("resample", "refuse")
+
+
+# ---- scanning a folder ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class SeriesFiles:
+    """One CT series found on disk.
+
+    ``series_uid`` is the SeriesInstanceUID; files whose header has an empty one
+    (some anonymised exports) are grouped by folder under ``"no-series-uid:<folder>"``.
+    """
+
+    series_uid: str
+    patient_id: str
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RtStructFile:
+    path: Path
+    referenced_series_uid: str | None
+    patient_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DicomInventory:
+    series: dict[str, SeriesFiles]
+    rtstructs: tuple[RtStructFile, ...]
+    unreadable: tuple[tuple[Path, str], ...]
+
+
+def _read_header(path: Path, tags: list[str], stop_before_pixels: bool) -> pydicom.Dataset:
+    """dcmread limited to ``tags``; raises OSError / InvalidDicomError / other parse errors."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=tags)
+    except InvalidDicomError:
+        # No 'DICM' preamble: accept a raw dataset only if it looks like an image or RT object.
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=tags, force=True)
+        if not ds.get("SOPClassUID") and not ds.get("Modality"):
+            raise InvalidDicomError("not a DICOM file (no preamble and no SOPClassUID)") from None
+        return ds
+
+
+def _sop_class(ds: pydicom.Dataset) -> str:
+    value = str(ds.get("SOPClassUID", "") or "")
+    if not value and getattr(ds, "file_meta", None) is not None:
+        value = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    return value
+
+
+def _sop_instance(ds: pydicom.Dataset) -> str:
+    value = str(ds.get("SOPInstanceUID", "") or "")
+    if not value and getattr(ds, "file_meta", None) is not None:
+        value = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+    return value
+
+
+def _referenced_series(ds: pydicom.Dataset) -> str | None:
+    for frame in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        for study in frame.get("RTReferencedStudySequence", []) or []:
+            for series in study.get("RTReferencedSeriesSequence", []) or []:
+                uid = str(series.get("SeriesInstanceUID", "") or "")
+                if uid:
+                    return uid
+    return None
+
+
+def _scan_one(path: Path) -> tuple[str, object]:
+    try:
+        ds = _read_header(path, _SCAN_TAGS, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for a broken file
+        return "unreadable", f"{type(exc).__name__}: {exc}"
+    if len(ds) == 0:
+        return "unreadable", "no data set after the file meta information (truncated?)"
+    sop_class = _sop_class(ds)
+    patient = str(ds.get("PatientID", "") or "")
+    if not sop_class:
+        return "unreadable", "DICOM header without a SOP Class UID (truncated?)"
+    if sop_class == CTImageStorage:
+        return "ct", (str(ds.get("SeriesInstanceUID", "") or ""), patient)
+    if sop_class == RTStructureSetStorage:
+        return "rtstruct", (_referenced_series(ds), patient)
+    return "other", sop_class
+
+
+def scan_dicom_folder(root: Path) -> DicomInventory:
+    """Find the CT series and RTSTRUCTs under ``root`` (any layout; headers only).
+
+    Files that are not DICOM or cannot be parsed are listed in ``unreadable``;
+    DICOM objects of other kinds (SEG, SR, DICOMDIR, ...) are skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingInputError(root, "DICOM folder not found")
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        results = list(pool.map(_scan_one, paths))
+    groups: dict[str, list[tuple[Path, str]]] = {}
+    rtstructs: list[RtStructFile] = []
+    unreadable: list[tuple[Path, str]] = []
+    for path, (kind, info) in zip(paths, results):
+        if kind == "unreadable":
+            unreadable.append((path, str(info)))
+        elif kind == "ct":
+            uid, patient = info  # type: ignore[misc]
+            if not uid:
+                uid = f"no-series-uid:{path.parent.relative_to(root).as_posix()}"
+            groups.setdefault(uid, []).append((path, patient))
+        elif kind == "rtstruct":
+            ref, patient = info  # type: ignore[misc]
+            rtstructs.append(RtStructFile(path=path, referenced_series_uid=ref, patient_id=patient))
+    series = {}
+    for uid, members in sorted(groups.items()):
+        patients = sorted({p for _, p in members if p})
+        series[uid] = SeriesFiles(series_uid=uid, patient_id=patients[0] if patients else "",
+                                  files=tuple(p for p, _ in members))
+    return DicomInventory(series=series, rtstructs=tuple(rtstructs), unreadable=tuple(unreadable))
+
+
+# ---- reading a series ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Resampling:
+    """How native stacked slices become the regular grid: in-plane shifts, then z interpolation."""
+
+    shifts: np.ndarray | None      # (n_native, 2) row, col shift in pixels (gantry tilt), or None
+    lower: np.ndarray | None       # (n_out,) native index below each output slice, or None
+    weight: np.ndarray | None      # (n_out,) weight of native slice lower + 1
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class CtSeries:
+    """A CT series on the canonical grid.
+
+    ``hu`` is a view of the native stack (slice, row, col) when no resampling was
+    needed. ``native_sop_uids`` / ``native_z_mm`` describe the native stacked
+    order (ascending along the slice normal, duplicates dropped), which is the
+    layout :meth:`to_canonical` expects.
+    """
+
+    hu: np.ndarray
+    geometry: Geometry
+    source_grid: SourceGrid
+    native_sop_uids: tuple[str, ...]
+    native_z_mm: tuple[float, ...]
+    technical: dict
+    notes: tuple[str, ...]
+    _resampling: _Resampling | None = field(default=None, repr=False)
+
+    @property
+    def native_shape(self) -> tuple[int, int, int]:
+        return (len(self.native_sop_uids), int(self.technical["Rows"]), int(self.technical["Columns"]))
+
+    def to_canonical(self, native: np.ndarray) -> np.ndarray:
+        """Map an array in native stacked layout (slice, row, col) to the canonical grid.
+
+        Applies exactly the transform applied to ``hu``: a view when no resampling was
+        needed; otherwise the same in-plane shifts and z interpolation, linear for float
+        arrays and nearest-neighbour for integer/bool arrays (masks stay masks).
+        """
+        native = np.asarray(native)
+        if native.shape != self.native_shape:
+            raise ValueError(f"expected a native stack of shape {self.native_shape}, found {native.shape}")
+        if self._resampling is not None:
+            native = _apply_resampling(native, self._resampling, linear=native.dtype.kind in "fc",
+                                       fill=0)
+        affine = np.asarray(self.source_grid.affine_ras).reshape(4, 4)
+        return canonicalize(native.transpose(2, 1, 0), affine)[0]
+
+
+@dataclass(kw_only=True)
+class _Slice:
+    path: Path
+    sop_uid: str
+    series_uid: str
+    position: np.ndarray
+    orientation: np.ndarray
+    spacing: tuple[float, float]
+    shape: tuple[int, int]
+    hu: np.ndarray
+    padded: int
+    technical: dict
+
+
+def _technical_value(value):
+    """A JSON-friendly copy of a header value (DS -> float, IS -> int, multi-value -> list)."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [_technical_value(v) for v in value]
+    for kind in (float, int, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return str(value)
+
+
+def _number(ds, keyword, default):
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return default
+    return float(value)
+
+
+def _padding_range(ds, stored_dtype: np.dtype) -> tuple[int, int] | None:
+    """PixelPaddingValue (and RangeLimit) in stored-value space, sign fixed for signed pixels."""
+    value = ds.get("PixelPaddingValue", None)
+    if value is None:
+        return None
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+
+    def as_stored(v) -> int:
+        v = int(v)
+        if stored_dtype.kind == "i" and v >= 2 ** (bits - 1):
+            v -= 2 ** bits  # written as US although the pixels are signed
+        return v
+
+    lo = as_stored(value)
+    limit = ds.get("PixelPaddingRangeLimit", None)
+    hi = as_stored(limit) if limit is not None else lo
+    return (min(lo, hi), max(lo, hi))
+
+
+def _raw_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise CaseInputError(path, f"expected one sample per pixel, found {ds.SamplesPerPixel}")
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        raise CaseInputError(path, f"multi-frame images are not supported ({ds.NumberOfFrames} frames)")
+    if "PixelData" not in ds:
+        raise CaseInputError(path, "no pixel data")
+    syntax = ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if ds.file_meta else ImplicitVRLittleEndian
+    bits = int(ds.get("BitsAllocated", 16))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    if syntax in _NATIVE_SYNTAXES and bits == 16:
+        data = ds.PixelData
+        need = rows * cols * 2
+        if len(data) < need:
+            raise CaseInputError(path, f"truncated pixel data: {len(data)} bytes, expected {need}")
+        raw = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=rows * cols).reshape(rows, cols)
+        stored = int(ds.get("BitsStored", 16) or 16)
+        if stored < 16:  # mask unused high bits (overlays), sign-extend signed values
+            if signed:
+                raw = (raw << (16 - stored)) >> (16 - stored)
+            else:
+                raw = raw & np.uint16((1 << stored) - 1)
+        return raw
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:  # decoder missing, corrupt or truncated stream
+        raise CaseInputError(path, f"cannot decode pixel data ({syntax.name}): {exc}") from exc
+    if raw.shape != (rows, cols):
+        raise CaseInputError(path, f"pixel data decode to shape {raw.shape}, expected {(rows, cols)}")
+    return raw
+
+
+def _to_hu(path: Path, raw: np.ndarray, slope: float, inter: float,
+           padding: tuple[int, int] | None) -> tuple[np.ndarray, int]:
+    if slope == 1.0 and float(inter).is_integer() and raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2:
+        lo_raw, hi_raw = int(raw.min()), int(raw.max())
+        if -32768 <= lo_raw + int(inter) and hi_raw + int(inter) <= 32767:
+            # Fast path: no int32 temporary; the range check above makes the cast exact.
+            values = np.add(raw, int(inter), dtype=np.int16, casting="unsafe")
+        else:
+            values = raw.astype(np.int32)
+            values += int(inter)
+    elif slope == 1.0 and float(inter).is_integer():
+        values = raw.astype(np.int32)
+        values += int(inter)
+    else:
+        values = raw.astype(np.float32) * np.float32(slope) + np.float32(inter)
+        if not np.isfinite(values).all():
+            raise CaseInputError(path, "rescale gives NaN or infinite HU")
+        np.rint(values, out=values)
+    padded = 0
+    if padding is not None:
+        lo, hi = padding
+        mask = (raw == lo) if lo == hi else ((raw >= lo) & (raw <= hi))
+        padded = int(np.count_nonzero(mask))
+        if padded:
+            values[mask] = AIR_HU
+    lo_hu, hi_hu = values.min(), values.max()
+    if lo_hu < -32768 or hi_hu > 32767:
+        raise CaseInputError(path, f"HU range [{lo_hu}, {hi_hu}] does not fit int16; is this a CT?")
+    return values.astype(np.int16), padded
+
+
+def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
+    path = Path(path)
+    try:
+        ds = _read_header(path, _READ_TAGS, stop_before_pixels=False)
+    except FileNotFoundError as exc:
+        raise MissingInputError(path, "file not found") from exc
+    except CaseInputError:
+        raise
+    except Exception as exc:
+        raise CaseInputError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+    sop_class = _sop_class(ds)
+    if sop_class != CTImageStorage:
+        name = getattr(pydicom.uid.UID(sop_class), "name", sop_class) if sop_class else "no SOP class"
+        raise CaseInputError(path, f"not a CT Image Storage object ({name})")
+    for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+        if ds.get(key, None) in (None, ""):
+            raise CaseInputError(path, f"missing {key}")
+    try:
+        position = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+        orientation = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+        spacing = tuple(float(v) for v in ds.PixelSpacing)
+        if position.shape != (3,) or orientation.shape != (6,) or len(spacing) != 2:
+            raise ValueError("wrong number of values")
+        raw = _raw_pixels(path, ds)
+        slope, inter = _number(ds, "RescaleSlope", 1.0), _number(ds, "RescaleIntercept", 0.0)
+    except CaseInputError:
+        raise
+    except Exception as exc:
+        raise CaseInputError(path, f"bad geometry or pixel attributes ({type(exc).__name__}: {exc})") from exc
+    if not (np.all(np.isfinite(position)) and np.all(np.isfinite(orientation))) or min(spacing) <= 0:
+        raise CaseInputError(path, "non-finite position/orientation or non-positive pixel spacing")
+    hu, padded = _to_hu(path, raw, slope, inter, _padding_range(ds, raw.dtype))
+    technical = {}
+    if with_technical:  # converting the values costs as much as the pixels: first slice only
+        for key in _TECHNICAL_TAGS:
+            value = ds.get(key, None)
+            if value not in (None, ""):
+                technical[key] = _technical_value(value)
+    technical["TransferSyntaxUID"] = str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else ""
+    return _Slice(path=path, sop_uid=_sop_instance(ds), series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+                  position=position, orientation=orientation, spacing=spacing,  # type: ignore[arg-type]
+                  shape=(int(ds.Rows), int(ds.Columns)), hu=hu, padded=padded, technical=technical)
+
+
+def _check_consistent(slices: list[_Slice]) -> None:
+    first = slices[0]
+    for s in slices[1:]:
+        if s.series_uid != first.series_uid:
+            raise CaseInputError(s.path, f"mixed series: SeriesInstanceUID {s.series_uid!r} differs from "
+                                         f"{first.series_uid!r} of {first.path.name}")
+        if s.shape != first.shape:
+            raise CaseInputError(s.path, f"rows/columns {s.shape} differ from {first.shape} of {first.path.name}")
+        if np.max(np.abs(s.orientation - first.orientation)) > _ORIENTATION_TOL:
+            raise CaseInputError(s.path, f"ImageOrientationPatient {s.orientation.round(5).tolist()} differs "
+                                         f"from {first.orientation.round(5).tolist()} of {first.path.name}")
+        if max(abs(a - b) for a, b in zip(s.spacing, first.spacing)) > _SPACING_TOL:
+            raise CaseInputError(s.path, f"PixelSpacing {list(s.spacing)} differs from {list(first.spacing)} "
+                                         f"of {first.path.name}")
+
+
+def _shift_slice(image: np.ndarray, dr: float, dc: float, linear: bool, fill) -> np.ndarray:
+    """``out[r, c] = image[r - dr, c - dc]`` (bilinear or nearest), ``fill`` outside."""
+    rows, cols = image.shape
+    if not linear:
+        dr, dc = round(dr), round(dc)
+    r0, c0 = math.floor(dr), math.floor(dc)
+    fr, fc = dr - r0, dc - c0
+
+    def shifted(a: np.ndarray, sr: int, sc: int) -> np.ndarray:
+        out = np.full((rows, cols), fill, dtype=np.float32 if linear else image.dtype)
+        src_r = slice(max(0, -sr), min(rows, rows - sr))
+        dst_r = slice(max(0, sr), min(rows, rows + sr))
+        src_c = slice(max(0, -sc), min(cols, cols - sc))
+        dst_c = slice(max(0, sc), min(cols, cols + sc))
+        if src_r.start < src_r.stop and src_c.start < src_c.stop:
+            out[dst_r, dst_c] = a[src_r, src_c]
+        return out
+
+    if not linear or (fr == 0 and fc == 0):
+        return shifted(image, r0, c0).astype(image.dtype, copy=False) if not linear else shifted(image, r0, c0)
+    return ((1 - fr) * (1 - fc) * shifted(image, r0, c0) + (1 - fr) * fc * shifted(image, r0, c0 + 1)
+            + fr * (1 - fc) * shifted(image, r0 + 1, c0) + fr * fc * shifted(image, r0 + 1, c0 + 1))
+
+
+def _apply_resampling(native: np.ndarray, plan: _Resampling, linear: bool, fill) -> np.ndarray:
+    """Apply in-plane shifts then z interpolation. Linear results are rounded back to integer dtypes."""
+    n = native.shape[0]
+    dtype = native.dtype
+
+    def native_slice(i: int) -> np.ndarray:
+        if plan.shifts is None:
+            return native[i].astype(np.float32) if linear else native[i]
+        return _shift_slice(native[i], plan.shifts[i, 0], plan.shifts[i, 1], linear, fill)
+
+    if plan.lower is None:
+        out = np.empty(native.shape, dtype=dtype)
+        for i in range(n):
+            out[i] = _finish(native_slice(i), dtype, linear)
+        return out
+    out = np.empty((len(plan.lower),) + native.shape[1:], dtype=dtype)
+    for k, (i, w) in enumerate(zip(plan.lower, plan.weight)):
+        i, w = int(i), float(w)
+        if not linear:
+            out[k] = native_slice(i + 1 if w >= 0.5 else i)
+        elif w == 0.0 or i + 1 >= n:
+            out[k] = _finish(native_slice(i), dtype, linear)
+        else:
+            out[k] = _finish((1 - w) * native_slice(i) + w * native_slice(i + 1), dtype, linear)
+    return out
+
+
+def _finish(values: np.ndarray, dtype: np.dtype, linear: bool) -> np.ndarray:
+    if linear and dtype.kind in "iub":
+        return np.rint(values).astype(dtype)
+    return values
+
+
+def _dedupe(path_for_error: Path, slices: list[_Slice], d: np.ndarray, notes: list[str]):
+    keep = [0]
+    dropped = []
+    for i in range(1, len(slices)):
+        j = keep[-1]
+        if abs(d[i] - d[j]) <= _DUPLICATE_TOL_MM:
+            a, b = slices[j], slices[i]
+            if np.array_equal(a.hu, b.hu) and np.allclose(a.position, b.position, atol=_DUPLICATE_TOL_MM):
+                dropped.append(b.path.name)
+                continue
+            raise CaseInputError(b.path, f"two different slices at the same position {d[i]:.3f} mm along the "
+                                         f"normal: {a.path.name} and {b.path.name}")
+        keep.append(i)
+    if dropped:
+        notes.append(f"dropped {len(dropped)} duplicate slice(s) identical to another at the same position: "
+                     + ", ".join(sorted(dropped)[:5]) + (" ..." if len(dropped) > 5 else ""))
+    return [slices[i] for i in keep], d[keep]
+
+
+def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtSeries:
+    """Read one CT series onto the canonical grid (see the module docstring).
+
+    ``irregular``: ``"resample"`` puts irregularly spaced or gantry-tilted series on a
+    regular grid perpendicular to the slices (linear interpolation, recorded in
+    ``notes``); ``"refuse"`` raises :class:`CaseInputError` for them instead.
+    """
+    if irregular not in IRREGULAR_MODES:
+        raise ValueError(f"irregular must be one of {IRREGULAR_MODES}, not {irregular!r}")
+    files = [Path(f) for f in files]
+    if not files:
+        raise CaseInputError("<empty series>", "no DICOM files given")
+    # Serial on purpose: parsing holds the GIL, and threads measured slower (benchmarks/bench_dicom.py).
+    slices = [_read_slice(f, with_technical=(i == 0)) for i, f in enumerate(files)]
+    _check_consistent(slices)
+    notes: list[str] = []
+    first = slices[0]
+    row_cos, col_cos = first.orientation[:3], first.orientation[3:]
+    if abs(np.linalg.norm(row_cos) - 1) > 1e-3 or abs(np.linalg.norm(col_cos) - 1) > 1e-3 \
+            or abs(float(row_cos @ col_cos)) > 1e-3:
+        raise CaseInputError(first.path, f"ImageOrientationPatient {first.orientation.tolist()} is not two "
+                                         "orthogonal unit vectors")
+    row_cos = row_cos / np.linalg.norm(row_cos)
+    col_cos = col_cos / np.linalg.norm(col_cos)
+    normal = np.cross(row_cos, col_cos)
+    d = np.array([float(s.position @ normal) for s in slices])
+    order = np.argsort(d, kind="stable")
+    slices = [slices[i] for i in order]
+    d = d[order]
+    slices, d = _dedupe(first.path, slices, d, notes)
+    n = len(slices)
+    row_spacing, col_spacing = first.spacing  # DICOM: between rows, between columns
+    padded = sum(s.padded for s in slices)
+    if padded:
+        notes.append(f"replaced {padded} padding voxels (PixelPaddingValue) with {AIR_HU} HU (air)")
+
+    # Gantry tilt: slice origins drift in-plane as we go along the normal.
+    origin = slices[0].position
+    offsets = np.array([s.position - (origin + (dk - d[0]) * normal) for s, dk in zip(slices, d)])
+    shifts_px = np.stack([offsets @ col_cos / row_spacing, offsets @ row_cos / col_spacing], axis=1)
+    tilted = n > 1 and float(np.abs(shifts_px).max()) > _TILT_PIXEL_TOL
+    steps = np.diff(d)
+    if n > 1:
+        median = float(np.median(steps))
+        irregular_steps = bool(np.any(np.abs(steps - median) > _STEP_REL_TOL * median))
+    else:
+        thickness = first.technical.get("SliceThickness")
+        median = float(thickness) if isinstance(thickness, (int, float)) and thickness > 0 else 1.0
+        notes.append(f"single-slice series: slice step set to {median} mm (SliceThickness or 1 mm)")
+        irregular_steps = False
+
+    problems = []
+    if tilted:
+        stack_dir = slices[-1].position - slices[0].position
+        angle = math.degrees(math.acos(min(1.0, abs(float(stack_dir @ normal)) / np.linalg.norm(stack_dir))))
+        problems.append(f"gantry tilt: slice origins drift up to {float(np.abs(shifts_px).max()):.2f} pixels "
+                        f"in-plane (stacking direction {angle:.2f} deg from the slice normal)")
+    if irregular_steps:
+        problems.append(f"irregular slice spacing: steps {steps.min():.3f}..{steps.max():.3f} mm "
+                        f"(median {median:.3f} mm)")
+    plan = None
+    native_hu = None
+    step = median
+    if problems:
+        if irregular == "refuse":
+            raise CaseInputError(first.path.parent, "; ".join(problems))
+        lower = weight = None
+        if irregular_steps:
+            extent = float(d[-1] - d[0])
+            count = max(1, round(extent / median))
+            step = extent / count
+            targets = d[0] + step * np.arange(count + 1)
+            lower = np.clip(np.searchsorted(d, targets, side="right") - 1, 0, n - 1)
+            gap = np.where(lower + 1 < n, d[np.minimum(lower + 1, n - 1)] - d[lower], 1.0)
+            weight = np.clip((targets - d[lower]) / gap, 0.0, 1.0)
+            weight[lower + 1 >= n] = 0.0
+            notes.append(f"irregular slice spacing ({steps.min():.3f}..{steps.max():.3f} mm): resampled "
+                         f"{n} slices onto {count + 1} at {step:.4f} mm (linear in z)")
+        if tilted:
+            notes.append(problems[0] + "; slices shifted in-plane onto a grid perpendicular to them "
+                                       "(bilinear, air outside)")
+        plan = _Resampling(shifts=shifts_px if tilted else None, lower=lower, weight=weight)
+    stack = np.empty((n,) + first.shape, dtype=np.int16)
+    for i, s in enumerate(slices):
+        stack[i] = s.hu
+        s.hu = None  # type: ignore[assignment]  # free as we go
+    native_hu = stack if plan is None else _apply_resampling(stack, plan, linear=True, fill=AIR_HU)
+
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_cos * col_spacing   # array x = column index
+    affine_lps[:3, 1] = col_cos * row_spacing   # array y = row index
+    affine_lps[:3, 2] = normal * step           # array z = slice index
+    affine_lps[:3, 3] = origin
+    hu, geometry, source_grid = canonicalize(native_hu.transpose(2, 1, 0), _RAS_FROM_LPS @ affine_lps)
+
+    technical = dict(first.technical)  # the first file given (allowlisted values only)
+    technical["Rows"], technical["Columns"] = first.shape
+    technical["NumberOfSlices"] = n
+    if len({s.technical.get("TransferSyntaxUID") for s in slices}) > 1:
+        technical["TransferSyntaxUID"] = sorted({s.technical.get("TransferSyntaxUID", "") for s in slices})
+    return CtSeries(hu=hu, geometry=geometry, source_grid=source_grid,
+                    native_sop_uids=tuple(s.sop_uid for s in slices),
+                    native_z_mm=tuple(float(v) for v in d), technical=technical,
+                    notes=tuple(notes), _resampling=plan)

@@ -1,0 +1,361 @@
+"""RTSTRUCT ROIs rasterised onto their CT series with rt-utils.
+
+``rasterise_rois`` returns, for each ROI asked for, one ``(rows, cols)`` uint8
+0/1 mask per CT slice of the series, keyed by the slice's SOPInstanceUID, so
+the caller stacks them in whatever slice order its CT reader uses.
+
+The polygons are filled by rt-utils (``RTStruct.get_roi_mask_by_name``, which
+calls OpenCV's ``fillPoly`` once per slice with all of that slice's contours).
+rt-utils trusts its input, so everything it would silently get wrong or crash
+on is checked here first, and the contour sequence it is given is a cleaned
+copy. What rt-utils (1.2.7) does, and what we do about it:
+
+* **Holes.** One ``fillPoly`` call with every contour of a slice fills with the
+  even-odd rule: a contour drawn inside another (NSCLC-Radiomics GTVs draw
+  cavities that way) comes out as a hole, and the inner contour's own pixels
+  stay foreground, which is what OpenCV's ``findContours`` (rt-utils' writer)
+  traces around a hole. Overlapping, non-nested contours of one ROI on one
+  slice therefore cancel where they overlap (the usual XOR reading of DICOM).
+  The tests pin this behaviour (a ring round-trips with its hole).
+* **Contours with fewer than 3 points** (and POINT / OPEN_PLANAR contours)
+  enclose no area: rt-utils crashes on a 1-point contour (``squeeze`` turns it
+  into a bare (x, y) pair that ``fillPoly`` rejects) and paints a 2-point one
+  as a line. They are dropped; an ROI left with none is an error.
+* **Contours outside the field of view** are clipped by ``fillPoly``; an ROI
+  whose contours cover no pixel at all is an error (wrong series or frame of
+  reference), as are non-finite or absurd coordinates (int32 overflow).
+* **Contours referring to SOP instances not in the series** are silently
+  skipped by rt-utils' rasteriser (its own check, in ``create_from``, only
+  looks at the structure set's image list and stops at the first miss with a
+  bare ``Exception``). We count them per ROI and raise :class:`CaseInputError`.
+* **Contours without a ContourImageSequence** (optional in DICOM) crash
+  rt-utils; they are assigned to the slice whose plane they lie in.
+  A contour whose points do not lie in the plane of the slice it refers to is
+  an error.
+* rt-utils places every contour with the **first slice's origin and pixel
+  spacing** and builds masks as ``(Columns, Rows)``: series with non-square
+  images or pixels, differing orientations or sizes, or in-plane origins that
+  move from slice to slice (gantry tilt) are refused rather than mis-placed.
+
+The series is not loaded with ``RTStructBuilder.create_from``: that walks a
+folder and decodes every image's pixel data only to test that it is an image,
+silently dropping files it cannot decode (JPEG 2000 without a plugin), which
+would shift masks off slices without an error. The headers are read here with
+pydicom and handed, sorted with rt-utils' own slice-position key, to rt-utils'
+``RTStruct``; masks are mapped to SOPInstanceUIDs through
+``RTStruct.series_data``, never through an assumed order.
+
+Errors and return values carry only file paths, ROI names and UIDs: never
+patient names, IDs or dates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence as DicomSequence
+from rt_utils import RTStruct, RTStructBuilder
+from rt_utils import image_helper as rt_image
+
+from ctprep.errors import CaseInputError, MissingInputError
+
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+
+# Pixel coordinates beyond this are corrupt data (fillPoly works in int32 with sub-pixel shifts).
+_MAX_PIXEL_COORD = 1e5
+# Relative tolerance for "same" spacing / orientation, and in-plane origin drift in pixels.
+_REL_TOL = 1e-4
+_INPLANE_TOL_PX = 0.05
+
+_SEPARATORS = re.compile(r"[\s_\-]+")
+_GTV_RULE = re.compile(r"gtv0*([1-9][0-9]*)")
+
+
+# --------------------------------------------------------------------------- names
+
+
+def roi_names(rtstruct_path: str | Path) -> list[str]:
+    """The ROI names of an RTSTRUCT's StructureSetROISequence, in file order."""
+    ds = _read_rtstruct(Path(rtstruct_path))
+    return [str(item.get("ROIName", "")) for item in ds.get("StructureSetROISequence", [])]
+
+
+def _normalise(name: str) -> str:
+    return _SEPARATORS.sub("", str(name)).casefold()
+
+
+def match_roi(available: Sequence[str], wanted: str, aliases: Sequence[str] = (),
+              *, path: str | Path = "RTSTRUCT") -> str | None:
+    """The name in ``available`` that means ``wanted``, or None.
+
+    Names compare case-insensitively and ignoring whitespace, ``_`` and ``-``
+    (``"GTV-1"`` matches ``"gtv_1"`` and ``"GTV 1"``). Candidates are tried in
+    order: ``wanted`` exactly as written, ``wanted`` normalised, then each alias
+    exactly and normalised. If one step matches several different names
+    (``"GTV-1"`` and ``"GTV 1"`` both present, neither exact), a
+    :class:`CaseInputError` naming ``path`` is raised rather than guessing.
+    """
+    available = [str(a) for a in available]
+    for candidate in (wanted, *aliases):
+        if candidate in available:
+            return candidate
+        key = _normalise(candidate)
+        hits = list(dict.fromkeys(a for a in available if _normalise(a) == key))
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise CaseInputError(path, f"ROI name {candidate!r} is ambiguous: it matches {hits}")
+    return None
+
+
+def find_gtvs(available: Sequence[str]) -> list[str]:
+    """The numbered GTVs among ``available`` (NSCLC-Radiomics naming), ordered by number.
+
+    Rule: a name is a GTV when, lower-cased and without whitespace, ``_`` and
+    ``-``, it is ``gtv`` followed by a positive number (leading zeros allowed):
+    ``GTV-1``, ``GTV1``, ``gtv-2``, ``GTV_03``, ``GTV 4``. Not GTVs: bare
+    ``GTV``, ``GTV-0``, ``GTVp``, ``GTV-1vol``, ``GTV-1 ring``, ``CTV-1``,
+    ``PTV``. Names are returned as written; two spellings of one number (both
+    ``GTV-1`` and ``GTV 1``) are both returned, ordered by number then name.
+    """
+    found = []
+    for name in dict.fromkeys(str(a) for a in available):
+        m = _GTV_RULE.fullmatch(_normalise(name))
+        if m:
+            found.append((int(m.group(1)), name))
+    return [name for _, name in sorted(found)]
+
+
+# --------------------------------------------------------------------------- rasterising
+
+
+def rasterise_rois(series_files: Sequence[str | Path], rtstruct_path: str | Path,
+                   rois: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Rasterise ROIs (exact names; see :func:`match_roi`) onto the CT slices of ``series_files``.
+
+    Returns ``{roi: {SOPInstanceUID: (rows, cols) uint8 0/1 mask}}`` with one
+    entry per file of the series (zeros where the ROI has no contour). Raises
+    :class:`CaseInputError` (naming the RTSTRUCT or the CT file at fault) for
+    an unreadable file, a missing or empty ROI, contours on slices that are not
+    in the series, or a series geometry rt-utils cannot rasterise correctly.
+    """
+    rtstruct_path = Path(rtstruct_path)
+    ds = _read_rtstruct(rtstruct_path)
+    series = _read_series([Path(f) for f in series_files], rtstruct_path)
+    # rt-utils' own slice order (ascending along the normal); the masks' third axis follows it.
+    series.sort(key=rt_image.get_slice_position)
+    names = [str(i.get("ROIName", "")) for i in ds.StructureSetROISequence]
+
+    cleaned = DicomSequence()
+    structure_items = DicomSequence()
+    for roi in dict.fromkeys(rois):
+        item = _structure_set_item(ds, rtstruct_path, roi, names)
+        contours = _contours_of(ds, rtstruct_path, roi, item.ROINumber)
+        roi_contour = Dataset()
+        roi_contour.ReferencedROINumber = item.ROINumber
+        roi_contour.ContourSequence = _clean_contours(rtstruct_path, roi, contours, series)
+        cleaned.append(roi_contour)
+        structure_items.append(item)
+
+    # A minimal structure set holding only the cleaned contours of the ROIs asked for.
+    clean_ds = Dataset()
+    clean_ds.SOPClassUID = RTSTRUCT_SOP_CLASS
+    clean_ds.StructureSetROISequence = structure_items
+    clean_ds.ROIContourSequence = cleaned
+    clean_ds.RTROIObservationsSequence = DicomSequence()
+    frame = Dataset()
+    frame.FrameOfReferenceUID = str(series[0].get("FrameOfReferenceUID", ""))
+    clean_ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
+    rt = RTStruct(series, clean_ds)
+
+    uids = [str(s.SOPInstanceUID) for s in rt.series_data]
+    rows, cols = int(series[0].Rows), int(series[0].Columns)
+    result: dict[str, dict[str, np.ndarray]] = {}
+    for item in structure_items:
+        roi = str(item.ROIName)
+        try:
+            mask = rt.get_roi_mask_by_name(roi)
+        except Exception as exc:  # rt-utils / OpenCV raise plain Exceptions and cv2.error
+            raise CaseInputError(rtstruct_path, f"ROI {roi!r}: rt-utils could not rasterise it ({exc})") from exc
+        # rt-utils builds (Columns, Rows, slices); equal for the square images _read_series allows.
+        if mask.shape != (rows, cols, len(uids)):
+            raise CaseInputError(rtstruct_path, f"ROI {roi!r}: rt-utils returned a mask of shape "
+                                                f"{mask.shape}, expected {(rows, cols, len(uids))}")
+        if not mask.any():
+            raise CaseInputError(rtstruct_path, f"ROI {roi!r}: its contours cover no pixel of the CT "
+                                                "slices (outside the field of view?)")
+        result[roi] = {uid: np.ascontiguousarray(mask[:, :, i], dtype=np.uint8) for i, uid in enumerate(uids)}
+    return result
+
+
+def _read_rtstruct(path: Path) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path)
+    except FileNotFoundError as exc:
+        raise MissingInputError(path, "file not found") from exc
+    except IsADirectoryError as exc:
+        raise CaseInputError(path, "is a folder, expected an RTSTRUCT file") from exc
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise CaseInputError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class != RTSTRUCT_SOP_CLASS:
+        raise CaseInputError(path, f"not an RTSTRUCT (SOP class {sop_class or 'missing'}, "
+                                   f"modality {ds.get('Modality', 'missing')})")
+    try:
+        RTStructBuilder.validate_rtstruct(ds)
+    except Exception as exc:
+        raise CaseInputError(path, "RTSTRUCT lacks ROIContourSequence, StructureSetROISequence "
+                                   "or RTROIObservationsSequence") from exc
+    if not ds.get("ReferencedFrameOfReferenceSequence"):
+        raise CaseInputError(path, "RTSTRUCT lacks ReferencedFrameOfReferenceSequence")
+    return ds
+
+
+def _read_series(files: list[Path], rtstruct_path: Path) -> list[Dataset]:
+    if not files:
+        raise CaseInputError(rtstruct_path, "no CT series files given to rasterise onto")
+    series = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except FileNotFoundError as exc:
+            raise MissingInputError(f, "file not found") from exc
+        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            raise CaseInputError(f, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+        for tag in ("SOPInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
+                    "PixelSpacing", "Rows", "Columns"):
+            if ds.get(tag) in (None, ""):
+                raise CaseInputError(f, f"CT slice lacks {tag}")
+        series.append(ds)
+
+    uids = [str(s.SOPInstanceUID) for s in series]
+    if len(set(uids)) != len(uids):
+        dup = next(u for u in uids if uids.count(u) > 1)
+        raise CaseInputError(rtstruct_path, f"the CT series holds SOPInstanceUID {dup} more than once")
+    first, path0 = series[0], files[0]
+    rows, cols = int(first.Rows), int(first.Columns)
+    spacing = np.asarray(first.PixelSpacing, dtype=np.float64)
+    orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    # rt-utils makes (Columns, Rows) masks and divides x by the row spacing: only square is right.
+    if rows != cols:
+        raise CaseInputError(path0, f"image is {rows}x{cols}; rt-utils rasterises only square images")
+    if spacing.shape != (2,) or not np.all(np.isfinite(spacing)) or spacing.min() <= 0:
+        raise CaseInputError(path0, f"PixelSpacing {spacing.tolist()} is not two positive numbers")
+    if abs(spacing[0] - spacing[1]) > _REL_TOL * spacing.max():
+        raise CaseInputError(path0, f"PixelSpacing {spacing.tolist()} is not square; rt-utils "
+                                    "rasterises only square pixels")
+    try:
+        row_dir, col_dir, _ = rt_image.get_slice_directions(first)
+    except Exception as exc:
+        raise CaseInputError(path0, f"invalid ImageOrientationPatient {orientation.tolist()}") from exc
+    origin0 = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    for f, s in zip(files, series):
+        if (int(s.Rows), int(s.Columns)) != (rows, cols):
+            raise CaseInputError(f, f"image is {s.Rows}x{s.Columns}, the series' first is {rows}x{cols}")
+        if not np.allclose(np.asarray(s.PixelSpacing, dtype=np.float64), spacing, rtol=_REL_TOL, atol=0):
+            raise CaseInputError(f, f"PixelSpacing {list(s.PixelSpacing)} differs from the series' "
+                                    f"{spacing.tolist()}")
+        if not np.allclose(np.asarray(s.ImageOrientationPatient, dtype=np.float64), orientation, atol=_REL_TOL):
+            raise CaseInputError(f, "ImageOrientationPatient differs from the series' first slice")
+        # rt-utils maps every contour with the first slice's origin: the in-plane origin must not move.
+        shift = np.asarray(s.ImagePositionPatient, dtype=np.float64) - origin0
+        drift = max(abs(shift @ row_dir), abs(shift @ col_dir)) / spacing[0]
+        if not np.isfinite(drift) or drift > _INPLANE_TOL_PX:
+            raise CaseInputError(f, f"slice origin is shifted in-plane by {drift:.2f} pixels from the "
+                                    "series' first slice (gantry tilt?); rt-utils cannot place contours")
+    return series
+
+
+def _structure_set_item(ds: Dataset, path: Path, roi: str, names: list[str]) -> Dataset:
+    items = [i for i in ds.StructureSetROISequence if str(i.get("ROIName", "")) == roi]
+    if not items:
+        raise CaseInputError(path, f"no ROI named {roi!r}; available ROIs: {names}")
+    if len(items) > 1:
+        raise CaseInputError(path, f"{len(items)} ROIs are named {roi!r}")
+    return items[0]
+
+
+def _contours_of(ds: Dataset, path: Path, roi: str, number) -> list[Dataset]:
+    for item in ds.ROIContourSequence:
+        if str(item.get("ReferencedROINumber", "")) == str(number):
+            contours = list(item.get("ContourSequence", []) or [])
+            if not contours:
+                break
+            return contours
+    raise CaseInputError(path, f"ROI {roi!r} has no contours")
+
+
+def _clean_contours(path: Path, roi: str, contours: list[Dataset], series: list[Dataset]) -> DicomSequence:
+    """Copies of the area contours of one ROI, each referring to a slice of ``series``; see the module doc."""
+    normal = np.cross(*(np.asarray(series[0].ImageOrientationPatient, dtype=np.float64).reshape(2, 3)))
+    positions = np.array([rt_image.get_slice_position(s) for s in series])  # ascending
+    if len(series) > 1:
+        tolerance = 0.5 * float(np.diff(positions).min())
+    else:
+        tolerance = 0.5 * float(series[0].get("SliceThickness") or 1.0)
+    by_uid = {str(s.SOPInstanceUID): i for i, s in enumerate(series)}
+    to_pixel = rt_image.get_patient_to_pixel_transformation_matrix(series)
+
+    kept, missing, short = DicomSequence(), set(), 0
+    referenced = set()
+    for n, contour in enumerate(contours):
+        data = np.asarray(contour.get("ContourData") or [], dtype=np.float64)
+        kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
+        if data.size % 3:
+            raise CaseInputError(path, f"ROI {roi!r}: contour {n} has {data.size} coordinates, "
+                                       "not a multiple of 3")
+        points = data.reshape(-1, 3)
+        if kind != "CLOSED_PLANAR" or len(points) < 3:
+            short += 1
+            continue
+        if not np.all(np.isfinite(points)):
+            raise CaseInputError(path, f"ROI {roi!r}: contour {n} has non-finite coordinates")
+        pixels = rt_image.apply_transformation_to_3d_points(points, to_pixel)[:, :2]
+        if np.abs(pixels).max() > _MAX_PIXEL_COORD:
+            raise CaseInputError(path, f"ROI {roi!r}: contour {n} lies {np.abs(pixels).max():.0f} pixels "
+                                       "from the image (corrupt coordinates?)")
+        heights = points @ normal
+        images = contour.get("ContourImageSequence") or []
+        uid = str(images[0].get("ReferencedSOPInstanceUID", "")) if images else ""
+        if uid:
+            referenced.add(uid)
+            if uid not in by_uid:
+                missing.add(uid)
+                continue
+            index = by_uid[uid]
+            off = float(np.abs(heights - positions[index]).max())
+            if off > tolerance:
+                raise CaseInputError(path, f"ROI {roi!r}: contour {n} lies {off:.2f} mm off the plane of "
+                                           f"slice {uid} it refers to")
+        else:
+            # No reference (optional in DICOM): use the slice whose plane holds the contour.
+            index = int(np.abs(positions - heights.mean()).argmin())
+            off = float(np.abs(heights - positions[index]).max())
+            if off > tolerance:
+                raise CaseInputError(path, f"ROI {roi!r}: contour {n} has no ContourImageSequence and lies "
+                                           f"{off:.2f} mm from the nearest CT slice")
+        clean = Dataset()
+        clean.ContourGeometricType = "CLOSED_PLANAR"
+        clean.NumberOfContourPoints = len(points)
+        clean.ContourData = contour.ContourData
+        image = Dataset()
+        image.ReferencedSOPClassUID = str(series[index].get("SOPClassUID", ""))
+        image.ReferencedSOPInstanceUID = str(series[index].SOPInstanceUID)
+        clean.ContourImageSequence = DicomSequence([image])
+        kept.append(clean)
+
+    if missing:
+        shown = sorted(missing)[:3]
+        raise CaseInputError(path, f"ROI {roi!r}: {len(missing)} of the {len(referenced)} CT slices its "
+                                   f"contours refer to are not in the series ({len(series)} slices), "
+                                   f"e.g. SOPInstanceUID {', '.join(shown)}")
+    if not kept:
+        raise CaseInputError(path, f"ROI {roi!r} has no closed contour of 3 or more points "
+                                   f"({short} point/line/open contours ignored)")
+    return kept
