@@ -10,6 +10,7 @@ import sys
 import click
 
 EXIT_FAILED = 1
+SOURCE_HELP = "Raw dataset layout: lits, kits19, nsclc, lidc or deeplesion."
 
 
 def _fail_cleanly(func):
@@ -53,7 +54,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--source", required=True, help="Raw dataset layout: lits or kits19.")
+@click.option("--source", required=True, help=SOURCE_HELP)
 @click.option("--input", "input_dir", required=True, type=click.Path(file_okay=False),
               help="Folder of the download (searched recursively).")
 @click.option("--output", required=True, type=click.Path(), help="Store to write, e.g. kits19.zarr.")
@@ -72,10 +73,20 @@ def main() -> None:
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the patient-level split.")
 @click.option("--split", "split_fractions", default="0.7,0.15,0.15", show_default=True, metavar="TR,VA,TE",
               help="Train, validation and test fractions (used when the dataset has no official split).")
+@click.option("--roi", "rois", multiple=True, metavar="ROI[=LABEL]",
+              help="nsclc: RTSTRUCT ROI to rasterise, matched case-insensitively (repeatable). "
+                   "Default: the tumour (GTV-1 and its aliases). 'Lung-Left=lungs' stores it as label 'lungs'.")
+@click.option("--gtvs", type=click.Choice(["merge", "separate", "both"]), default=None,
+              help="nsclc: several GTVs (GTV-1, GTV-2, ...) merged into 'tumour', kept as gtv_1, gtv_2, ... "
+                   "or both. Default: both.")
+@click.option("--context", type=click.IntRange(min=0), default=None, metavar="K",
+              help="deeplesion: neighbouring slices stored each side of a key slice. Default: 2.")
+@click.option("--keep-noisy", is_flag=True, default=None,
+              help="deeplesion: keep lesions flagged Possibly_noisy (skipped by default).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, cases, workers, overwrite,
-            strict, split_seed, split_fractions, quiet) -> None:
+            strict, split_seed, split_fractions, rois, gtvs, context, keep_noisy, quiet) -> None:
     """Convert a raw dataset folder into a slice store.
 
     Re-running the same command resumes: complete cases are kept, interrupted ones redone.
@@ -106,6 +117,7 @@ def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, 
         cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None,
         workers=workers, overwrite=overwrite, strict=strict,
         split=SplitConfig(seed=split_seed, fractions=fractions),
+        source_options=_source_options(rois=list(rois) or None, gtvs=gtvs, context=context, keep_noisy=keep_noisy),
     )
     report = convert_dataset(config, progress=not quiet)
     for line in report.summary_lines():
@@ -116,8 +128,13 @@ def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, 
         sys.exit(EXIT_FAILED)
 
 
+def _source_options(**given) -> dict:
+    """The source-specific flags the user set (the source rejects those it does not take)."""
+    return {name: value for name, value in given.items() if value is not None}
+
+
 @main.command()
-@click.option("--source", required=True, help="Raw dataset layout: lits or kits19.")
+@click.option("--source", required=True, help=SOURCE_HELP)
 @click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of the download.")
 @_fail_cleanly

@@ -54,6 +54,7 @@ class ConvertConfig:
     overwrite: bool = False
     strict: bool = False
     split: SplitConfig = field(default_factory=SplitConfig)
+    source_options: dict = field(default_factory=dict)  # the source's own options (e.g. nsclc rois)
 
     def __post_init__(self) -> None:
         parse_slice_mode(self.slices)
@@ -73,6 +74,7 @@ class ConvertConfig:
             "slices": self.slices,
             "keep_hu": self.keep_hu,
             "split": self.split.to_dict(),
+            "source_options": dict(self.source_options),
         }
 
     def to_dict(self) -> dict:
@@ -90,7 +92,8 @@ class ConvertConfig:
                    cases=tuple(data["cases"]) if data.get("cases") else None,
                    workers=int(data.get("workers", 1)), overwrite=bool(data.get("overwrite", False)),
                    strict=bool(data.get("strict", False)),
-                   split=SplitConfig.from_dict(data["split"]) if "split" in data else SplitConfig())
+                   split=SplitConfig.from_dict(data["split"]) if "split" in data else SplitConfig(),
+                   source_options=dict(data.get("source_options") or {}))
 
 
 def parse_slice_mode(mode: str) -> tuple[str, int]:
@@ -166,7 +169,7 @@ def _select_slices(nz: int, lesion_per_slice: np.ndarray | None, mode: str, case
 def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...]) -> CaseOutcome:
     """Load, resample, window and store one case. Raises CaseInputError for unusable input."""
     started = time.perf_counter()
-    source = get_source(config.source)
+    source = get_source(config.source, config.source_options)
     volume = source.load(ref)
     canonical_geometry = volume.geometry  # before resampling: needed to export results back
     if config.spacing or config.size:
@@ -232,7 +235,7 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
                     on_outcome: Callable[[CaseOutcome], None] | None = None) -> ConversionReport:
     """Convert ``config.input_dir`` into the store ``config.output``; see the module docstring."""
     started = time.perf_counter()
-    source = get_source(config.source)
+    source = get_source(config.source, config.source_options)
     root = Path(config.input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: input folder not found")

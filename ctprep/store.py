@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ FORMAT_VERSION = 1
 ZSTD_LEVEL = 1
 _STORE_KEY = "lesionkit"
 _CASE_KEY = "lesionkit_case"
+_STAGING = "_staging."  # prefix of a label being written; never listed as a label
+LABEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,6 +222,11 @@ def _case_path(case_id: str) -> str:
 def _validate_case_id(case_id: str) -> None:
     if not case_id or "/" in case_id or case_id.startswith(".") or case_id != case_id.strip():
         raise ValueError(f"case id {case_id!r} cannot name a store group")
+
+
+def _validate_label_name(name: str) -> None:
+    if not name or "/" in name or name.startswith((".", "_")) or name != name.strip():
+        raise ValueError(f"label name {name!r} cannot name a store array (no '/', no leading '.' or '_')")
 
 
 class SliceStore:
@@ -412,26 +420,47 @@ class SliceStore:
         group.attrs.update({_CASE_KEY: {"complete": True, "record": record.to_dict()}})
         return self.case_bytes(record.case_id)
 
-    def write_label(self, case_id: str, name: str, array: np.ndarray) -> None:
-        """Add or replace ``labels/<name>`` of a complete case (used by ctlabel).
+    def write_label(self, case_id: str, name: str, array: np.ndarray | LazySlices,
+                    attributes: Mapping | None = None) -> None:
+        """Add or replace ``labels/<name>`` of a complete case (used by ctlabel and ctseg).
 
-        Not atomic yet: an interrupted replacement leaves that label incomplete (the rest
-        of the case is untouched). ctlabel must stage and swap labels before it relies on it.
+        ``array`` is uint8 (masks, trimaps) or float32 (soft masks, probabilities) on the
+        case's stored grid. ``attributes`` (JSON) describe how it was made. On a local
+        store the label is written under a staging name and renamed into place, so an
+        interrupted write leaves the previous label (or none), never a partial one.
         """
+        _validate_label_name(name)
         record = self.record(case_id)
         expected = (record.num_slices, *record.geometry.shape[1:])
-        if array.shape != expected:
-            raise ValueError(f"case {case_id}: label {name!r} must have shape {expected}, found {array.shape}")
+        if tuple(array.shape) != expected or np.dtype(array.dtype) not in LABEL_DTYPES:
+            raise ValueError(f"case {case_id}: label {name!r} must be uint8 or float32 with shape {expected}, "
+                             f"found {array.dtype} {tuple(array.shape)}")
         labels = self._case_group(case_id)["labels"]
-        self._write_array(labels, name, array, ("z", "y", "x"))  # type: ignore[arg-type]
-        self._chunk_files.pop((case_id, f"labels/{name}"), None)
+        self._chunk_files = {k: v for k, v in self._chunk_files.items() if k[:2] != (case_id, f"labels/{name}")}
+        store = labels.store
+        if not isinstance(store, LocalStore):
+            self._write_array(labels, name, array, ("z", "y", "x"), attributes)  # type: ignore[arg-type]
+            return
+        folder = self.path / _case_path(case_id) / "labels"
+        staged, retired = f"{_STAGING}{name}.{os.getpid()}", f"{_STAGING}{name}.old.{os.getpid()}"
+        shutil.rmtree(folder / staged, ignore_errors=True)
+        self._write_array(labels, staged, array, ("z", "y", "x"), attributes)  # type: ignore[arg-type]
+        if (folder / name).exists():
+            os.replace(folder / name, folder / retired)
+        os.replace(folder / staged, folder / name)
+        shutil.rmtree(folder / retired, ignore_errors=True)
+
+    def label_attributes(self, case_id: str, name: str) -> dict:
+        """The attributes stored with ``labels/<name>`` (empty for labels written by ctprep)."""
+        return dict(self._array(case_id, f"labels/{name}").attrs)
 
     @staticmethod
-    def _write_array(group: zarr.Group, name: str, data: np.ndarray, dims: tuple[str, ...]) -> None:
+    def _write_array(group: zarr.Group, name: str, data: np.ndarray, dims: tuple[str, ...],
+                     attributes: Mapping | None = None) -> None:
         array = group.create_array(
             name, shape=data.shape, dtype=data.dtype, chunks=_slice_chunks(data.shape),
             serializer=BytesCodec(), compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0,
-            chunk_key_encoding=_CHUNK_KEYS,
+            chunk_key_encoding=_CHUNK_KEYS, attributes=dict(attributes or {}),
             dimension_names=dims, overwrite=True)
         store = group.store
         if isinstance(store, LocalStore) and _ChunkFiles.usable(array):
@@ -442,7 +471,8 @@ class SliceStore:
 
     # ---- reading -------------------------------------------------------------------------
     def label_names(self, case_id: str) -> list[str]:
-        return sorted(name for name, _ in self._case_group(case_id)["labels"].arrays())  # type: ignore[union-attr]
+        group = self._case_group(case_id)["labels"]
+        return sorted(name for name, _ in group.arrays() if not name.startswith(_STAGING))  # type: ignore[union-attr]
 
     def _array(self, case_id: str, name: str) -> zarr.Array:
         try:
@@ -493,12 +523,17 @@ class SliceStore:
             raise ValueError(f"slices of different shapes in one batch: {sorted(shapes)}; convert with --size")
         channels, height, width = shapes.pop()
         image = np.empty((len(keys), channels, height, width), dtype=np.uint8)
-        out_labels = {name: np.empty((len(keys), height, width), dtype=np.uint8) for name in labels}
+        dtypes = {name: self._label_dtype(keys[0][0], name) for name in labels}
+        out_labels = {name: np.empty((len(keys), height, width), dtype=dtypes[name]) for name in labels}
         for i, (case_id, z) in enumerate(keys):
             self._read_slice_into(case_id, "image", z, image[i])
             for name, target in out_labels.items():
                 self._read_slice_into(case_id, f"labels/{name}", z, target[i])
         return SliceBatch(keys=keys, image=image, labels=out_labels)
+
+    def _label_dtype(self, case_id: str, name: str) -> np.dtype:
+        reader = self._reader(case_id, f"labels/{name}")
+        return np.dtype(reader.dtype if isinstance(reader, _ChunkFiles) else reader.dtype)
 
     # ---- slice index ---------------------------------------------------------------------
     def rebuild_index(self) -> SliceIndex:

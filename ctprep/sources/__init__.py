@@ -5,6 +5,8 @@ Adding a source is one file here plus one line in ``SOURCES``.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from ctprep.sources.base import Source
 from ctprep.sources.kits19 import Kits19Source
 from ctprep.sources.lits import LitsSource
@@ -15,11 +17,13 @@ SOURCES: dict[str, type[Source]] = {
 }
 
 
-def get_source(name: str) -> Source:
+def get_source(name: str, options: Mapping[str, Any] | None = None) -> Source:
+    """The source registered as ``name``, configured with its ``options`` (validated by the source)."""
     try:
-        return SOURCES[name]()
+        source_type = SOURCES[name]
     except KeyError:
         raise ValueError(f"unknown source {name!r}; known: {', '.join(sorted(SOURCES))}") from None
+    return source_type(options=options)
 
 
 __all__ = ["SOURCES", "Source", "get_source"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -22,9 +22,17 @@ class Source(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    #: Options this source understands (``ctprep convert`` flags), name -> help text.
+    options_help: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, manifest: DatasetManifest | None = None):
+    def __init__(self, manifest: DatasetManifest | None = None, options: Mapping[str, Any] | None = None):
         self.manifest = manifest or load_dataset_manifest(self.name)
+        self.options = dict(options or {})
+        unknown = sorted(set(self.options) - set(self.options_help))
+        if unknown:
+            takes = ", ".join(sorted(self.options_help)) or "none"
+            raise ValueError(f"source {self.name!r} does not take the option(s) {', '.join(unknown)} "
+                             f"(it takes: {takes})")
 
     @abstractmethod
     def discover(self, root: Path) -> list[CaseRef]:

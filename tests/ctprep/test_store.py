@@ -295,6 +295,24 @@ def test_write_label_adds_and_replaces(store):
         store.write_label("missing", "x", trimap)
 
 
+def test_write_label_float_with_attributes_and_staging_is_invisible(store):
+    record, image, labels, _ = make_case("case_a", empty_slices=())
+    store.write_case(record, image, labels)
+    alpha = np.linspace(0, 1, 5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    store.write_label("case_a", "soft_tumour", alpha, attributes={"method": "closed-form"})
+    batch = store.read_slices([("case_a", 3), ("case_a", 1)], labels=["soft_tumour", "tumour"])
+    assert batch.labels["soft_tumour"].dtype == np.float32 and batch.labels["tumour"].dtype == np.uint8
+    np.testing.assert_array_equal(batch.labels["soft_tumour"], alpha[[3, 1]])
+    assert store.label_attributes("case_a", "soft_tumour") == {"method": "closed-form"}
+    # A write killed before its rename leaves a staged array that nobody lists or reads.
+    store._write_array(store._case_group("case_a")["labels"], "_staging.x.123", alpha, ("z", "y", "x"))
+    assert SliceStore.open(store.path).label_names("case_a") == ["kidney", "soft_tumour", "tumour"]
+    with pytest.raises(ValueError, match="uint8 or float32"):
+        store.write_label("case_a", "bad", alpha.astype(np.float64))
+    with pytest.raises(ValueError, match="label name"):
+        store.write_label("case_a", "_hidden", alpha)
+
+
 def test_write_case_validates_its_input(store):
     record, image, labels, hu = make_case("case_a", has_hu=True)
     with pytest.raises(ValueError, match="image must be uint8"):
