@@ -186,6 +186,27 @@ def preview(store, case_id, zs, channel, out) -> None:
 
 
 @main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--also", "extra", multiple=True, type=click.Path(exists=True),
+              help="Other files or folders to scan too, e.g. conversion logs (repeatable).")
+@_fail_cleanly
+def audit(store, extra) -> None:
+    """Scan a store, its manifest and logs for values that look like PHI.
+
+    Looks for DICOM PHI attribute names and tags, DICOM person names (FAMILY^GIVEN),
+    birth dates, e-mail addresses and telephone numbers in every JSON and text file.
+    Exits 1 if anything is found.
+    """
+    from ctprep.audit import audit_store
+
+    report = audit_store(store, list(extra))
+    for line in report.lines():
+        click.echo(line)
+    if not report.clean:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @_fail_cleanly
