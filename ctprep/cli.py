@@ -187,6 +187,26 @@ def preview(store, case_id, zs, channel, out) -> None:
 
 @main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def verify(store, quiet) -> None:
+    """Check a store against the checksums recorded when it was written.
+
+    Recomputes every chunk's checksum and compares it with the case's record and the
+    conversion manifest, checks the slice index against the cases and the labels
+    against the label map. Reports problems by case; exits 1 if there are any.
+    """
+    from ctprep.verify import verify_store
+
+    report = verify_store(store, progress=not quiet)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--also", "extra", multiple=True, type=click.Path(exists=True),
               help="Other files or folders to scan too, e.g. conversion logs (repeatable).")
 @_fail_cleanly

@@ -30,7 +30,7 @@ from ctprep.case import CaseRecord, CaseRef
 from ctprep.datasets import SplitConfig, assign_split
 from ctprep.errors import CaseInputError, LesionkitError, StoreError
 from ctprep.sources import get_source
-from ctprep.store import SliceStore
+from ctprep.store import SliceStore, checksums_digest
 from ctprep.lookup import LazySlices, nonzero_per_slice
 from ctprep.windowing import Window, windowed_slices
 
@@ -347,6 +347,7 @@ def manifest_path(store_path: str | Path) -> Path:
 def build_manifest(store: SliceStore, config: ConvertConfig, source, report: ConversionReport,
                    previous: dict) -> dict:
     cases = dict(previous)  # cases converted by earlier runs keep their entries
+    converted_now = {o.case_id for o in report.outcomes if o.status == "converted"}
     for outcome in report.outcomes:
         entry = outcome.to_dict()
         if outcome.status == "existing":  # in the store: listed as converted, with any earlier details
@@ -356,6 +357,11 @@ def build_manifest(store: SliceStore, config: ConvertConfig, source, report: Con
     for case_id, entry in cases.items():  # a case that failed now but exists from before stays listed as such
         if case_id in complete and entry.get("status") == "skipped":
             entry["status"] = "converted"
+        if case_id in complete and ("checksum" not in entry or case_id in converted_now):
+            # What `ctprep verify` holds the case's chunks against (recorded once, when written).
+            recorded = store.recorded_checksums(case_id)
+            entry["checksum"] = checksums_digest(recorded)
+            entry["arrays"] = sorted(recorded)
     return {
         "format": "lesionkit-conversion-manifest",
         "lesionkit_version": __version__,

@@ -20,6 +20,7 @@ No other module imports zarr.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -167,8 +168,10 @@ class _ChunkFiles:
         if self.dtype.byteorder == ">" or (self.dtype.byteorder == "=" and np.little_endian is False):
             out.byteswap(inplace=True)  # pragma: no cover - we only write little-endian
 
-    def write_all(self, data: np.ndarray | LazySlices) -> None:
+    def write_all(self, data: np.ndarray | LazySlices) -> dict[str, str]:
         """Write every slice of ``data`` (the array's full shape) as one chunk file each.
+
+        Returns the checksum of every chunk file written, by chunk key (see chunk_checksum).
 
         Slices are pulled with ``data[z]`` from the writer threads, so a LazySlices
         volume is computed in parallel, slice by slice, and never held whole.
@@ -182,11 +185,11 @@ class _ChunkFiles:
         os.makedirs(self.folder, exist_ok=True)
         flat = os.path.dirname(self._path(0)) == os.fspath(self.folder)  # our "." chunk keys
 
-        def write(z: int) -> None:
+        def write(z: int) -> tuple[str, str] | None:
             chunk = data[z]
             empty = not chunk.any() if fill == 0 else bool(np.all(chunk == fill))
             if empty:
-                return  # as zarr (write_empty_chunks=False): a missing chunk reads as the fill value
+                return None  # as zarr (write_empty_chunks=False): a missing chunk reads as the fill value
             payload = zstd.encode(np.ascontiguousarray(chunk, dtype=little))
             path = self._path(z)
             if not flat:
@@ -196,10 +199,33 @@ class _ChunkFiles:
             # read, and on slow disks the rename was a third of the time of a chunk.
             with open(path, "wb") as handle:
                 handle.write(payload)
+            return os.path.relpath(path, self.folder), chunk_checksum(payload)
 
         with ThreadPoolExecutor(max_workers=_WRITE_THREADS) as pool:
-            for _ in pool.map(write, range(data.shape[0])):
-                pass  # re-raises the first error
+            written = [item for item in pool.map(write, range(data.shape[0])) if item]  # re-raises errors
+        return dict(sorted(written))
+
+
+def chunk_checksum(payload: bytes) -> str:
+    """The recorded checksum of a chunk file: the first 16 hex digits of its sha256."""
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def array_checksums(folder: Path) -> dict[str, str]:
+    """Checksums of the chunk files of the array stored in ``folder``, by chunk key."""
+    sums = {}
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            if name != "zarr.json":
+                path = os.path.join(dirpath, name)
+                with open(path, "rb") as handle:
+                    sums[os.path.relpath(path, folder)] = chunk_checksum(handle.read())
+    return dict(sorted(sums.items()))
+
+
+def checksums_digest(checksums: Mapping[str, Mapping[str, str]]) -> str:
+    """One sha256 over a case's chunk checksums: what a manifest records for the case."""
+    return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
 
 
 # Threads encoding and writing chunks; more than the cores buys nothing (zstd is CPU-bound).
@@ -410,14 +436,14 @@ class SliceStore:
         self.delete_case(record.case_id)
         group = self._cases_group().create_group(record.case_id)
         group.attrs.update({_CASE_KEY: {"complete": False}})
-        self._write_array(group, "image", image, ("z", "channel", "y", "x"))
+        checksums = {"image": self._write_array(group, "image", image, ("z", "channel", "y", "x"))}
         if hu is not None:
-            self._write_array(group, "hu", hu, ("z", "y", "x"))
+            checksums["hu"] = self._write_array(group, "hu", hu, ("z", "y", "x"))
         label_group = group.create_group("labels")
         for name, array in labels.items():
-            self._write_array(label_group, name, array, ("z", "y", "x"))
+            checksums[f"labels/{name}"] = self._write_array(label_group, name, array, ("z", "y", "x"))
         # The completion marker is the last write: before it the case does not exist for readers.
-        group.attrs.update({_CASE_KEY: {"complete": True, "record": record.to_dict()}})
+        group.attrs.update({_CASE_KEY: {"complete": True, "record": record.to_dict(), "checksums": checksums}})
         return self.case_bytes(record.case_id)
 
     def write_label(self, case_id: str, name: str, array: np.ndarray | LazySlices,
@@ -439,16 +465,31 @@ class SliceStore:
         self._chunk_files = {k: v for k, v in self._chunk_files.items() if k[:2] != (case_id, f"labels/{name}")}
         store = labels.store
         if not isinstance(store, LocalStore):
-            self._write_array(labels, name, array, ("z", "y", "x"), attributes)  # type: ignore[arg-type]
-            return
-        folder = self.path / _case_path(case_id) / "labels"
-        staged, retired = f"{_STAGING}{name}.{os.getpid()}", f"{_STAGING}{name}.old.{os.getpid()}"
-        shutil.rmtree(folder / staged, ignore_errors=True)
-        self._write_array(labels, staged, array, ("z", "y", "x"), attributes)  # type: ignore[arg-type]
-        if (folder / name).exists():
-            os.replace(folder / name, folder / retired)
-        os.replace(folder / staged, folder / name)
-        shutil.rmtree(folder / retired, ignore_errors=True)
+            sums = self._write_array(labels, name, array, ("z", "y", "x"), attributes)  # type: ignore[arg-type]
+        else:
+            folder = self.path / _case_path(case_id) / "labels"
+            staged, retired = f"{_STAGING}{name}.{os.getpid()}", f"{_STAGING}{name}.old.{os.getpid()}"
+            shutil.rmtree(folder / staged, ignore_errors=True)
+            sums = self._write_array(labels, staged, array, ("z", "y", "x"), attributes)  # type: ignore[arg-type]
+            if (folder / name).exists():
+                os.replace(folder / name, folder / retired)
+            os.replace(folder / staged, folder / name)
+            shutil.rmtree(folder / retired, ignore_errors=True)
+        group = self._case_group(case_id)
+        marker = dict(group.attrs[_CASE_KEY])
+        marker["checksums"] = {**marker.get("checksums", {}), f"labels/{name}": sums}
+        group.attrs.update({_CASE_KEY: marker})
+
+    def recorded_checksums(self, case_id: str) -> dict[str, dict[str, str]]:
+        """The chunk checksums recorded when each array of the case was written ({} for old stores)."""
+        return dict(self._case_group(case_id).attrs[_CASE_KEY].get("checksums", {}))
+
+    def current_checksums(self, case_id: str) -> dict[str, dict[str, str]]:
+        """The chunk checksums of the case's arrays as they are on disk now."""
+        case_folder = self.path / _case_path(case_id)
+        names = ["image"] + (["hu"] if self.record(case_id).has_hu else [])
+        names += [f"labels/{n}" for n in self.label_names(case_id)]
+        return {name: array_checksums(case_folder / name) for name in names}
 
     def label_attributes(self, case_id: str, name: str) -> dict:
         """The attributes stored with ``labels/<name>`` (empty for labels written by ctprep)."""
@@ -456,18 +497,20 @@ class SliceStore:
 
     @staticmethod
     def _write_array(group: zarr.Group, name: str, data: np.ndarray, dims: tuple[str, ...],
-                     attributes: Mapping | None = None) -> None:
+                     attributes: Mapping | None = None) -> dict[str, str]:
+        """Create the array ``name`` in ``group`` holding ``data``; returns its chunk checksums."""
         array = group.create_array(
             name, shape=data.shape, dtype=data.dtype, chunks=_slice_chunks(data.shape),
             serializer=BytesCodec(), compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0,
             chunk_key_encoding=_CHUNK_KEYS, attributes=dict(attributes or {}),
             dimension_names=dims, overwrite=True)
         store = group.store
-        if isinstance(store, LocalStore) and _ChunkFiles.usable(array):
+        folder = Path(store.root) / array.path if isinstance(store, LocalStore) else None
+        if folder is not None and _ChunkFiles.usable(array):
             # Our own threaded chunk writer: several times zarr's speed (see _ChunkFiles).
-            _ChunkFiles(array, Path(store.root) / array.path).write_all(data)
-        else:
-            array[...] = np.asarray(data)
+            return _ChunkFiles(array, folder).write_all(data)
+        array[...] = np.asarray(data)
+        return array_checksums(folder) if folder is not None else {}
 
     # ---- reading -------------------------------------------------------------------------
     def label_names(self, case_id: str) -> list[str]:
@@ -570,12 +613,13 @@ class SliceStore:
 
     def index(self, *, split: str | None = None, lesion_only: bool = False) -> SliceIndex:
         """The slice index, filtered. Falls back to the case records if the stored index is stale."""
-        index = self._stored_index()
+        index = self.stored_index()
         if index is None or set(index.rows["case"].tolist()) != set(self.case_ids()):
             index = SliceIndex.from_records(self.records())
         return index.filter(split=split, lesion_only=lesion_only)
 
-    def _stored_index(self) -> SliceIndex | None:
+    def stored_index(self) -> SliceIndex | None:
+        """The index as last consolidated (None if absent); ``index()`` checks it against the cases."""
         if "index" not in self._root:
             return None
         group = self._root["index"]

@@ -102,7 +102,7 @@ def assert_same_store(resumed: Path, clean: Path) -> None:
         for name in x.labels:
             np.testing.assert_array_equal(x.labels[name], y.labels[name], err_msg=f"{case_id} {name}")
     assert np.array_equal(a.index().rows, b.index().rows)
-    assert np.array_equal(a._stored_index().rows, b._stored_index().rows)  # the consolidated index too
+    assert np.array_equal(a.stored_index().rows, b.stored_index().rows)  # the consolidated index too
     assert _manifest_cases(resumed) == _manifest_cases(clean)
     summary = json.loads(manifest_path(resumed).read_text())["summary"]
     assert summary == {"converted": len(IDS), "skipped": []}

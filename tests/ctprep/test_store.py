@@ -380,7 +380,7 @@ def test_index_filters(store):
 def test_stored_index_matches_records_and_is_used(store):
     _index_store(store)
     rebuilt = store.rebuild_index()
-    stored = SliceStore.open(store.path)._stored_index()
+    stored = SliceStore.open(store.path).stored_index()
     assert stored is not None
     assert stored.rows.dtype == rebuilt.rows.dtype
     np.testing.assert_array_equal(stored.rows, rebuilt.rows)
