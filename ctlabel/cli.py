@@ -1,12 +1,170 @@
-"""The ``ctlabel`` command line (its commands are being built; see README)."""
+"""The ``ctlabel`` command line: thin wrappers over ctlabel's library (heavy imports inside commands)."""
+
+from __future__ import annotations
+
+import functools
+import sys
 
 import click
+
+EXIT_FAILED = 1
+FROM_HELP = ("Evidence: recist (RECIST axes in the case annotations, e.g. DeepLesion), readers (LIDC "
+             "reader masks: --intersection/--union) or mask (a binary label's connected components per slice).")
+
+
+def _fail_cleanly(func):
+    """Turn lesionkit's (and the OS's) errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from ctprep.errors import LesionkitError
+
+        try:
+            return func(*args, **kwargs)
+        except (LesionkitError, OSError, ValueError, LookupError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and not isinstance(exc, LesionkitError) and exc.args \
+                else exc
+            click.echo(f"ctlabel: error: {message}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lesionkit")
 def main() -> None:
-    """Build trimaps and soft masks for the lesions of a ctprep store.
+    """Trimaps and soft masks (closed-form matting) for the lesions of a ctprep store.
 
-    Not available yet in this version: `trimap`, `softmask` and `soften` are planned.
+    \b
+    ctlabel softmask lits.zarr --from mask --label tumour     trimap_tumour + soft_tumour
+    ctlabel softmask deeplesion.zarr --recist                 trimap_recist + soft_recist
+    ctlabel soften lits.zarr --soft soft_tumour --binary tumour
+    ctlabel preview deeplesion.zarr --case 000089_01_01 --out lesions.png
     """
+
+
+def _labelling_options(func):
+    options = [
+        click.argument("store", type=click.Path(exists=True, file_okay=False)),
+        click.option("--from", "source", type=click.Choice(["recist", "readers", "mask"]), help=FROM_HELP),
+        click.option("--label", help="--from mask: the binary label (default: the store's lesion label)."),
+        click.option("--intersection", default="nodule_all", show_default=True,
+                     help="--from readers: label where all readers agree (foreground)."),
+        click.option("--union", default="nodule_any", show_default=True,
+                     help="--from readers: label where any reader marked."),
+        click.option("--name", help="Output suffix: trimap_NAME, soft_NAME. Default: recist, nodule, or the --label."),
+        click.option("--band-fraction", type=click.FloatRange(min=0), default=0.1, show_default=True,
+                     help="Unknown band on each side of the border, as a fraction of the lesion's diameter."),
+        click.option("--min-band-mm", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                     help="Narrowest band (mm)."),
+        click.option("--max-band-mm", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                     help="Widest band (mm)."),
+        click.option("--margin-mm", type=click.FloatRange(min=0), default=2.0, show_default=True,
+                     help="--from readers: background starts this far outside the readers' union."),
+        click.option("--iterations", type=click.IntRange(min=1), default=3, show_default=True,
+                     help="--from recist: GrabCut iterations."),
+        click.option("--cases", metavar="ID,ID", help="Only these case ids."),
+        click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="Lesions processed in parallel (processes)."),
+        click.option("--overwrite", is_flag=True, help="Replace outputs made with other parameters."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_labelling(*, matting: bool, store, source, label, intersection, union, name, band_fraction, min_band_mm,
+                   max_band_mm, margin_mm, iterations, cases, workers, overwrite, quiet, epsilon=None) -> None:
+    from ctlabel.label import LabelConfig, label_store
+    from ctlabel.matting import MattingParams
+    from ctlabel.trimap import TrimapParams
+
+    if source is None:
+        raise click.UsageError("choose the evidence with --from recist|readers|mask (or --recist)")
+    config = LabelConfig(
+        store=store, source=source, name=name, label=label, intersection=intersection, union=union,
+        matting=matting,
+        trimap=TrimapParams(band_fraction=band_fraction, min_band_mm=min_band_mm, max_band_mm=max_band_mm,
+                            readers_margin_mm=margin_mm, grabcut_iterations=iterations),
+        matting_params=MattingParams(epsilon=epsilon) if epsilon is not None else MattingParams(),
+        cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None,
+        workers=workers, overwrite=overwrite)
+    report = label_store(config, progress=not quiet)
+    for line in report.summary_lines():
+        click.echo(line)
+    if not report.with_status("labelled") and not report.with_status("existing"):
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@_labelling_options
+@_fail_cleanly
+def trimap(**options) -> None:
+    """Write trimap_NAME (uint8: 0 background, 128 unknown, 255 foreground) for every lesion.
+
+    Resumable: cases whose trimap exists with the same parameters are kept.
+    Lesions that cannot be labelled are skipped and listed.
+    """
+    _run_labelling(matting=False, **options)
+
+
+@main.command()
+@_labelling_options
+@click.option("--recist", "recist_flag", is_flag=True, help="Shorthand for --from recist.")
+@click.option("--epsilon", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True,
+              help="Closed-form matting regularisation (larger: smoother alpha).")
+@_fail_cleanly
+def softmask(recist_flag, **options) -> None:
+    """Trimap and closed-form matting in one: trimap_NAME and soft_NAME (float32 alpha in [0, 1]).
+
+    \b
+    Examples:
+      ctlabel softmask deeplesion.zarr --recist --workers 2
+      ctlabel softmask lidc.zarr --from readers
+      ctlabel softmask lits.zarr --from mask --label tumour
+    """
+    if recist_flag:
+        if options["source"] not in (None, "recist"):
+            raise click.UsageError(f"--recist contradicts --from {options['source']}")
+        options["source"] = "recist"
+    _run_labelling(matting=True, **options)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--soft", required=True, help="The soft mask label, e.g. soft_tumour.")
+@click.option("--binary", help="The binary label to soften with, e.g. tumour: writes softened_NAME = max(soft, binary).")
+@click.option("--threshold", type=float, default=None,
+              help="Write binary_NAME = soft >= T (0.5 when --binary is not given).")
+@click.option("--name", help="Output suffix (default: the soft label without 'soft_').")
+@click.option("--cases", metavar="ID,ID", help="Only these case ids.")
+@_fail_cleanly
+def soften(store, soft, binary, threshold, name, cases) -> None:
+    """Softened labels max(soft, binary) (SoftGAN) and/or soft masks binarised at --threshold."""
+    from ctlabel.soften import SoftenConfig, soften_store
+
+    report = soften_store(SoftenConfig(
+        store=store, soft=soft, binary=binary, threshold=threshold, name=name,
+        cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None))
+    for line in report.summary_lines():
+        click.echo(line)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--case", "case_id", required=True, help="Case id.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--name", help="Which trimap_NAME / soft_NAME (default: the only one).")
+@click.option("--channel", default=0, show_default=True, help="Which stored window to show.")
+@click.option("--max-lesions", default=12, show_default=True, type=click.IntRange(min=1))
+@_fail_cleanly
+def preview(store, case_id, out, name, channel, max_lesions) -> None:
+    """PNG grid of a case's lesions: slice with RECIST axes and outlines, trimap, soft mask."""
+    from ctlabel.preview import write_lesion_preview
+
+    click.echo(f"wrote {write_lesion_preview(store, case_id, out, name=name, channel=channel, max_lesions=max_lesions)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

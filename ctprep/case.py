@@ -49,6 +49,11 @@ class CaseRef:
     patient_id: str
     root: str
     files: tuple[tuple[str, str], ...]  # (role, path relative to root)
+    #: The official split when the source's own files give it per case (DeepLesion's Train_Val_Test).
+    split: str | None = None
+    #: Rows of the source's index file describing this case (DeepLesion: DL_info.csv row number, then its
+    #: fields), found by discover so that load never re-reads the index.
+    rows: tuple[tuple[str, ...], ...] = ()
 
     def path(self, role: str) -> Path:
         """The (first) file of ``role``."""
@@ -98,6 +103,8 @@ class CaseVolume:
     source_grid: SourceGrid
     inputs: tuple[InputFile, ...] = ()
     annotations: Mapping[str, object] = field(default_factory=dict)
+    #: Channels of this case added after the conversion's windows (DeepLesion's own DICOM window).
+    windows: tuple[Window, ...] = ()
 
     def __post_init__(self) -> None:
         if self.hu.dtype != np.int16 or self.hu.shape != self.geometry.shape:

@@ -5,9 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
-
-from ctprep.case import CaseRef
 from ctprep.sources import get_source
 
 
@@ -37,25 +34,15 @@ def _compact(ids: tuple[str, ...], limit: int = 12) -> str:
     return shown + (f" ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
-def _header_problem(ref: CaseRef) -> str | None:
-    """Read only the headers: a cheap check that each file exists and is NIfTI."""
-    for role, _ in ref.files:
-        path = ref.path(role)
-        if not path.exists():
-            return f"{path}: file not found"
-        try:
-            nib.load(path).header  # noqa: B018 - reading the header is the check
-        except Exception as exc:  # nibabel raises several types
-            return f"{path}: {type(exc).__name__}: {exc}"
-    return None
-
-
 def check_download(source_name: str, root: str | Path) -> CheckReport:
     source = get_source(source_name)
     refs = source.discover(Path(root))
     found = tuple(r.case_id for r in refs)
     official = set(source.manifest.case_ids)
-    unreadable = tuple((r.case_id, problem) for r in refs if (problem := _header_problem(r)))
+    # By patient: a patient's second scan (LIDC-IDRI-0001_2) is an official patient, not unexpected.
+    present = set(found) | {r.patient_id for r in refs}
+    unreadable = tuple((r.case_id, problem) for r in refs if (problem := source.header_problem(r)))
     return CheckReport(source=source_name, found=found,
-                       missing=tuple(c for c in source.manifest.case_ids if c not in set(found)),
-                       unexpected=tuple(c for c in found if c not in official), unreadable=unreadable)
+                       missing=tuple(c for c in source.manifest.case_ids if c not in present),
+                       unexpected=tuple(r.case_id for r in refs if not {r.case_id, r.patient_id} & official),
+                       unreadable=unreadable)

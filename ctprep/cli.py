@@ -68,6 +68,10 @@ def main() -> None:
 @click.option("--keep-hu", is_flag=True, help="Also store raw HU as int16.")
 @click.option("--cases", metavar="ID,ID", help="Only these case ids (comma-separated).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Cases converted in parallel.")
+@click.option("--dask", "dask_scheduler", metavar="ADDRESS", default=None,
+              help="Run one task per case on dask.distributed: a scheduler address (tcp://host:8786) or "
+                   "'local[:N]' for a local cluster of N worker processes. The store must be reachable from "
+                   "every worker.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming into it.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any case is skipped.")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the patient-level split.")
@@ -83,10 +87,13 @@ def main() -> None:
               help="deeplesion: neighbouring slices stored each side of a key slice. Default: 2.")
 @click.option("--keep-noisy", is_flag=True, default=None,
               help="deeplesion: keep lesions flagged Possibly_noisy (skipped by default).")
+@click.option("--dicom-window", is_flag=True, default=None,
+              help="deeplesion: add a channel 'dicom' windowed by each row's own DICOM_windows.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
-def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, cases, workers, overwrite,
-            strict, split_seed, split_fractions, rois, gtvs, context, keep_noisy, quiet) -> None:
+def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, cases, workers, dask_scheduler,
+            overwrite, strict, split_seed, split_fractions, rois, gtvs, context, keep_noisy, dicom_window,
+            quiet) -> None:
     """Convert a raw dataset folder into a slice store.
 
     Re-running the same command resumes: complete cases are kept, interrupted ones redone.
@@ -115,9 +122,10 @@ def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, 
         windows=tuple(parse_window(w) for w in windows), spacing=spacing_values, size=size_values,
         slices=slices, keep_hu=keep_hu,
         cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None,
-        workers=workers, overwrite=overwrite, strict=strict,
+        workers=workers, dask=dask_scheduler, overwrite=overwrite, strict=strict,
         split=SplitConfig(seed=split_seed, fractions=fractions),
-        source_options=_source_options(rois=list(rois) or None, gtvs=gtvs, context=context, keep_noisy=keep_noisy),
+        source_options=_source_options(rois=list(rois) or None, gtvs=gtvs, context=context, keep_noisy=keep_noisy,
+                                        dicom_window=dicom_window),
     )
     report = convert_dataset(config, progress=not quiet)
     for line in report.summary_lines():
@@ -187,6 +195,24 @@ def preview(store, case_id, zs, channel, out) -> None:
 
 @main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--case", "case_id", required=True, help="Case id, as listed by `ctprep info`.")
+@click.option("--label", required=True, help="Stored label: ground truth (e.g. tumour) or a prediction (pred_<run>).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="NIfTI to write (.nii or .nii.gz).")
+@_fail_cleanly
+def export(store, case_id, label, out) -> None:
+    """Write a stored label as NIfTI on the case's original grid, with the source file's affine.
+
+    Undoes the canonical reorientation and any resampling (nearest neighbour for masks,
+    linear for probabilities); slices left out by --slices are written as 0.
+    """
+    from ctprep.export import export_label_nifti
+
+    for line in export_label_nifti(store, case_id, label, out).lines():
+        click.echo(line)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def verify(store, quiet) -> None:
@@ -227,11 +253,35 @@ def audit(store, extra) -> None:
 
 
 @main.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of the raw download the store was made from.")
+@click.option("--output", required=True, type=click.Path(), help="Store to write.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def rebuild(manifest, input_dir, output, workers, quiet) -> None:
+    """Rebuild a store from its MANIFEST (x.manifest.json) and the raw download.
+
+    Checks the input files' sha256 against the manifest first, converts the same cases
+    with the same parameters, then compares every case's chunk checksums with the
+    manifest's. Exits 1 unless every case is identical.
+    """
+    from ctprep.rebuild import rebuild_store
+
+    report = rebuild_store(manifest, input_dir, output, workers=workers, progress=not quiet)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @_fail_cleanly
 def demo(out_dir, workers) -> None:
-    """Fabricate phantom LiTS and KiTS19 downloads in OUT_DIR, convert them, show info and previews.
+    """Fabricate phantom LiTS, KiTS19, NSCLC and LIDC downloads in OUT_DIR, convert them, show info and previews.
 
     No download; takes a few seconds.
     """

@@ -51,6 +51,7 @@ class ConvertConfig:
     keep_hu: bool = False
     cases: tuple[str, ...] | None = None
     workers: int = 1
+    dask: str | None = None  # "local", "local:N" or a scheduler address: one dask.distributed task per case
     overwrite: bool = False
     strict: bool = False
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -79,7 +80,7 @@ class ConvertConfig:
 
     def to_dict(self) -> dict:
         return {**self.content_parameters(), "input_dir": self.input_dir, "output": self.output,
-                "cases": list(self.cases) if self.cases else None, "workers": self.workers,
+                "cases": list(self.cases) if self.cases else None, "workers": self.workers, "dask": self.dask,
                 "overwrite": self.overwrite, "strict": self.strict}
 
     @classmethod
@@ -90,7 +91,7 @@ class ConvertConfig:
                    size=tuple(data["size"]) if data.get("size") else None,
                    slices=data.get("slices", "all"), keep_hu=bool(data.get("keep_hu", False)),
                    cases=tuple(data["cases"]) if data.get("cases") else None,
-                   workers=int(data.get("workers", 1)), overwrite=bool(data.get("overwrite", False)),
+                   workers=int(data.get("workers", 1)), dask=data.get("dask"), overwrite=bool(data.get("overwrite", False)),
                    strict=bool(data.get("strict", False)),
                    split=SplitConfig.from_dict(data["split"]) if "split" in data else SplitConfig(),
                    source_options=dict(data.get("source_options") or {}))
@@ -181,7 +182,9 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
     lesion_all = nonzero_per_slice(volume.labels[lesion_label]) if lesion_label else None
     selected = _select_slices(nz, lesion_all, config.slices, ref.case_id)
     if len(selected) == 0:
-        raise CaseInputError(ref.path("label"), f"no {lesion_label} voxels, so --slices {config.slices} keeps no slice")
+        # The case's last file names it (NIfTI: the segmentation; DICOM sources: the annotation file).
+        raise CaseInputError(Path(ref.root) / ref.files[-1][1] if ref.files else ref.case_id,
+                             f"no {lesion_label} voxels, so --slices {config.slices} keeps no slice")
     if len(selected) == nz:
         hu, labels = volume.hu, dict(volume.labels)
     else:
@@ -189,6 +192,9 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
         labels = {name: _take_slices(label, selected) for name, label in volume.labels.items()}
     lesion_pixels = lesion_all[selected] if lesion_all is not None else np.zeros(len(selected), dtype=np.int64)
     z_all = volume.geometry.z_positions()
+    windows = tuple(windows) + tuple(volume.windows)
+    annotations = source.adapt_annotations(volume.annotations, before=canonical_geometry,
+                                           after=volume.geometry, rows=selected)
     quirks = tuple(f"{q.id}: {q.description}" for q in source.manifest.quirks_of(ref.case_id))
     record = CaseRecord(
         case_id=ref.case_id, source=config.source, patient_id=ref.patient_id, split=split,
@@ -197,7 +203,7 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
         z_positions=tuple(z_all[i] for i in selected), windows=windows,
         labels=volume.label_specs, lesion_label=lesion_label,
         lesion_pixels=tuple(int(n) for n in lesion_pixels), has_hu=config.keep_hu, quirks=quirks,
-        inputs=volume.inputs, parameters=config.content_parameters(), annotations=volume.annotations,
+        inputs=volume.inputs, parameters=config.content_parameters(), annotations=annotations,
     )
     store = SliceStore.open(config.output, mode="a")
     # The windowed image is computed slice by slice inside the store's writer threads.
@@ -239,6 +245,7 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
     root = Path(config.input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: input folder not found")
+    source.check_conversion(config)
     refs = source.discover(root)
     if not refs:
         raise CaseInputError(root, f"no {config.source} cases found ({source.description})")
@@ -250,9 +257,10 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
         refs = [r for r in refs if r.case_id in set(config.cases)]
     if not config.windows:
         config = dataclasses.replace(config, windows=source.manifest.windows())
-    with _worker_pool(config.workers) as pool:  # first: workers fork before zarr starts threads
+    with _executor(config) as pool:  # first: local workers fork before zarr starts threads
         store = _open_store(config, created_by or _command_line())
-        splits = {r.case_id: assign_split(r.patient_id, config.split, source.manifest.official_split) for r in refs}
+        splits = {r.case_id: r.split or assign_split(r.patient_id, config.split, source.manifest.official_split)
+                  for r in refs}
         complete = set(store.case_ids())
         outcomes: dict[str, CaseOutcome] = {}
         previous = store.manifest().get("cases", {})
@@ -279,6 +287,39 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
     return report
 
 
+def _executor(config: ConvertConfig):
+    """Where cases run: a dask.distributed cluster (``--dask``), a local process pool, or here."""
+    return _dask_executor(config.dask) if config.dask else _worker_pool(config.workers)
+
+
+@contextlib.contextmanager
+def _dask_executor(spec: str, connect_timeout_s: float = 30):
+    """A concurrent.futures executor over dask.distributed: ``local[:N]`` starts a LocalCluster.
+
+    Each case is one task; workers write their case straight into the store (a path
+    every worker can reach) and this process consolidates index and manifest at the
+    end, as with the local pool. A task whose worker dies is retried by the scheduler
+    on another worker; its half-written case stays invisible and is rewritten.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ValueError("--dask needs dask.distributed: pip install 'lesionkit[dask]'") from None
+    match = re.fullmatch(r"local(?::(\d+))?", spec)
+    with contextlib.ExitStack() as stack:
+        if match:
+            workers = int(match.group(1) or os.cpu_count() or 1)
+            cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(spec, timeout=f"{connect_timeout_s}s"))
+            except OSError as exc:
+                raise OSError(f"--dask {spec}: cannot reach the dask scheduler ({exc})") from exc
+        yield client.get_executor(pure=False)
+
+
 @contextlib.contextmanager
 def _worker_pool(workers: int):
     """A process pool for ``workers`` > 1 (else None), its workers started before this returns.
@@ -303,13 +344,13 @@ def _worker_pool(workers: int):
 
 
 def _run(todo: Sequence[CaseRef], config: ConvertConfig, splits: dict[str, str], progress: bool,
-         pool: cf.ProcessPoolExecutor | None):
+         pool: cf.Executor | None):
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), unit="case", desc=f"converting {config.source}", disable=not progress or None,
                file=sys.stderr)
     try:
-        if pool is None or len(todo) <= 1:
+        if pool is None:
             for ref in todo:
                 bar.set_postfix_str(ref.case_id)
                 yield _convert_guarded(ref, config, splits[ref.case_id], config.windows)
@@ -321,7 +362,7 @@ def _run(todo: Sequence[CaseRef], config: ConvertConfig, splits: dict[str, str],
             ref = futures[future]
             try:
                 outcome = future.result()
-            except Exception as exc:  # a worker died (e.g. killed for memory)
+            except Exception as exc:  # a worker died (e.g. killed for memory) more often than retried
                 outcome = CaseOutcome(case_id=ref.case_id, status="skipped", split=splits[ref.case_id],
                                       reason=f"worker failed: {type(exc).__name__}: {exc}")
             bar.update()

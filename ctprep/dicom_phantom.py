@@ -45,14 +45,15 @@ def write_ct_series(folder: Path, hu_volume: np.ndarray, spacing: Sequence[float
                     slope: float = 1.0, intercept: float = -1024.0,
                     padding_value: int | None = None, padding_mask: np.ndarray | None = None,
                     tilt_mm: Sequence[float] = (0.0, 0.0), transfer_syntax: str = "explicit",
-                    seed: int = 0) -> list[Path]:
+                    seed: int = 0, sop_uids: Sequence[str] | None = None) -> list[Path]:
     """Write ``hu_volume`` (canonical ``(z, y, x)``) as one CT series; returns the files in z order.
 
     ``spacing``/``origin`` are the canonical (z, y, x) spacing and the LPS position of
     voxel (0, 0, 0). ``orientation`` = (row cosine, column cosine) as ``"+x"``/``"-y"``...
     ``tilt_mm`` = (x, y) LPS mm added to ImagePositionPatient per slice (gantry tilt:
     the pixels stay as given). ``padding_mask`` voxels are stored as ``padding_value``.
-    File names are random (seeded).
+    File names are random (seeded). ``sop_uids`` gives the slices' SOPInstanceUIDs in z order
+    (e.g. those an annotation file refers to); default: new ones.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,8 @@ def write_ct_series(folder: Path, hu_volume: np.ndarray, spacing: Sequence[float
     if (row, col) not in IN_PLANE_ORIENTATIONS:
         raise ValueError(f"orientation must be one of {IN_PLANE_ORIENTATIONS}, not {orientation}")
     nz, ny, nx = hu_volume.shape
+    if sop_uids is not None and len(sop_uids) != nz:
+        raise ValueError(f"{len(sop_uids)} SOP instance UIDs for {nz} slices")
     sz, sy, sx = (float(v) for v in spacing)
     row_vec, col_vec = np.array(_AXES[row], float), np.array(_AXES[col], float)
     stored = (np.asarray(hu_volume, dtype=np.float64) - intercept) / slope
@@ -84,7 +87,7 @@ def write_ct_series(folder: Path, hu_volume: np.ndarray, spacing: Sequence[float
                 corner[axis] += (size_of[cosine[1]] - 1) * spacing_of[cosine[1]]
         corner[:2] += k * np.asarray(tilt_mm, float)
         image = np.ascontiguousarray(_slice_image(stored[k], row, col))
-        ds = _dataset(image, signed, series_uid, patient_id, k)
+        ds = _dataset(image, signed, series_uid, patient_id, k, sop_uids[k] if sop_uids is not None else None)
         ds.ImagePositionPatient = [f"{v:.6g}" if abs(v) < 1e5 else str(v) for v in corner.round(6)]
         ds.ImageOrientationPatient = [int(v) for v in (*row_vec, *col_vec)]
         ds.PixelSpacing = [spacing_of[col[1]], spacing_of[row[1]]]  # between rows, between columns
@@ -103,10 +106,11 @@ def write_ct_series(folder: Path, hu_volume: np.ndarray, spacing: Sequence[float
     return paths
 
 
-def _dataset(image: np.ndarray, signed: bool, series_uid: str, patient_id: str, k: int) -> Dataset:
+def _dataset(image: np.ndarray, signed: bool, series_uid: str, patient_id: str, k: int,
+             sop_uid: str | None = None) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    sop_uid = generate_uid()
+    sop_uid = sop_uid or generate_uid()
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()

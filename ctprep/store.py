@@ -533,6 +533,13 @@ class SliceStore:
             hu=self._array(case_id, "hu")[...] if hu else None,
         )
 
+    def read_label(self, case_id: str, name: str) -> np.ndarray:
+        """One label of a case, (z, y, x) uint8 or float32 as stored, without reading the image."""
+        if name not in self.label_names(case_id):
+            raise CaseNotFoundError(f"{self.path}: case {case_id!r} has no label {name!r} "
+                                    f"(it has: {', '.join(self.label_names(case_id)) or 'none'})")
+        return self._array(case_id, f"labels/{name}")[...]
+
     def _reader(self, case_id: str, name: str) -> _ChunkFiles | zarr.Array:
         key = (case_id, name)
         if key not in self._chunk_files:

@@ -1,12 +1,130 @@
-"""The ``ctseg`` command line (its commands are being built; see README)."""
+"""The ``ctseg`` command line: thin wrappers over ctseg.train / ctseg.predict (torch imported inside commands)."""
+
+from __future__ import annotations
+
+import functools
+import sys
 
 import click
+
+EXIT_FAILED = 1
+
+
+def _fail_cleanly(func):
+    """Turn lesionkit's (and the OS's) errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from ctprep.errors import LesionkitError
+
+        try:
+            return func(*args, **kwargs)
+        except (LesionkitError, OSError, ValueError) as exc:
+            click.echo(f"ctseg: error: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lesionkit")
 def main() -> None:
-    """Train, evaluate and run GAN tumour segmentors on ctprep stores.
+    """Train and run GAN tumour segmentors on ctprep slice stores.
 
-    Not available yet in this version: `train`, `evaluate` and `predict` are planned.
+    \b
+    ctseg models                                   the registered models
+    ctseg train --model unet --store S.zarr --target tumour --out runs/unet
+    ctseg predict --checkpoint runs/unet/best.pt --store S.zarr
     """
+
+
+# Flags that map straight onto TrainConfig keys (None: not given).
+_FLAG_KEYS = {"epochs": "epochs", "batch_size": "batch_size", "size": "size", "workers": "workers",
+              "device": "device", "amp": "amp", "seed": "seed", "max_steps": "max_steps", "crop": "crop",
+              "sampling": "sampling", "threshold": "threshold"}
+
+
+@main.command()
+@click.option("--model", help="Registered model name (see `ctseg models`).")
+@click.option("--store", type=click.Path(), help="Slice store to train from.")
+@click.option("--target", help="Label to learn (several: comma-separated).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints, logs).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of config keys.")
+@click.option("--preset", help="A preset of the model, e.g. `paper`.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt, exactly.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--size", type=int, help="Model input size (square crops or resized slices).")
+@click.option("--crop", type=click.Choice(["lesion", "random", "center", "resize"]))
+@click.option("--sampling", type=click.Choice(["all", "lesion_only", "balanced"]))
+@click.option("--workers", type=int, help="DataLoader worker processes.")
+@click.option("--device", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]))
+@click.option("--seed", type=int)
+@click.option("--threshold", type=float, help="Binarisation threshold of probabilities.")
+@click.option("--max-steps", type=int, help="Stop (and checkpoint) after this many steps in total.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Any config key (dotted for nested: optimizers.g.lr=1e-4); repeatable.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def train(model, store, target, out, config_file, preset, resume, assignments, no_progress, **flags) -> None:
+    """Train a model from a store (one loop for every model; DDP under torchrun)."""
+    from pathlib import Path
+
+    from ctseg.config import ConfigError, build_config, load_yaml, parse_assignment
+
+    layers: list[dict] = []
+    if resume:
+        from ctseg.checkpoint import load
+
+        saved = load(Path(out) / "last.pt")["config"]
+        model = model or saved["model"]
+        layers.append(saved)
+    if config_file:
+        layers.append(load_yaml(config_file))
+    explicit = {"store": store, "target": target, "out": out}
+    explicit.update({key: flags[name] for name, key in _FLAG_KEYS.items() if flags.get(name) is not None})
+    layers.append({k: v for k, v in explicit.items() if v is not None})
+    layers += [parse_assignment(a) for a in assignments]
+    model = model or next((layer["model"] for layer in layers if "model" in layer), None)
+    if not model:
+        raise ConfigError("--model is required (or a config file naming one)")
+    config = build_config(model=model, layers=layers, preset=preset)
+
+    from ctseg.train import train as run_training
+
+    result = run_training(config, resume=resume, progress=not no_progress)
+    best = f", best val Dice {result.best_metric:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else ""
+    click.echo(f"ctseg: {config.model}: {result.epoch} epochs, {result.step} steps ({result.stopped}){best}; "
+               f"run in {result.run_dir}")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="best.pt or last.pt of a run.")
+@click.option("--store", required=True, type=click.Path(), help="Store to predict (labels are added to it).")
+@click.option("--cases", multiple=True, help="Case ids (repeat or comma-separate); default all.")
+@click.option("--name", help="Run name in the label names pred_<name>[_mask] (default: the run folder).")
+@click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--no-progress", is_flag=True)
+@_fail_cleanly
+def predict(checkpoint, store, cases, name, threshold, device, batch_size, no_progress) -> None:
+    """Predict cases slice by slice; writes pred_<run> (probabilities) and pred_<run>_mask into the store."""
+    from ctseg.predict import predict_store
+
+    wanted = [c.strip() for text in cases for c in text.split(",") if c.strip()] or None
+    done = predict_store(checkpoint, store, cases=wanted, name=name, threshold=threshold, device=device,
+                         batch_size=batch_size, progress=not no_progress)
+    labels = sorted({label for case in done for label in case.labels})
+    click.echo(f"ctseg: predicted {len(done)} case(s) into {store}: labels {', '.join(labels)}")
+
+
+@main.command("models")
+def list_models() -> None:
+    """List the registered models."""
+    from ctseg.models import MODELS
+
+    width = max(len(n) for n in MODELS)
+    for name in sorted(MODELS):
+        click.echo(f"{name.ljust(width)}  {MODELS[name].description}")

@@ -8,12 +8,18 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ctprep.sources.base import Source
+from ctprep.sources.deeplesion import DeepLesionSource
 from ctprep.sources.kits19 import Kits19Source
+from ctprep.sources.lidc import LidcSource
 from ctprep.sources.lits import LitsSource
+from ctprep.sources.nsclc import NsclcSource
 
 SOURCES: dict[str, type[Source]] = {
     LitsSource.name: LitsSource,
     Kits19Source.name: Kits19Source,
+    NsclcSource.name: NsclcSource,
+    LidcSource.name: LidcSource,
+    DeepLesionSource.name: DeepLesionSource,
 }
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from ctprep.case import CaseRef, CaseVolume, InputFile, LabelSpec
 from ctprep.datasets import DatasetManifest, load_dataset_manifest
 from ctprep.errors import CaseInputError
-from ctprep.geometry import canonicalize
+from ctprep.geometry import Geometry, canonicalize
 from ctprep.lookup import LazySlices
 from ctprep.nifti import NiftiVolume, hu_int16, label_uint8, read_nifti
 
@@ -42,6 +42,25 @@ class Source(ABC):
     def load(self, ref: CaseRef) -> CaseVolume:
         """Decode a case onto the canonical grid; raise CaseInputError when it is unusable."""
 
+    def header_problem(self, ref: CaseRef) -> str | None:
+        """A cheap check for ``ctprep check`` (headers only, no voxels): None, or '<file>: <problem>'.
+
+        This default only checks that every file of the case exists."""
+        for _, rel in ref.files:
+            path = Path(ref.root) / rel
+            if not path.exists():
+                return f"{path}: file not found"
+        return None
+
+    def check_conversion(self, config) -> None:
+        """Raise ValueError for conversion parameters (a ConvertConfig) this source cannot honour."""
+
+    def adapt_annotations(self, annotations: Mapping[str, Any], *, before: Geometry, after: Geometry,
+                          rows: Sequence[int]) -> Mapping[str, Any]:
+        """The case's annotations for the stored case: grid ``before`` resampled onto ``after``, and only
+        grid slices ``rows`` stored. Sources whose annotations hold pixel or slice positions override this."""
+        return annotations
+
 
 class NiftiPairSource(Source):
     """A source whose case is an image NIfTI plus a segmentation NIfTI on the same grid."""
@@ -68,6 +87,20 @@ class NiftiPairSource(Source):
                        for role, vol in (("image", image), ("label", label)))
         return CaseVolume(ref=ref, hu=hu_canonical, labels=labels, label_specs=self.manifest.labels,
                           geometry=geometry, source_grid=source_grid, inputs=inputs)
+
+    def header_problem(self, ref: CaseRef) -> str | None:
+        """Read only the headers: each file exists and is NIfTI."""
+        import nibabel as nib
+
+        for role, _ in ref.files:
+            path = ref.path(role)
+            if not path.exists():
+                return f"{path}: file not found"
+            try:
+                nib.load(path).header  # noqa: B018 - reading the header is the check
+            except Exception as exc:  # nibabel raises several types
+                return f"{path}: {type(exc).__name__}: {exc}"
+        return None
 
     def _check_same_grid(self, image: NiftiVolume, label: NiftiVolume) -> None:
         if image.array.shape != label.array.shape:

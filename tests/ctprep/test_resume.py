@@ -34,16 +34,41 @@ HANGING_CONVERSION = textwrap.dedent("""
     input_dir, output, hang_case, marker = sys.argv[1:5]
     original = SliceStore._write_array
 
-    def write_array(group, name, data, dims):
-        original(group, name, data, dims)
+    def write_array(group, name, *args, **kwargs):
+        written = original(group, name, *args, **kwargs)
         if group.path.endswith(hang_case):
             Path(marker).write_text("hanging")
             time.sleep(600)
+        return written
 
     SliceStore._write_array = staticmethod(write_array)
     convert_dataset(ConvertConfig(source="lits", input_dir=input_dir, output=output, keep_hu=True,
                                   slices="lesion+2"), progress=False)
 """)
+
+# Installed as sitecustomize in every process of the run (workers of a pool or of a dask
+# cluster start fresh interpreters): the process writing the victim case dies (SIGKILL, as
+# from the kernel's OOM killer) in the middle of it, once; the marker file remembers.
+DYING_WORKER_HOOK = textwrap.dedent("""
+    import os, signal
+    from pathlib import Path
+
+    if os.environ.get("LESIONKIT_TEST_VICTIM"):
+        from ctprep.store import SliceStore
+
+        original = SliceStore._write_array
+        victim, marker = os.environ["LESIONKIT_TEST_VICTIM"], Path(os.environ["LESIONKIT_TEST_MARKER"])
+
+        def write_array(group, name, *args, **kwargs):
+            written = original(group, name, *args, **kwargs)
+            if group.path.endswith(victim) and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+            return written
+
+        SliceStore._write_array = staticmethod(write_array)
+""")
+
 
 
 def _env() -> dict:
@@ -179,6 +204,58 @@ def test_kill_the_cli_then_resume(download, clean_store, tmp_path):
     existing = int(summary.split(" already complete")[0].rsplit(", ", 1)[1])
     assert existing >= len(done)
     assert f"{len(IDS) - existing} converted" in summary
+    assert_same_store(output, clean_store)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers, dask", [(2, ""), (1, "local:2")], ids=["process-pool", "dask-local-cluster"])
+def test_a_worker_killed_mid_case_never_leaves_it_half_visible(download, clean_store, tmp_path, workers, dask):
+    if dask:
+        pytest.importorskip("distributed")
+    output, marker, hook = tmp_path / "dying.zarr", tmp_path / "died", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DYING_WORKER_HOOK)
+    env = _env() | {"LESIONKIT_TEST_VICTIM": IDS[3], "LESIONKIT_TEST_MARKER": str(marker)}
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    command = [sys.executable, "-m", "ctprep.cli", "convert", "--source", "lits", "--input", str(download),
+               "--output", str(output), "--keep-hu", "--slices", "lesion+2", "--quiet"]
+    extra = ["--dask", dask] if dask else ["--workers", str(workers)]
+    run = subprocess.run(command + extra, env=env, capture_output=True, text=True, timeout=100)
+    assert marker.exists(), run.stderr[-3000:]  # a worker really died mid-case
+    assert int(marker.read_text()) != os.getpid()
+    statuses = {line.split()[1].rstrip(":"): "skipped" for line in run.stdout.splitlines() if line.startswith("  skipped ")}
+    statuses = {case: statuses.get(case, "converted") for case in IDS}
+    store = SliceStore.open(output)
+    assert store.case_ids() == sorted(c for c, s in statuses.items() if s == "converted")
+    if dask:  # the scheduler reran the dead worker's task elsewhere: nothing lost
+        assert set(statuses.values()) == {"converted"}
+    else:  # the pool broke: the victim and the cases in flight are reported, never half-visible
+        assert statuses[IDS[3]] == "skipped"
+        assert IDS[3] not in store
+    # Whatever the first run left, the same command finishes the job and equals a clean run.
+    rerun = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=100)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same_store(output, clean_store)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.filterwarnings("ignore:Object at .*partial is not recognized")
+def test_killed_at_a_random_moment_then_resumed(download, clean_store, tmp_path, seed):
+    import random
+
+    output = tmp_path / "random.zarr"
+    command = [sys.executable, "-m", "ctprep.cli", "convert", "--source", "lits", "--input", str(download),
+               "--output", str(output), "--keep-hu", "--slices", "lesion+2", "--quiet"]
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:  # wait until the store exists, then a random moment of the conversion
+        _wait_for(lambda: (output / "zarr.json").exists(), process)
+        time.sleep(random.Random(seed).uniform(0.0, 0.4))
+    finally:
+        _kill(process)
+    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
     assert_same_store(output, clean_store)
 
 

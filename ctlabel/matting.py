@@ -1,0 +1,157 @@
+"""Soft masks by closed-form matting (Levin et al. 2008) with pymatting, on a crop around one lesion.
+
+The 3-channel input. Closed-form matting models each small window's colours as lying on a
+line in a 3-channel colour space; a CT slice has one intensity, which the store keeps as one
+uint8 channel per HU window. :func:`matting_image` uses the stored windows as the colour
+channels, cycled to three: 1 window -> (w0, w0, w0), 2 -> (w0, w1, w0), 3 or more -> the
+first three. Windows are what a reader sees (a lung nodule in the lung window, a liver
+lesion in the liver window), their order is the conversion's ``--window`` order, and no HU
+need be stored. A repeated channel adds no information and makes each window's colour
+covariance rank-deficient; the solver's epsilon regularises it (pymatting's formula stays
+exact on such input, checked by the flat-background test).
+
+Where it is solved. Closed-form matting couples pixels only within ``2 * radius`` of each
+other (both in one (2r+1)^2 window), so the alpha of the unknown pixels depends only on the
+image and trimap within ``2 * radius`` of the unknown band. :func:`estimate_alpha` therefore
+solves on the band's bounding box grown by ``2 * radius``: the same linear system as on the
+whole crop, hence the same alpha (tests check equality), at a fraction of the cost.
+
+numba. pymatting compiles its kernels with numba when it is first imported (about a minute
+on two cores) and caches them on disk. :func:`configure_numba_cache` points the cache at a
+persistent folder, ``~/.cache/lesionkit/numba`` (``$XDG_CACHE_HOME`` respected), unless
+``NUMBA_CACHE_DIR`` is already set, before pymatting is imported: the compile then happens
+once per machine (and pymatting version) instead of on every run. pymatting is imported
+inside functions only, so importing ctlabel stays instant.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ctlabel.errors import TrimapError
+from ctlabel.trimap import BACKGROUND, FOREGROUND, UNKNOWN, require_foreground_and_background
+
+
+@dataclass(frozen=True, kw_only=True)
+class MattingParams:
+    """Closed-form matting settings (pymatting's ``cf_laplacian``): window radius and regularisation."""
+
+    epsilon: float = 1e-7  # pymatting's default; larger gives smoother alpha
+    radius: int = 1  # windows of (2r+1)^2 pixels
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"matting epsilon must be a number > 0, found {self.epsilon!r}")
+        if int(self.radius) != self.radius or self.radius < 1:
+            raise ValueError(f"matting radius must be an integer >= 1, found {self.radius!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "MattingParams":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown matting parameters: {', '.join(unknown)}")
+        return cls(**dict(data))
+
+
+def default_numba_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/lesionkit/numba``, else ``~/.cache/lesionkit/numba``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lesionkit" / "numba"
+
+
+def configure_numba_cache() -> Path:
+    """Make numba cache compiled code in a persistent folder; returns the folder in use.
+
+    Respects a ``NUMBA_CACHE_DIR`` already set. Must run before numba is imported to take
+    effect through the environment; if numba is already imported without a cache folder,
+    its configuration is updated too. Child processes inherit the setting.
+    """
+    folder = os.environ.get("NUMBA_CACHE_DIR")
+    if not folder:
+        folder = str(default_numba_cache_dir())
+        os.environ["NUMBA_CACHE_DIR"] = folder
+    config = sys.modules.get("numba.core.config")
+    if config is not None and not getattr(config, "CACHE_DIR", ""):
+        config.CACHE_DIR = folder
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder)
+
+
+def load_pymatting():
+    """pymatting's closed-form estimator, imported once the numba cache is configured."""
+    configure_numba_cache()
+    from pymatting import estimate_alpha_cf
+
+    return estimate_alpha_cf
+
+
+def matting_image(channels: np.ndarray) -> np.ndarray:
+    """The (y, x, 3) uint8 matting/GrabCut input from a stored slice's (channel, y, x) windows.
+
+    Channels cycle to three (see the module docstring): C=1 -> (0, 0, 0), C=2 -> (0, 1, 0), C>=3 -> (0, 1, 2).
+    """
+    channels = np.asarray(channels)
+    if channels.ndim == 2:
+        channels = channels[None]
+    if channels.ndim != 3 or channels.shape[0] < 1 or channels.dtype != np.uint8:
+        raise ValueError(f"expected uint8 windows (channel, y, x), found {channels.dtype} {channels.shape}")
+    order = [i % channels.shape[0] for i in range(3)]
+    return np.ascontiguousarray(np.moveaxis(channels[order], 0, -1))
+
+
+def solve_region(trimap: np.ndarray, radius: int = 1) -> tuple[slice, slice]:
+    """The unknown band's bounding box grown by ``2 * radius`` (clipped): where the solve is identical."""
+    ys, xs = np.nonzero(trimap == UNKNOWN)
+    if len(ys) == 0:
+        return slice(0, 0), slice(0, 0)
+    grow = 2 * int(radius)
+    h, w = trimap.shape
+    return (slice(max(0, ys.min() - grow), min(h, ys.max() + grow + 1)),
+            slice(max(0, xs.min() - grow), min(w, xs.max() + grow + 1)))
+
+
+def estimate_alpha(image: np.ndarray, trimap: np.ndarray, *, params: MattingParams = MattingParams(),
+                   restrict: bool = True, lesion: str = "lesion") -> np.ndarray:
+    """Alpha in [0, 1] (float32, the trimap's shape) by closed-form matting.
+
+    ``image`` is (y, x, 3) uint8 (see :func:`matting_image`) or float in [0, 1]; ``trimap``
+    uses the ctlabel values (0 / 128 / 255). A trimap without foreground or background raises
+    :class:`TrimapError` (the solve would be ill-posed). ``restrict`` solves on
+    :func:`solve_region` only; ``False`` solves on the whole array (same result, slower).
+    """
+    trimap = np.asarray(trimap)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != trimap.shape:
+        raise ValueError(f"matting needs a (y, x, 3) image of the trimap's shape {trimap.shape}, found {image.shape}")
+    invalid = ~np.isin(trimap, (BACKGROUND, UNKNOWN, FOREGROUND))
+    if invalid.any():
+        raise ValueError(f"trimap values must be {BACKGROUND}, {UNKNOWN} or {FOREGROUND}, found "
+                         f"{sorted(set(np.unique(trimap[invalid]).tolist()))[:5]}")
+    require_foreground_and_background(trimap, lesion)
+    alpha = (trimap == FOREGROUND).astype(np.float32)
+    rows, cols = solve_region(trimap, params.radius) if restrict else (slice(None), slice(None))
+    if not (trimap == UNKNOWN).any():
+        return alpha
+    estimate_alpha_cf = load_pymatting()
+    pixels = image[rows, cols]
+    pixels = pixels.astype(np.float64) / 255.0 if pixels.dtype == np.uint8 else pixels.astype(np.float64)
+    try:
+        solved = estimate_alpha_cf(pixels, trimap[rows, cols].astype(np.float64) / 255.0,
+                                   laplacian_kwargs={"epsilon": float(params.epsilon), "radius": int(params.radius)})
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # e.g. a singular preconditioner
+        raise TrimapError(lesion, f"matting failed: {type(exc).__name__}: {exc}") from None
+    if not np.all(np.isfinite(solved)):
+        raise TrimapError(lesion, "matting produced non-finite alpha")
+    alpha[rows, cols] = solved
+    return alpha

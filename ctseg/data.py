@@ -1,0 +1,436 @@
+"""Training data straight from a slice store: a torch Dataset, batch samplers and the DataLoader.
+
+* :class:`SliceDataset` reads one stored slice per item through ``SliceStore.read_slices``
+  (no copy of the store): its windows as channels, optionally ``context`` neighbouring
+  slices each side as more channels (clamped at the ends of the case), and the target
+  label(s) as float masks in [0, 1] (binary uint8 labels become 0/1, float32 soft
+  masks are kept). It crops ``size`` x ``size`` around a lesion pixel, at random or at
+  the centre, or resizes the whole slice, then augments with torch (flips, rotation,
+  scaling, shift, intensity jitter) using one affine grid for image and target.
+* Batch samplers (:func:`make_batch_sampler`) decide which slices form each batch:
+  shuffled slices, a balanced lesion/background mix, or runs of one patient's
+  consecutive slices (for patient-wise normalisation). Every item carries its own
+  augmentation seed derived from (run seed, epoch, batch, position), so a run is
+  reproducible whatever the number of loader workers, and a resumed run sees exactly
+  the batches it would have seen (``set_epoch(epoch, start_batch)``). Under DDP each
+  rank takes every ``world``-th batch of the same seeded epoch plan, which is what
+  torch's DistributedSampler does for items; it is done here rather than with
+  DistributedSampler because the balanced and patient plans and the per-item seeds
+  must be sharded as whole batches.
+* Each DataLoader worker opens its own ``SliceStore`` (``worker_init_fn``); the store
+  object is never pickled into workers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ctprep.store import SliceIndex, SliceStore
+from ctseg.config import AugmentConfig, ConfigError, TrainConfig
+
+ItemKey = tuple[int, tuple[int, ...]]  # (dataset index, augmentation seed words)
+
+
+# ---- which slices -----------------------------------------------------------------------------
+def select_index(store: SliceStore, *, split: str, lesion_only: bool = False,
+                 cases: Sequence[str] | None = None, targets: Sequence[str] = ()) -> SliceIndex:
+    """The store's slice index filtered by split ("all" for every split), lesion and cases.
+
+    Cases lacking one of the ``targets`` labels are left out (a soft mask may exist for
+    some cases only); naming a label that no case has is an error.
+    """
+    index = store.index(split=None if split == "all" else split, lesion_only=lesion_only)
+    if cases is not None:
+        unknown = sorted(set(cases) - set(store.case_ids()))
+        if unknown:
+            raise ConfigError(f"{store.path}: cases not in the store: {', '.join(unknown)}")
+        index = index.filter(cases=cases)
+    if targets:
+        present = [c for c in sorted(set(index.rows["case"].tolist()))
+                   if set(targets) <= set(store.label_names(c))]
+        if not present and len(index):
+            some = store.label_names(str(index.rows["case"][0]))
+            raise ConfigError(f"{store.path}: no case has label(s) {', '.join(targets)} "
+                              f"(case {index.rows['case'][0]} has: {', '.join(some)})")
+        index = index.filter(cases=present)
+    return index
+
+
+def context_rows(z: int, num_slices: int, context: int) -> list[int]:
+    """Stored rows z-K .. z+K, clamped to the case (the end slice repeats)."""
+    return [min(max(z + d, 0), num_slices - 1) for d in range(-context, context + 1)]
+
+
+def stack_inputs(image: np.ndarray, channels: Sequence[int] | None) -> np.ndarray:
+    """(slices, window, y, x) -> (slices*windows, y, x): slice-major, the order every model sees."""
+    if channels is not None:
+        image = image[:, list(channels)]
+    return image.reshape(-1, *image.shape[2:])
+
+
+def target_array(labels: Sequence[np.ndarray]) -> np.ndarray:
+    """Label slices (each (y, x), uint8 0/1 or float32 soft) -> float32 (labels, y, x) in [0, 1]."""
+    out = [(lab > 0).astype(np.float32) if lab.dtype == np.uint8 else np.clip(lab, 0, 1).astype(np.float32)
+           for lab in labels]
+    return np.stack(out)
+
+
+# ---- augmentation ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AugmentParams:
+    """One draw of the random augmentation (angles in degrees, shift in output fractions)."""
+
+    flip_x: bool = False
+    flip_y: bool = False
+    angle: float = 0.0
+    zoom: float = 1.0
+    shift_x: float = 0.0
+    shift_y: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    @classmethod
+    def draw(cls, config: AugmentConfig, rng: np.random.Generator) -> "AugmentParams":
+        return cls(flip_x=bool(config.flip and rng.random() < 0.5), flip_y=bool(config.flip and rng.random() < 0.5),
+                   angle=float(rng.uniform(-config.rotate_deg, config.rotate_deg)),
+                   zoom=float(rng.uniform(*config.scale)),
+                   shift_x=float(rng.uniform(-config.shift, config.shift)),
+                   shift_y=float(rng.uniform(-config.shift, config.shift)),
+                   brightness=float(rng.uniform(-config.intensity, config.intensity)),
+                   contrast=float(rng.uniform(-config.intensity, config.intensity)))
+
+
+def geometric_transform(x: torch.Tensor, params: AugmentParams, size: int, mode: str) -> torch.Tensor:
+    """Resample ``x`` (C, L, L) to (C, size, size) under the flips/rotation/zoom/shift of ``params``.
+
+    The output is the centre ``size`` of the input when ``params`` is the identity
+    (exactly, when L - size is even: output pixels land on input pixel centres), so
+    a crop with a margin lets rotations fill the corners with real pixels.
+    """
+    length = x.shape[-1]
+    base = size / length
+    angle = math.radians(params.angle)
+    cos, sin = math.cos(angle), math.sin(angle)
+    fx, fy = (-1.0 if params.flip_x else 1.0), (-1.0 if params.flip_y else 1.0)
+    k = base / params.zoom
+    theta = torch.tensor([[[k * cos * fx, -k * sin * fy, 2 * params.shift_x * base],
+                           [k * sin * fx, k * cos * fy, 2 * params.shift_y * base]]], dtype=torch.float32)
+    grid = F.affine_grid(theta, [1, x.shape[0], size, size], align_corners=False)
+    return F.grid_sample(x[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+
+
+def augment_pair(image: torch.Tensor, target: torch.Tensor, size: int, params: AugmentParams,
+                 soft_target: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same geometry on image (bilinear) and target (nearest, bilinear for soft masks), then intensity."""
+    image = geometric_transform(image, params, size, "bilinear")
+    target = geometric_transform(target, params, size, "bilinear" if soft_target else "nearest")
+    image = (image - 0.5) * (1 + params.contrast) + 0.5 + params.brightness
+    return image.clamp_(0, 1), target.clamp_(0, 1)
+
+
+# ---- cropping ----------------------------------------------------------------------------------
+def crop_padded(array: np.ndarray, cy: int, cx: int, length: int) -> np.ndarray:
+    """The ``length`` x ``length`` window of (C, H, W) ``array`` centred on (cy, cx), zero outside."""
+    c, h, w = array.shape
+    y0, x0 = cy - length // 2, cx - length // 2
+    out = np.zeros((c, length, length), dtype=array.dtype)
+    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y0 + length, h), min(x0 + length, w)
+    if sy1 > sy0 and sx1 > sx0:
+        out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = array[:, sy0:sy1, sx0:sx1]
+    return out
+
+
+def crop_centre(mode: str, target: np.ndarray, size: int, jitter: float, rng: np.random.Generator) -> tuple[int, int]:
+    """Where to centre the crop: on a random lesion pixel (jittered), at random, or at the centre."""
+    _, h, w = target.shape
+
+    def clamp(v: float, n: int) -> int:
+        return int(round(min(max(v, size / 2), n - size / 2))) if n >= size else n // 2
+
+    if mode == "lesion":
+        ys, xs = np.nonzero(target[0] > 0.5)
+        if len(ys):
+            i = rng.integers(len(ys))
+            dy, dx = rng.uniform(-jitter * size, jitter * size, size=2)
+            return clamp(ys[i] + dy, h), clamp(xs[i] + dx, w)
+    if mode in ("lesion", "random"):
+        return clamp(rng.uniform(0, h), h), clamp(rng.uniform(0, w), w)
+    return h // 2, w // 2
+
+
+# ---- the dataset -------------------------------------------------------------------------------
+class SliceDataset(torch.utils.data.Dataset):
+    """Slices of a store as model inputs; see the module docstring.
+
+    Items are ``{"image": float32 (C', size, size) in [0, 1], "target": float32 (labels,
+    size, size), "index": int}``; ``C'`` = (2 * context + 1) * windows.
+    """
+
+    def __init__(self, store_path: str | Path, index: SliceIndex, *, targets: Sequence[str],
+                 size: int, crop: str = "lesion", channels: Sequence[int] | None = None, context: int = 0,
+                 augment: AugmentConfig | None = None, lesion_jitter: float = 0.25, seed: int = 0):
+        self.store_path = Path(store_path)
+        self.index = index
+        self.targets = tuple(targets)
+        self.size, self.crop, self.context, self.seed = size, crop, context, seed
+        self.channels = tuple(channels) if channels is not None else None
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.lesion_jitter = lesion_jitter
+        self.cases = [str(c) for c in index.rows["case"]]
+        self.rows = index.rows["z"].astype(np.int64)
+        self.has_lesion = index.has_lesion.copy()
+        self._store: SliceStore | None = None
+        store = self.store
+        self.num_slices = {c: store.record(c).num_slices for c in set(self.cases)}
+        self.soft = {t: self._label_dtype(store, t) == np.float32 for t in self.targets} if self.cases else {}
+        self.margin = int(math.ceil(size * 0.25)) if self.augment else 0
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, index: SliceIndex, *, train: bool) -> "SliceDataset":
+        return cls(config.store, index, targets=config.target, size=config.size, crop=config.crop,
+                   channels=config.channels, context=config.context, augment=config.augment if train else None,
+                   lesion_jitter=config.lesion_jitter if train else 0.0, seed=config.seed)
+
+    def _label_dtype(self, store: SliceStore, name: str) -> np.dtype:
+        return store.read_slices([(self.cases[0], int(self.rows[0]))], labels=[name]).labels[name].dtype
+
+    @property
+    def store(self) -> SliceStore:
+        if self._store is None:
+            self._store = SliceStore.open(self.store_path)
+        return self._store
+
+    def open(self) -> None:
+        """(Re)open the store in this process: called in each DataLoader worker."""
+        self._store = SliceStore.open(self.store_path)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_store"] = None  # each worker opens its own
+        return state
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    @property
+    def in_channels(self) -> int:
+        windows = len(self.channels) if self.channels is not None else None
+        if windows is None:
+            windows = len(self.store.record(self.cases[0]).windows) if self.cases else 1
+        return (2 * self.context + 1) * windows
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``i`` uncropped: uint8 inputs (C', H, W) and float32 targets (labels, H, W)."""
+        case, z = self.cases[i], int(self.rows[i])
+        centre = self.store.read_slices([(case, z)], labels=self.targets)
+        if self.context:
+            rows = context_rows(z, self.num_slices[case], self.context)
+            image = self.store.read_slices([(case, r) for r in rows]).image
+        else:
+            image = centre.image
+        return stack_inputs(image, self.channels), target_array([centre.labels[t][0] for t in self.targets])
+
+    def __getitem__(self, item: int | ItemKey) -> dict:
+        i, words = (item, (self.seed, int(item))) if isinstance(item, (int, np.integer)) else item
+        rng = np.random.default_rng(list(words))
+        image, target = self.read(int(i))
+        length = self.size + 2 * self.margin
+        if self.crop == "resize":
+            image_t, target_t = self._resized(image, target, length)
+        else:
+            cy, cx = crop_centre(self.crop, target, self.size, self.lesion_jitter, rng)
+            image_t = torch.from_numpy(crop_padded(image, cy, cx, length))
+            target_t = torch.from_numpy(crop_padded(target, cy, cx, length))
+        image_t = image_t.float().div_(255.0)
+        if self.augment is not None:
+            params = AugmentParams.draw(self.augment, rng)
+            image_t, target_t = augment_pair(image_t, target_t, self.size, params, any(self.soft.values()))
+        return {"image": image_t.contiguous(), "target": target_t.contiguous(), "index": int(i)}
+
+    def _resized(self, image: np.ndarray, target: np.ndarray, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.size
+        img = F.interpolate(torch.from_numpy(image)[None].float(), size=(size, size), mode="bilinear",
+                            antialias=True, align_corners=False)[0]
+        soft = any(self.soft.values())
+        tgt = F.interpolate(torch.from_numpy(target)[None], size=(size, size),
+                            mode="bilinear" if soft else "nearest", align_corners=False if soft else None)[0]
+        pad = (length - size) // 2
+        if pad:
+            img, tgt = F.pad(img, (pad,) * 4), F.pad(tgt, (pad,) * 4)
+        return img, tgt
+
+
+# ---- batch samplers ------------------------------------------------------------------------------
+class BatchPlan(torch.utils.data.Sampler):
+    """Base of the batch samplers: a seeded plan of global batches per epoch, sharded over ranks.
+
+    Subclasses implement :meth:`plan` (one pass of global batches of dataset indices for
+    ``epoch``); this class repeats passes to reach ``steps_per_epoch``, hands rank ``r``
+    every ``world``-th batch, starts at ``start_batch`` after a resume, and attaches to
+    every item its augmentation seed words (seed, epoch, batch, position).
+    """
+
+    def __init__(self, num_items: int, *, batch_size: int, seed: int, steps_per_epoch: int | None = None,
+                 rank: int = 0, world: int = 1):
+        if num_items == 0:
+            raise ConfigError("no training slices: check the split, the target label and the sampling mode")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.steps_per_epoch, self.rank, self.world = steps_per_epoch, rank, world
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def plan(self, rng: np.random.Generator) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _rank_batches(self) -> list[list[int]]:
+        batches: list[list[int]] = []
+        want = self.steps_per_epoch * self.world if self.steps_per_epoch else None
+        repeat = 0
+        while True:
+            rng = np.random.default_rng([self.seed, self.epoch, repeat])
+            batches += self.plan(rng)
+            repeat += 1
+            if want is None or len(batches) >= want:
+                break
+        if want is not None:
+            batches = batches[:want]
+        per_rank = math.ceil(len(batches) / self.world)
+        batches += batches[:per_rank * self.world - len(batches)]  # pad so every rank has as many
+        return batches[self.rank::self.world]
+
+    def __iter__(self) -> Iterator[list[ItemKey]]:
+        for b, batch in enumerate(self._rank_batches()):
+            if b < self.start_batch:
+                continue
+            yield [(int(i), (self.seed, self.epoch, b, self.rank, p)) for p, i in enumerate(batch)]
+
+    def __len__(self) -> int:
+        return len(self._rank_batches()) - self.start_batch
+
+
+def _chunks(order: np.ndarray, size: int) -> list[list[int]]:
+    return [order[i:i + size].tolist() for i in range(0, len(order), size)]
+
+
+class ShuffledBatches(BatchPlan):
+    """Every slice once per pass, shuffled."""
+
+    def plan(self, rng: np.random.Generator) -> list[list[int]]:
+        return _chunks(rng.permutation(self.num_items), self.batch_size)
+
+
+class BalancedBatches(BatchPlan):
+    """A pass of ``num_items`` draws, each a lesion slice with probability ``fraction``.
+
+    Within each class slices are drawn without replacement (reshuffled when used up),
+    so rare lesion slices are seen often without dropping background slices.
+    """
+
+    def __init__(self, has_lesion: np.ndarray, *, fraction: float, **kwargs):
+        super().__init__(len(has_lesion), **kwargs)
+        self.lesion = np.flatnonzero(has_lesion)
+        self.other = np.flatnonzero(~has_lesion)
+        self.fraction = fraction if len(self.lesion) and len(self.other) else float(bool(len(self.lesion)))
+
+    def plan(self, rng: np.random.Generator) -> list[list[int]]:
+        picks = rng.random(self.num_items) < self.fraction
+        n_lesion = int(picks.sum())
+        draw = np.empty(self.num_items, dtype=np.int64)
+        draw[picks] = _cycled(self.lesion, n_lesion, rng)
+        draw[~picks] = _cycled(self.other, self.num_items - n_lesion, rng)
+        return _chunks(draw, self.batch_size)
+
+
+def _cycled(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    reps = math.ceil(count / len(pool))
+    return np.concatenate([rng.permutation(pool) for _ in range(reps)])[:count]
+
+
+class PatientBatches(BatchPlan):
+    """Batches of one case's consecutive slices (ascending z), in shuffled order.
+
+    Each case's slices are cut into runs of ``batch_size`` from a random offset, so run
+    boundaries move between epochs; runs shorter than 2 slices are dropped (batch
+    statistics need at least two). What patient-wise normalisation (crgan) needs.
+    """
+
+    def __init__(self, cases: Sequence[str], rows: np.ndarray, **kwargs):
+        super().__init__(len(cases), **kwargs)
+        order = np.lexsort((rows, np.asarray(cases)))
+        self.groups: list[np.ndarray] = []
+        names = np.asarray(cases)[order]
+        for name in dict.fromkeys(names):
+            self.groups.append(order[names == name])
+        if not any(len(g) >= 2 for g in self.groups):
+            raise ConfigError("patient batches need a case with at least 2 training slices")
+
+    def plan(self, rng: np.random.Generator) -> list[list[int]]:
+        batches = []
+        for group in self.groups:
+            offset = int(rng.integers(self.batch_size)) if len(group) > self.batch_size else 0
+            cuts = [0] + list(range(offset or self.batch_size, len(group), self.batch_size)) + [len(group)]
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                if b - a >= 2:
+                    batches.append(group[a:b].tolist())
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def make_batch_sampler(config: TrainConfig, dataset: SliceDataset, *, rank: int = 0, world: int = 1) -> BatchPlan:
+    """The training batch sampler the config asks for."""
+    common = dict(batch_size=config.batch_size, seed=config.seed, steps_per_epoch=config.steps_per_epoch,
+                  rank=rank, world=world)
+    if config.patient_batches:
+        return PatientBatches(dataset.cases, dataset.rows, **common)
+    if config.sampling == "balanced":
+        return BalancedBatches(dataset.has_lesion, fraction=config.lesion_fraction, **common)
+    return ShuffledBatches(len(dataset), **common)
+
+
+# ---- loader ------------------------------------------------------------------------------------
+def _worker_init(worker_id: int) -> None:
+    """Each worker: its own store handle, one thread (the workers are the parallelism)."""
+    torch.set_num_threads(1)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "open"):
+        info.dataset.open()
+
+
+def make_loader(dataset: SliceDataset, batch_sampler: BatchPlan, *, workers: int, pin_memory: bool = False):
+    """A DataLoader over ``dataset`` driven by ``batch_sampler`` (workers persist across epochs)."""
+    extra = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
+                                       worker_init_fn=_worker_init, pin_memory=pin_memory, **extra)
+
+
+def training_data(config: TrainConfig, *, rank: int = 0, world: int = 1, pin_memory: bool = False):
+    """(dataset, batch sampler, loader) for the training side of ``config``."""
+    store = SliceStore.open(config.store)
+    index = select_index(store, split=config.train_split, lesion_only=config.sampling == "lesion_only",
+                         cases=config.cases, targets=config.target)
+    if len(index) == 0:
+        raise ConfigError(f"{config.store}: no {config.train_split!r} slices"
+                          + (" with a lesion" if config.sampling == "lesion_only" else "")
+                          + f" for target {', '.join(config.target)}")
+    dataset = SliceDataset.from_config(config, index, train=True)
+    sampler = make_batch_sampler(config, dataset, rank=rank, world=world)
+    return dataset, sampler, make_loader(dataset, sampler, workers=config.workers, pin_memory=pin_memory)
+
+
+def validation_cases(config: TrainConfig) -> list[str]:
+    """The cases validated each epoch (per-case Dice on re-stacked slices)."""
+    if config.val_split == "none":
+        return []
+    store = SliceStore.open(config.store)
+    index = select_index(store, split=config.val_split, cases=config.cases, targets=config.target)
+    return sorted(set(index.rows["case"].tolist()))

@@ -1,0 +1,78 @@
+"""``unet``: the U-Net baseline with the loss study of the CTumorGAN paper.
+
+Network: the classic U-Net (two 3x3 conv-BN-ReLU per level, max-pooling down, 2x2
+transposed convolutions up, skips by concatenation, 1x1 convolution, sigmoid), widths
+``features`` (64 ... 1024 by default).
+
+Loss (``model_options.loss``), as compared for the U-Net in the CTumorGAN paper:
+``mae`` (L1), ``mse`` (L2), ``weighted_ce`` (binary cross-entropy with foreground weight
+``pos_weight``, or the batch's background/foreground ratio when null), ``dice``
+(1 - soft Dice), ``mse_dice`` (loss_weights.mse * MSE + loss_weights.dice * (1 - Dice)).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from ctseg.models.base import SegModel, StepContext, scalar
+from ctseg.models.blocks import PoolUNet
+from ctseg.models.losses import dice_loss, soft_dice, weighted_bce
+from ctseg.models.registry import register
+
+LOSSES = ("mae", "mse", "weighted_ce", "dice", "mse_dice")
+
+
+@register("unet")
+class UNet(SegModel):
+    description = "U-Net baseline; loss mae | mse | weighted_ce | dice | mse_dice (CTumorGAN's loss study)"
+    options_defaults = {"features": [64, 128, 256, 512, 1024], "norm": "batch", "loss": "mse_dice",
+                        "pos_weight": None, "dropout": 0.0}
+
+    def build(self):
+        if self.options["loss"] not in LOSSES:
+            from ctseg.config import ConfigError
+
+            raise ConfigError(f"unet: model_options.loss must be one of {LOSSES}, found {self.options['loss']!r}")
+        return {"net": PoolUNet(self.in_channels, self.out_channels, features=self.options["features"],
+                                norm=self.options["norm"], dropout=float(self.options["dropout"]))}
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {**super().defaults(),
+                "optimizers": {"net": {"name": "adam", "lr": 1e-4, "betas": [0.9, 0.999]}},
+                "loss_weights": {"mse": 1.0, "dice": 1.0}}
+
+    @classmethod
+    def paper_preset(cls) -> dict:
+        # The CTumorGAN paper trains its baselines like its generator: Adam beta1 0.5, lr 2e-4, batch 1.
+        return {"batch_size": 1, "epochs": 300, "optimizers": {"net": {"name": "adam", "lr": 2e-4,
+                                                                        "betas": [0.5, 0.999]}}}
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        kind = self.options["loss"]
+        if kind == "mae":
+            return F.l1_loss(pred, target)
+        if kind == "mse":
+            return F.mse_loss(pred, target)
+        if kind == "weighted_ce":
+            weight = self.options["pos_weight"]
+            return weighted_bce(pred, target, None if weight is None else float(weight))
+        if kind == "dice":
+            return dice_loss(pred, target)
+        return ctx.weight("mse") * F.mse_loss(pred, target) + ctx.weight("dice") * dice_loss(pred, target)
+
+    def train_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        image, target = batch["image"], batch["target"]
+        with ctx.amp.autocast():
+            pred = self.net("net")(image)
+        pred = pred.float()
+        loss = self.loss(pred, target, ctx)
+        ctx.update("net", loss)
+        return {"loss": scalar(loss), "dice": scalar(soft_dice(pred.detach(), target))}
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        return self.nets["net"](image).float()

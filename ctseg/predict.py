@@ -1,0 +1,155 @@
+"""Prediction: a trained model over whole cases, slice by slice, written back into the store.
+
+:func:`predict_volume` is shared with validation during training: each stored slice
+gets the inputs the model was trained on (windows, ``context`` neighbours clamped at
+the ends), is padded to a multiple of the model's down-sampling (or resized to the
+model size when the run trained on resized slices), and the probabilities are put
+back on the stored grid. :func:`predict_store` writes ``pred_<run>`` (float32
+probabilities) and ``pred_<run>_mask`` (uint8, probabilities >= threshold) per case
+with ``SliceStore.write_label`` (atomic), with attributes saying how they were made.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ctseg.config import ConfigError, TrainConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictedCase:
+    case_id: str
+    labels: tuple[str, ...]  # label arrays written
+    slices: int
+
+
+def select_device(name: str = "auto", local_rank: int = 0):
+    """``auto``: CUDA (this rank's GPU) when available, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked but CUDA is not available")
+    return device
+
+
+def case_inputs(image: np.ndarray, rows: Sequence[int], channels: Sequence[int] | None, context: int) -> np.ndarray:
+    """Model inputs (n, C', y, x) uint8 for stored rows of a case image (z, window, y, x)."""
+    from ctseg.data import context_rows, stack_inputs
+
+    nz = image.shape[0]
+    return np.stack([stack_inputs(image[context_rows(z, nz, context)], channels) for z in rows])
+
+
+def predict_volume(model, image: np.ndarray, config: TrainConfig, *, batch_size: int = 16, amp=None) -> np.ndarray:
+    """Probabilities float32 (labels, z, y, x) for a case image (z, window, y, x) uint8."""
+    import torch
+    import torch.nn.functional as F
+
+    device = model.device
+    nz, _, h, w = image.shape
+    out = np.zeros((model.out_channels, nz, h, w), dtype=np.float32)
+    multiple = model.size_multiple
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, nz, batch_size):
+            rows = list(range(start, min(start + batch_size, nz)))
+            x = torch.from_numpy(case_inputs(image, rows, config.channels, config.context)).to(device).float() / 255
+            if config.crop == "resize":
+                x = F.interpolate(x, size=(config.size, config.size), mode="bilinear", antialias=True,
+                                  align_corners=False)
+            else:  # fully convolutional: the whole slice, zero-padded as training crops are
+                ph, pw = -h % multiple, -w % multiple
+                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+            with amp.autocast() if amp is not None else _null():
+                prob = model.predict(x).float()
+            if config.crop == "resize":
+                prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
+            else:
+                prob = prob[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+            out[:, start:start + len(rows)] = prob.clamp(0, 1).permute(1, 0, 2, 3).cpu().numpy()
+    return out
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def build_model(config: TrainConfig, in_channels: int):
+    from ctseg.models import get_model
+
+    return get_model(config.model)(config, in_channels)
+
+
+def load_model(checkpoint: str | Path, device: str = "auto"):
+    """(model in eval mode on the device, its TrainConfig, the checkpoint dict) from a checkpoint file."""
+    from ctseg import checkpoint as ckpt
+
+    data = ckpt.load(checkpoint)
+    config = TrainConfig.from_dict(data["config"])
+    model = build_model(config, int(data["in_channels"]))
+    for name, state in data["networks"].items():
+        model.nets[name].load_state_dict(state)
+    model.to(select_device(device))
+    model.load_extra_state(data.get("model_state", {}))
+    return model.eval(), config, data
+
+
+def label_base(name: str) -> str:
+    """A store label name from a run name: letters, digits, '-' and '_' only."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
+    if not cleaned:
+        raise ConfigError(f"run name {name!r} gives an empty label name; pass --name")
+    return f"pred_{cleaned}"
+
+
+def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequence[str] | None = None,
+                  name: str | None = None, threshold: float | None = None, device: str = "auto",
+                  batch_size: int = 16, progress: bool = True) -> list[PredictedCase]:
+    """Predict every (or the named) case of a store and write the results as labels; see the module doc."""
+    from tqdm import tqdm
+
+    from ctprep.store import SliceStore
+
+    checkpoint = Path(checkpoint)
+    model, config, data = load_model(checkpoint, device)
+    threshold = config.threshold if threshold is None else threshold
+    if not 0 < threshold < 1:
+        raise ConfigError(f"threshold must be in (0, 1), found {threshold}")
+    store = SliceStore.open(store_path, mode="a")
+    wanted = list(cases) if cases else store.case_ids()
+    unknown = sorted(set(wanted) - set(store.case_ids()))
+    if unknown:
+        raise ConfigError(f"{store_path}: cases not in the store: {', '.join(unknown)}")
+    base = label_base(name or checkpoint.resolve().parent.name)
+    written = []
+    for case_id in tqdm(wanted, desc="predicting", unit="case", disable=not progress or None):
+        image = store.read_case(case_id, labels=[]).image
+        expected = model.in_channels // (2 * config.context + 1)
+        have = len(config.channels) if config.channels is not None else image.shape[1]
+        if have != expected:
+            raise ConfigError(f"{store_path}: case {case_id} has {image.shape[1]} window channels, "
+                              f"the model was trained on {expected}")
+        prob = predict_volume(model, image, config, batch_size=batch_size)
+        labels = []
+        for i, target in enumerate(config.target):
+            stem = base if len(config.target) == 1 else f"{base}_{target}"
+            attributes = {"kind": "prediction", "model": config.model, "target": target,
+                          "checkpoint": str(checkpoint), "run": str(Path(config.out)), "step": int(data["step"]),
+                          "epoch": int(data["epoch"]), "threshold": threshold}
+            store.write_label(case_id, stem, np.ascontiguousarray(prob[i]),
+                              attributes={**attributes, "values": "probability"})
+            store.write_label(case_id, f"{stem}_mask", (prob[i] >= threshold).astype(np.uint8),
+                              attributes={**attributes, "values": "binary"})
+            labels += [stem, f"{stem}_mask"]
+        written.append(PredictedCase(case_id=case_id, labels=tuple(labels), slices=image.shape[0]))
+    return written

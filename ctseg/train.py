@@ -1,0 +1,371 @@
+"""The one training loop, for every registered model.
+
+    for epoch:                      (phases set learning rates and loss weights per epoch)
+        for batch:                  (the batch sampler: shuffled, balanced or patient runs)
+            logs = model.train_step(batch, ctx)     (the model owns its GAN update order)
+        validate: per-case Dice on re-stacked slices; keep best.pt; early stopping
+        checkpoint last.pt (atomic; everything needed to continue exactly)
+
+Around it: the device (CUDA when available), mixed precision (bf16 on CUDA where
+supported, else fp16 with GradScalers), DDP under ``torchrun`` (a process group when
+WORLD_SIZE > 1: nccl on CUDA, gloo on CPU; SyncBatchNorm on CUDA; per-rank seeds; rank 0
+writes checkpoints, TensorBoard and the progress bar), deterministic seeding, and
+``resume`` continuing from ``RUN_DIR/last.pt`` at the exact batch it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctseg import checkpoint as ckpt
+from ctseg.config import ConfigError, TrainConfig
+from ctseg.data import training_data, validation_cases
+from ctseg.models.base import Amp, SegModel, StepContext
+from ctseg.models.blocks import has_batch_norm
+from ctseg.predict import build_model, predict_volume, select_device
+
+
+@dataclass
+class LoopState:
+    """The loop's counters; ``batch`` is the next batch of ``epoch`` (non-zero after a mid-epoch stop)."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainResult:
+    run_dir: Path
+    step: int
+    epoch: int  # epochs completed
+    best_metric: float
+    best_epoch: int
+    stopped: str  # completed | max_steps | early_stopping
+    history: list
+
+
+# ---- distributed ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        """Join the process group torchrun describes (WORLD_SIZE > 1), else a single process."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        return cls(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
+
+    def broadcast(self, value):
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value) -> list:
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+
+def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch (per rank); optionally force deterministic kernels."""
+    seed = seed * 1000 + rank
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def distribute(model: SegModel, dist: Distributed, device: torch.device, frozen: tuple[str, ...]) -> None:
+    """SyncBatchNorm (CUDA) and a DDP wrapper for each trained network when running distributed."""
+    if dist.world == 1:
+        return
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    for name, net in list(model.nets.items()):
+        if device.type == "cuda" and has_batch_norm(net):  # SyncBatchNorm has no CPU kernels
+            model.nets[name] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net).to(device)
+    model.wrap(lambda name, net: net if name in frozen else
+               DDP(net, device_ids=[device.index] if device.type == "cuda" else None))
+
+
+# ---- learning rates ------------------------------------------------------------------------------------
+def schedulers(optimizers: dict, config: TrainConfig) -> dict:
+    """One LambdaLR per optimiser, stepped per epoch: each phase's rate, linearly decayed if asked."""
+    out = {}
+    for name, opt in optimizers.items():
+        base = opt.param_groups[0]["lr"]
+
+        def factor(epoch: int, name: str = name, base: float = base) -> float:
+            index, phase = config.phase_at(epoch)
+            rate = phase.lr.get(name, phase.lr.get(name.rstrip("0123456789"), base)) / base
+            if phase.decay == "linear":
+                rate *= 1 - (epoch - config.phase_start(index)) / phase.epochs
+            return rate
+
+        out[name] = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return out
+
+
+# ---- validation ---------------------------------------------------------------------------------------
+def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    """3D Dice of two binary volumes (ctseg.metrics' empty-mask policy: both empty scores 1)."""
+    from ctseg.metrics import confusion, dice
+
+    return float(dice(confusion(pred, truth)))
+
+
+def validate(model: SegModel, config: TrainConfig, cases: list[str], amp: Amp) -> dict:
+    """Per-case Dice (3D, slices re-stacked) for each target; ``dice`` is their mean over cases."""
+    from ctprep.store import SliceStore
+
+    store = SliceStore.open(config.store)
+    per_case = {}
+    for case_id in cases:
+        data = store.read_case(case_id, labels=list(config.target))
+        prob = predict_volume(model, data.image, config, batch_size=config.val_batch_size, amp=amp)
+        scores = [dice_score(prob[i] >= config.threshold, data.labels[t] > (0 if data.labels[t].dtype == np.uint8
+                                                                           else 0.5))
+                  for i, t in enumerate(config.target)]
+        per_case[case_id] = float(np.mean(scores))
+    return {"dice": float(np.mean(list(per_case.values()))), "cases": per_case}
+
+
+# ---- logging --------------------------------------------------------------------------------------------
+def image_grid(batch: dict, pred: torch.Tensor, config: TrainConfig, windows: int, count: int = 4) -> torch.Tensor:
+    """(1, rows*H, 3*W): per sample the CT (centre slice, first window), the truth and the prediction."""
+    centre = config.context * windows
+    rows = []
+    for i in range(min(count, batch["image"].shape[0])):
+        parts = [batch["image"][i, centre], batch["target"][i, 0], pred[i, 0]]
+        rows.append(torch.cat([p.float().cpu().clamp(0, 1) for p in parts], dim=1))
+    return torch.cat(rows, dim=0)[None]
+
+
+class Logger:
+    """TensorBoard on rank 0: step scalars averaged since the last write, learning rates, images."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, logs: dict) -> None:
+        for key, value in logs.items():
+            self.sums[key] = self.sums.get(key, 0) + value
+        self.count += 1
+
+    def flush_steps(self, step: int, optimizers: dict) -> dict[str, float]:
+        means = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+        if self.writer is not None:
+            for key, value in means.items():
+                self.writer.add_scalar(f"train/{key}", value, step)
+            for name, opt in optimizers.items():
+                self.writer.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], step)
+        self.sums, self.count = {}, 0
+        return means
+
+    def epoch(self, step: int, metrics: dict, grid: torch.Tensor | None) -> None:
+        if self.writer is None:
+            return
+        if "dice" in metrics:
+            self.writer.add_scalar("val/dice", metrics["dice"], step)
+        if grid is not None:
+            self.writer.add_image("samples/ct_truth_prediction", grid, step, dataformats="CHW")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------
+def checkpoint_dict(model: SegModel, optimizers: dict, scheds: dict, amp: Amp, state: LoopState,
+                    config: TrainConfig, rng: list) -> dict:
+    return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "config": config.to_dict(), "model": config.model,
+            "in_channels": model.in_channels,
+            "networks": {n: net.state_dict() for n, net in model.nets.items()},
+            "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in scheds.items()},
+            "scalers": amp.state_dict(), "model_state": model.extra_state(),
+            "epoch": state.epoch, "batch": state.batch, "step": state.step, "loop": state.to_dict(), "rng": rng}
+
+
+def restore(data: dict, model: SegModel, optimizers: dict, scheds: dict, amp: Amp, dist: Distributed) -> LoopState:
+    for name, net in model.nets.items():
+        net.load_state_dict(data["networks"][name])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(data["optimizers"][name])
+    for name, sched in scheds.items():
+        sched.load_state_dict(data["schedulers"][name])
+    amp.load_state_dict(data["scalers"])
+    model.load_extra_state(data.get("model_state", {}))
+    states = data["rng"]
+    ckpt.set_rng_state(states[dist.rank] if dist.rank < len(states) else states[0])
+    return LoopState(**data["loop"])
+
+
+def check_resumable(config: TrainConfig, saved: dict, path: Path) -> None:
+    """Refuse to resume a checkpoint of another model or target."""
+    for key in ("model", "target", "store"):
+        mine, theirs = config.to_dict()[key], saved.get(key)
+        if key == "store":
+            mine, theirs = str(Path(mine).resolve()), str(Path(theirs).resolve())
+        if mine != theirs:
+            raise ConfigError(f"{path}: checkpoint has {key} {theirs!r}, this run asks {mine!r}")
+
+
+# ---- the loop -------------------------------------------------------------------------------------------
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``config.model`` on ``config.store``, writing into ``config.out``; see the module docstring."""
+    from tqdm import tqdm
+
+    dist = Distributed.from_env()
+    device = select_device(config.device, dist.local_rank)
+    seed_everything(config.seed, dist.rank, config.deterministic)
+    run_dir = Path(config.out)
+    last = run_dir / "last.pt"
+    saved = None
+    if resume:
+        saved = ckpt.load(last)
+        check_resumable(config, saved["config"], last)
+    elif last.exists():
+        raise ConfigError(f"{last}: a run is already there; use --resume to continue it or another --out")
+
+    dataset, sampler, loader = training_data(config, rank=dist.rank, world=dist.world,
+                                             pin_memory=device.type == "cuda")
+    model = build_model(config, dataset.in_channels).to(device)
+    distribute(model, dist, device, config.frozen)
+    optimizers = model.optimizers(config)
+    scheds = schedulers(optimizers, config)
+    amp = Amp(device, config.amp, list(optimizers))
+    state = restore(saved, model, optimizers, scheds, amp, dist) if saved else LoopState()
+    val_cases = validation_cases(config)
+    log = Logger(run_dir, dist.main)
+    if dist.main:
+        config.save(run_dir / "config.yaml")
+
+    def save(path: Path) -> None:
+        rng = dist.gather(ckpt.rng_state())
+        if dist.main:
+            ckpt.save_atomic(checkpoint_dict(model, optimizers, scheds, amp, state, config, rng), path)
+
+    stopped = "completed"
+    windows = dataset.in_channels // (2 * config.context + 1)
+    try:
+        while state.epoch < config.total_epochs and stopped == "completed":
+            epoch = state.epoch
+            sampler.set_epoch(epoch, state.batch)
+            weights = config.weights_at(epoch)
+            model.train()
+            bar = tqdm(total=len(sampler), desc=f"epoch {epoch + 1}/{config.total_epochs}", unit="batch",
+                       disable=not (progress and dist.main) or None, leave=False)
+            batch = None
+            total_batches = len(sampler) + sampler.start_batch
+            for batch in loader:
+                batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                ctx = StepContext(optimizers=optimizers, amp=amp, weights=weights, step=state.step, epoch=epoch,
+                                  trainable=frozenset(optimizers))
+                log.add(model.train_step(batch, ctx))
+                state.step += 1
+                state.batch += 1
+                bar.update()
+                if state.step % config.log_every == 0:
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in log.flush_steps(state.step, optimizers).items()})
+                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    save(last)
+                if config.max_steps and state.step >= config.max_steps:
+                    stopped = "max_steps"
+                    break
+            bar.close()
+            if stopped == "max_steps" and state.batch < total_batches:
+                save(last)  # mid-epoch: resume continues at state.batch
+                break
+            stopped = end_epoch(model, config, state, scheds, amp, dist, log, val_cases, batch, windows, save)
+            if stopped == "completed" and config.max_steps and state.step >= config.max_steps:
+                stopped = "max_steps"
+    finally:
+        log.close()
+    return TrainResult(run_dir=run_dir, step=state.step, epoch=state.epoch, best_metric=state.best,
+                       best_epoch=state.best_epoch, stopped=stopped, history=state.history)
+
+
+def end_epoch(model: SegModel, config: TrainConfig, state: LoopState, scheds: dict, amp: Amp, dist: Distributed,
+              log: Logger, val_cases: list[str], batch: dict | None, windows: int, save) -> str:
+    """Learning rates, validation, best model, images, history and checkpoint at the end of an epoch."""
+    epoch = state.epoch
+    state.epoch, state.batch = epoch + 1, 0
+    for sched in scheds.values():
+        sched.step()
+    metrics: dict = {}
+    if dist.main and val_cases and (epoch + 1) % config.val_every == 0:
+        metrics = validate(model, config, val_cases, amp)
+    metrics = dist.broadcast(metrics)
+    grid = None
+    if dist.main and batch is not None and config.image_every and (epoch + 1) % config.image_every == 0:
+        model.eval()
+        with torch.no_grad(), amp.autocast():
+            grid = image_grid(batch, model.predict(batch["image"]), config, windows)
+    log.epoch(state.step, metrics, grid)
+    state.history.append({"epoch": epoch + 1, "step": state.step, **metrics})
+    improved = "dice" in metrics and metrics["dice"] > state.best
+    if improved:
+        state.best, state.best_epoch, state.bad_epochs = metrics["dice"], epoch + 1, 0
+    elif "dice" in metrics:
+        state.bad_epochs += 1
+    save(Path(config.out) / "last.pt")
+    if improved and dist.main:
+        import shutil
+
+        shutil.copyfile(Path(config.out) / "last.pt", Path(config.out) / ".best.pt.tmp")
+        os.replace(Path(config.out) / ".best.pt.tmp", Path(config.out) / "best.pt")
+    if dist.main:
+        ckpt.write_text_atomic(Path(config.out) / "history.json", json.dumps(state.history, indent=1))
+    if config.early_stopping and state.bad_epochs >= config.early_stopping:
+        return "early_stopping"
+    return "completed"
