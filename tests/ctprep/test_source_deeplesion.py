@@ -592,3 +592,16 @@ class TestDeepLesionContract(SourceContract):
         cv2.imwrite(str(ref.path("image")), np.zeros((96, 96), dtype=np.uint8))
         with pytest.raises(CaseInputError, match="8-bit PNG; DeepLesion slices are 16-bit"):
             source.load(ref)
+
+
+def test_check_reports_readability_only_since_the_manifest_cannot_list_every_key_slice(tmp_path):
+    from ctprep.check import check_download
+
+    phantom = write_deeplesion_phantom(tmp_path / "DeepLesion", size=96, spacing_xy=1.8)
+    report = check_download("deeplesion", phantom.root)
+    assert report.ok and len(report.found) == 4 and not report.missing and not report.unexpected
+    victim = get_source("deeplesion").discover(phantom.root)[0].path("image")  # a key slice
+    victim.write_bytes(b"not a png")
+    report = check_download("deeplesion", phantom.root)
+    assert not report.ok and len(report.unreadable) >= 1
+    assert str(victim.name) in " ".join(reason for _, reason in report.unreadable)
