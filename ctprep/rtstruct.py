@@ -76,6 +76,10 @@ _MAX_PIXEL_COORD = 1e5
 _REL_TOL = 1e-4
 _INPLANE_TOL_PX = 0.05
 
+_SERIES_TAGS = ["SOPClassUID", "SOPInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
+                "PixelSpacing", "Rows", "Columns", "SliceThickness", "FrameOfReferenceUID"]
+_CONTOUR_DATA = 0x30060050
+
 _SEPARATORS = re.compile(r"[\s_\-]+")
 _GTV_RULE = re.compile(r"gtv0*([1-9][0-9]*)")
 
@@ -210,7 +214,8 @@ def _read_series(files: list[Path], rtstruct_path: Path) -> list[Dataset]:
     series = []
     for f in files:
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            # Only the tags rt-utils and the checks below use: parsing whole headers was half the time.
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_SERIES_TAGS)
         except FileNotFoundError as exc:
             raise MissingInputError(f, "file not found") from exc
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
@@ -278,6 +283,25 @@ def _contours_of(ds: Dataset, path: Path, roi: str, number) -> list[Dataset]:
     raise CaseInputError(path, f"ROI {roi!r} has no contours")
 
 
+def _contour_data(contour: Dataset) -> np.ndarray:
+    """ContourData as float64, parsed straight from its bytes when pydicom has not converted it yet.
+
+    pydicom converts a DS value to one Python object per number; a lung contour has
+    thousands, and this conversion was the larger part of rasterising a series.
+    """
+    element = contour.get_item(_CONTOUR_DATA)
+    if element is None:
+        return np.zeros(0)
+    value = element.value
+    if isinstance(value, (bytes, bytearray)):
+        text = value.decode("ascii", errors="replace").strip(" \x00")
+        try:
+            return np.array(text.split("\\"), dtype=np.float64) if text else np.zeros(0)
+        except ValueError:  # not plain decimal strings: let pydicom convert (and complain)
+            value = contour.ContourData
+    return np.asarray(value if value is not None else [], dtype=np.float64).ravel()
+
+
 def _clean_contours(path: Path, roi: str, contours: list[Dataset],
                     series: list[Dataset]) -> list[tuple[int, list[float]]]:
     """The area contours of one ROI as (index of their slice in ``series``, ContourData); see the module doc."""
@@ -293,7 +317,7 @@ def _clean_contours(path: Path, roi: str, contours: list[Dataset],
     kept, missing, short = [], set(), 0
     referenced = set()
     for n, contour in enumerate(contours):
-        data = np.asarray(contour.get("ContourData") or [], dtype=np.float64)
+        data = _contour_data(contour)
         kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
         if data.size % 3:
             raise CaseInputError(path, f"ROI {roi!r}: contour {n} has {data.size} coordinates, "
@@ -328,7 +352,7 @@ def _clean_contours(path: Path, roi: str, contours: list[Dataset],
             if off > tolerance:
                 raise CaseInputError(path, f"ROI {roi!r}: contour {n} has no ContourImageSequence and lies "
                                            f"{off:.2f} mm from the nearest CT slice")
-        kept.append((index, contour.ContourData))
+        kept.append((index, data))
 
     if missing:
         shown = sorted(missing)[:3]
