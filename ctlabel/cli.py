@@ -61,7 +61,7 @@ def _labelling_options(func):
                      help="Widest band (mm)."),
         click.option("--margin-mm", type=click.FloatRange(min=0), default=2.0, show_default=True,
                      help="--from readers: background starts this far outside the readers' union."),
-        click.option("--iterations", type=click.IntRange(min=1), default=3, show_default=True,
+        click.option("--iterations", type=click.IntRange(min=1), default=2, show_default=True,
                      help="--from recist: GrabCut iterations."),
         click.option("--cases", metavar="ID,ID", help="Only these case ids."),
         click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
@@ -75,7 +75,8 @@ def _labelling_options(func):
 
 
 def _run_labelling(*, matting: bool, store, source, label, intersection, union, name, band_fraction, min_band_mm,
-                   max_band_mm, margin_mm, iterations, cases, workers, overwrite, quiet, epsilon=None) -> None:
+                   max_band_mm, margin_mm, iterations, cases, workers, overwrite, quiet, epsilon=None,
+                   max_unknown=None) -> None:
     from ctlabel.label import LabelConfig, label_store
     from ctlabel.matting import MattingParams
     from ctlabel.trimap import TrimapParams
@@ -87,7 +88,8 @@ def _run_labelling(*, matting: bool, store, source, label, intersection, union, 
         matting=matting,
         trimap=TrimapParams(band_fraction=band_fraction, min_band_mm=min_band_mm, max_band_mm=max_band_mm,
                             readers_margin_mm=margin_mm, grabcut_iterations=iterations),
-        matting_params=MattingParams(epsilon=epsilon) if epsilon is not None else MattingParams(),
+        matting_params=MattingParams(**{k: v for k, v in (("epsilon", epsilon), ("max_unknown", max_unknown))
+                                        if v is not None}),
         cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None,
         workers=workers, overwrite=overwrite)
     report = label_store(config, progress=not quiet)
@@ -114,6 +116,8 @@ def trimap(**options) -> None:
 @click.option("--recist", "recist_flag", is_flag=True, help="Shorthand for --from recist.")
 @click.option("--epsilon", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True,
               help="Closed-form matting regularisation (larger: smoother alpha).")
+@click.option("--max-unknown", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Lesions with more unknown pixels are solved on a coarser grid (0: always full resolution).")
 @_fail_cleanly
 def softmask(recist_flag, **options) -> None:
     """Trimap and closed-form matting in one: trimap_NAME and soft_NAME (float32 alpha in [0, 1]).

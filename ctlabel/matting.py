@@ -14,14 +14,18 @@ Where it is solved. Closed-form matting couples pixels only within ``2 * radius`
 other (both in one (2r+1)^2 window), so the alpha of the unknown pixels depends only on the
 image and trimap within ``2 * radius`` of the unknown band. :func:`estimate_alpha` therefore
 solves on the band's bounding box grown by ``2 * radius``: the same linear system as on the
-whole crop, hence the same alpha (tests check equality), at a fraction of the cost.
+whole crop, hence the same alpha (tests check equality), at a fraction of the cost. A wide
+band around a big lesion (more than ``max_unknown`` unknown pixels, default 1000) is solved
+on a grid coarser by an integer factor and alpha interpolated back: the solver's cost (its
+incomplete-Cholesky preconditioner) grows faster than the unknown count, and this bounds it.
 
-numba. pymatting compiles its kernels with numba when it is first imported (about a minute
-on two cores) and caches them on disk. :func:`configure_numba_cache` points the cache at a
-persistent folder, ``~/.cache/lesionkit/numba`` (``$XDG_CACHE_HOME`` respected), unless
-``NUMBA_CACHE_DIR`` is already set, before pymatting is imported: the compile then happens
-once per machine (and pymatting version) instead of on every run. pymatting is imported
-inside functions only, so importing ctlabel stays instant.
+numba. pymatting compiles its kernels with numba when they are loaded and caches them on
+disk; ctlabel loads only the three closed-form ones (:mod:`ctlabel._pymatting`: ~15 s the
+first time on two cores, instead of ~75 s for ``import pymatting``). :func:`configure_numba_cache`
+points the cache at a persistent folder, ``~/.cache/lesionkit/numba`` (``$XDG_CACHE_HOME``
+respected), unless ``NUMBA_CACHE_DIR`` is already set, before numba is imported: the compile
+then happens once per machine (and pymatting version) instead of on every run. The kernels
+are loaded inside functions only, so importing ctlabel stays instant.
 """
 
 from __future__ import annotations
@@ -45,12 +49,21 @@ class MattingParams:
 
     epsilon: float = 1e-7  # pymatting's default; larger gives smoother alpha
     radius: int = 1  # windows of (2r+1)^2 pixels
+    max_unknown: int = 1000  # more unknown pixels: solve on a coarser grid (0: never); bounds the cost
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon > 0):
             raise ValueError(f"matting epsilon must be a number > 0, found {self.epsilon!r}")
         if int(self.radius) != self.radius or self.radius < 1:
             raise ValueError(f"matting radius must be an integer >= 1, found {self.radius!r}")
+        if int(self.max_unknown) != self.max_unknown or self.max_unknown < 0:
+            raise ValueError(f"matting max_unknown must be an integer >= 0, found {self.max_unknown!r}")
+
+    def factor(self, unknown: int) -> int:
+        """The coarsening factor for ``unknown`` pixels: 1, or the integer bringing them under max_unknown."""
+        if not self.max_unknown or unknown <= self.max_unknown:
+            return 1
+        return math.ceil(math.sqrt(unknown / self.max_unknown))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,11 +102,15 @@ def configure_numba_cache() -> Path:
 
 
 def load_pymatting():
-    """pymatting's closed-form estimator, imported once the numba cache is configured."""
-    configure_numba_cache()
-    from pymatting import estimate_alpha_cf
+    """pymatting's closed-form kernels (``cf_laplacian``, ``ichol``, ``cg``), compiled or loaded from the cache.
 
-    return estimate_alpha_cf
+    Only the three files closed-form matting needs are loaded (see :mod:`ctlabel._pymatting`),
+    once the numba cache is configured.
+    """
+    configure_numba_cache()
+    from ctlabel import _pymatting
+
+    return _pymatting
 
 
 def matting_image(channels: np.ndarray) -> np.ndarray:
@@ -129,6 +146,9 @@ def estimate_alpha(image: np.ndarray, trimap: np.ndarray, *, params: MattingPara
     uses the ctlabel values (0 / 128 / 255). A trimap without foreground or background raises
     :class:`TrimapError` (the solve would be ill-posed). ``restrict`` solves on
     :func:`solve_region` only; ``False`` solves on the whole array (same result, slower).
+    With more than ``params.max_unknown`` unknown pixels (a wide band around a big lesion)
+    the solve runs on a grid coarser by :meth:`MattingParams.factor` and alpha is
+    interpolated back: the cost stays bounded, the transition is smoothed over that factor.
     """
     trimap = np.asarray(trimap)
     image = np.asarray(image)
@@ -140,18 +160,77 @@ def estimate_alpha(image: np.ndarray, trimap: np.ndarray, *, params: MattingPara
                          f"{sorted(set(np.unique(trimap[invalid]).tolist()))[:5]}")
     require_foreground_and_background(trimap, lesion)
     alpha = (trimap == FOREGROUND).astype(np.float32)
-    rows, cols = solve_region(trimap, params.radius) if restrict else (slice(None), slice(None))
-    if not (trimap == UNKNOWN).any():
+    unknown = int(np.count_nonzero(trimap == UNKNOWN))
+    if not unknown:
         return alpha
-    estimate_alpha_cf = load_pymatting()
+    factor = params.factor(unknown)
+    grow_radius = params.radius * factor  # the coarse windows' reach, in pixels of this grid
+    rows, cols = solve_region(trimap, grow_radius) if restrict else (slice(None), slice(None))
     pixels = image[rows, cols]
     pixels = pixels.astype(np.float64) / 255.0 if pixels.dtype == np.uint8 else pixels.astype(np.float64)
-    try:
-        solved = estimate_alpha_cf(pixels, trimap[rows, cols].astype(np.float64) / 255.0,
-                                   laplacian_kwargs={"epsilon": float(params.epsilon), "radius": int(params.radius)})
-    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # e.g. a singular preconditioner
-        raise TrimapError(lesion, f"matting failed: {type(exc).__name__}: {exc}") from None
-    if not np.all(np.isfinite(solved)):
-        raise TrimapError(lesion, "matting produced non-finite alpha")
+    part = trimap[rows, cols]
+    while True:
+        try:
+            solved = _coarse_solve(pixels, part, factor, params, lesion) if factor > 1 \
+                else _solve(pixels, part, params, lesion)
+            break
+        except _CoarseTooThin:
+            factor -= 1  # a thin lesion vanished on the coarse grid: a finer one
     alpha[rows, cols] = solved
     return alpha
+
+
+class _CoarseTooThin(Exception):
+    pass
+
+
+def _solve(pixels: np.ndarray, trimap: np.ndarray, params: MattingParams, lesion: str) -> np.ndarray:
+    """Closed-form alpha: pymatting's ``estimate_alpha_cf`` (same kernels, same system, same solver).
+
+    The matting Laplacian L is split into unknown (U) and known (K) pixels and
+    ``L_UU x = -L_UK alpha_K`` solved by conjugate gradients with pymatting's incomplete
+    Cholesky preconditioner (Grady et al.'s formulation, as pymatting does).
+    """
+    kernels = load_pymatting()
+    known = (trimap != UNKNOWN).ravel()
+    unknown = ~known
+    foreground = (trimap == FOREGROUND).ravel()
+    try:
+        laplacian = kernels.cf_laplacian(pixels, float(params.epsilon), int(params.radius), known)
+        l_unknown = laplacian[unknown, :][:, unknown]
+        coupling = laplacian[unknown, :][:, known]
+        x = foreground.astype(np.float64)
+        x[unknown] = kernels.cg(l_unknown, -coupling.dot(foreground[known].astype(np.float64)),
+                                M=kernels.ichol(l_unknown))
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # e.g. a singular preconditioner
+        raise TrimapError(lesion, f"matting failed: {type(exc).__name__}: {exc}") from None
+    if not np.all(np.isfinite(x)):
+        raise TrimapError(lesion, "matting produced non-finite alpha")
+    return np.clip(x, 0.0, 1.0).reshape(trimap.shape).astype(np.float32)
+
+
+def _coarse_solve(pixels: np.ndarray, trimap: np.ndarray, factor: int, params: MattingParams,
+                  lesion: str) -> np.ndarray:
+    """Solve on blocks of ``factor`` x ``factor`` pixels, then interpolate alpha back into the unknown band.
+
+    A coarse pixel is foreground (background) only if its whole block is; image blocks are
+    averaged. Known pixels keep their trimap value.
+    """
+    import cv2
+
+    h, w = trimap.shape
+    ch, cw = -(-h // factor), -(-w // factor)
+    pad = ((0, ch * factor - h), (0, cw * factor - w))
+    blocks = np.pad(pixels, (*pad, (0, 0)), mode="edge").reshape(ch, factor, cw, factor, 3).mean(axis=(1, 3))
+    padded = np.pad(trimap, pad, mode="edge").reshape(ch, factor, cw, factor)
+    coarse = np.full((ch, cw), UNKNOWN, dtype=np.uint8)
+    coarse[(padded == FOREGROUND).all(axis=(1, 3))] = FOREGROUND
+    coarse[(padded == BACKGROUND).all(axis=(1, 3))] = BACKGROUND
+    if not (coarse == FOREGROUND).any() or not (coarse == BACKGROUND).any():
+        raise _CoarseTooThin()
+    solved = _solve(blocks, coarse, params, lesion)
+    fine = cv2.resize(solved, (cw * factor, ch * factor), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    fine = np.clip(fine, 0.0, 1.0)
+    fine[trimap == FOREGROUND] = 1.0
+    fine[trimap == BACKGROUND] = 0.0
+    return fine

@@ -50,7 +50,7 @@ class TrimapParams:
     min_band_mm: float = 1.0
     max_band_mm: float = 10.0
     readers_margin_mm: float = 2.0  # --from readers: background starts this far outside the union
-    grabcut_iterations: int = 3  # --from recist
+    grabcut_iterations: int = 2  # --from recist
     box_margin: float = 0.15  # GrabCut's probable-background box: RECIST extent + this x long axis ...
     min_box_margin_mm: float = 2.0  # ... and at least this
     seed_scale: float = 0.5  # definite foreground: the RECIST ellipse shrunk by this about its centre

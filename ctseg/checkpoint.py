@@ -96,3 +96,21 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- pretrained parts from other runs -------------------------------------------------------------
+def load_pretrained(path: str | Path, *, models: tuple[str, ...], role: str):
+    """A trained model from another run's checkpoint (eval mode, on the CPU) to use as a frozen part.
+
+    For models built on another run's networks: CasGAN's super-resolution stage (a
+    ``srgan`` run), a soft-mask prior (a ``softgan``/``casgan`` run). ``role`` names the
+    option that asked for it, for the error when the checkpoint is of another model.
+    """
+    from ctseg.predict import load_model
+
+    path = Path(path)
+    model, config, _ = load_model(path, device="cpu")
+    if config.model not in models:
+        raise CheckpointError(f"{path}: {role} needs a checkpoint of {' or '.join(models)}, "
+                              f"found one of {config.model!r}")
+    return model

@@ -79,7 +79,7 @@ def train(model, store, target, out, config_file, preset, resume, assignments, n
 
         saved = load(Path(out) / "last.pt")["config"]
         model = model or saved["model"]
-        layers.append(saved)
+        layers.append({**saved, "max_steps": None})  # a resumed run goes on unless given --max-steps again
     if config_file:
         layers.append(load_yaml(config_file))
     explicit = {"store": store, "target": target, "out": out}
@@ -107,17 +107,20 @@ def train(model, store, target, out, config_file, preset, resume, assignments, n
 @click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
+@click.option("--export-nifti", type=click.Path(file_okay=False),
+              help="Also write each prediction as <case>_<label>.nii.gz on the case's original grid.")
 @click.option("--no-progress", is_flag=True)
 @_fail_cleanly
-def predict(checkpoint, store, cases, name, threshold, device, batch_size, no_progress) -> None:
+def predict(checkpoint, store, cases, name, threshold, device, batch_size, export_nifti, no_progress) -> None:
     """Predict cases slice by slice; writes pred_<run> (probabilities) and pred_<run>_mask into the store."""
     from ctseg.predict import predict_store
 
     wanted = [c.strip() for text in cases for c in text.split(",") if c.strip()] or None
     done = predict_store(checkpoint, store, cases=wanted, name=name, threshold=threshold, device=device,
-                         batch_size=batch_size, progress=not no_progress)
+                         batch_size=batch_size, progress=not no_progress, export_nifti=export_nifti)
     labels = sorted({label for case in done for label in case.labels})
-    click.echo(f"ctseg: predicted {len(done)} case(s) into {store}: labels {', '.join(labels)}")
+    click.echo(f"ctseg: predicted {len(done)} case(s) into {store}: labels {', '.join(labels)}"
+               + (f"; NIfTI in {export_nifti}" if export_nifti else ""))
 
 
 @main.command("models")
@@ -128,3 +131,7 @@ def list_models() -> None:
     width = max(len(n) for n in MODELS)
     for name in sorted(MODELS):
         click.echo(f"{name.ljust(width)}  {MODELS[name].description}")
+
+
+if __name__ == "__main__":  # torchrun -m ctseg.cli train ...
+    main()

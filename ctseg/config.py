@@ -265,14 +265,38 @@ class TrainConfig:
 
 
 def _known(cls, data: Mapping, where: str) -> dict:
-    """``data`` as a dict, refusing keys the dataclass does not have (typos fail loudly)."""
+    """``data`` as a dict of the dataclass's keys (typos fail loudly), scalars coerced to the field types.
+
+    Coercion matters for YAML: PyYAML (YAML 1.1) reads ``1e-4`` as a string; only ``1.0e-4`` is a float.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, found {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(types))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return dict(data)
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(types))}")
+    return {key: _coerce(value, types[key], f"{where}.{key}") for key, value in data.items()}
+
+
+def _coerce(value: Any, kind: str, where: str) -> Any:
+    base = kind.replace(" | None", "")
+    if value is None or base not in ("float", "int", "bool"):
+        return value
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, found {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a number, found {value!r}") from None
+    if base == "int":
+        if number != int(number):
+            raise ConfigError(f"{where}: expected a whole number, found {value!r}")
+        return int(number)
+    return number
 
 
 # ---- building a config from its layers ----------------------------------------------------

@@ -114,8 +114,13 @@ def label_base(name: str) -> str:
 
 def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequence[str] | None = None,
                   name: str | None = None, threshold: float | None = None, device: str = "auto",
-                  batch_size: int = 16, progress: bool = True) -> list[PredictedCase]:
-    """Predict every (or the named) case of a store and write the results as labels; see the module doc."""
+                  batch_size: int = 16, progress: bool = True,
+                  export_nifti: str | Path | None = None) -> list[PredictedCase]:
+    """Predict every (or the named) case of a store and write the results as labels; see the module doc.
+
+    With ``export_nifti``, every written label is also exported to
+    ``<dir>/<case>_<label>.nii.gz`` on the case's original grid (ctprep.export).
+    """
     from tqdm import tqdm
 
     from ctprep.store import SliceStore
@@ -152,4 +157,9 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
                               attributes={**attributes, "values": "binary"})
             labels += [stem, f"{stem}_mask"]
         written.append(PredictedCase(case_id=case_id, labels=tuple(labels), slices=image.shape[0]))
+        if export_nifti is not None:
+            from ctprep.export import export_label_nifti
+
+            for label in labels:
+                export_label_nifti(store, case_id, label, Path(export_nifti) / f"{case_id}_{label}.nii.gz")
     return written

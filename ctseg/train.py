@@ -157,9 +157,15 @@ def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def validate(model: SegModel, config: TrainConfig, cases: list[str], amp: Amp) -> dict:
-    """Per-case Dice (3D, slices re-stacked) for each target; ``dice`` is their mean over cases."""
+    """Per-case Dice (3D, slices re-stacked) for each target; ``dice`` is their mean over cases.
+
+    A model with its own ``validation`` (SegModel.validation) is validated by it instead.
+    """
     from ctprep.store import SliceStore
 
+    custom = model.validation(config, cases, amp)
+    if custom is not None:
+        return custom
     store = SliceStore.open(config.store)
     per_case = {}
     for case_id in cases:
@@ -213,8 +219,9 @@ class Logger:
     def epoch(self, step: int, metrics: dict, grid: torch.Tensor | None) -> None:
         if self.writer is None:
             return
-        if "dice" in metrics:
-            self.writer.add_scalar("val/dice", metrics["dice"], step)
+        for key, value in metrics.items():  # dice, or a model's own validation numbers
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"val/{key}", value, step)
         if grid is not None:
             self.writer.add_image("samples/ct_truth_prediction", grid, step, dataformats="CHW")
         self.writer.flush()
@@ -285,6 +292,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     scheds = schedulers(optimizers, config)
     amp = Amp(device, config.amp, list(optimizers))
     state = restore(saved, model, optimizers, scheds, amp, dist) if saved else LoopState()
+    if config.max_steps and state.step >= config.max_steps:
+        raise ConfigError(f"{last}: the run is at step {state.step}, max_steps is {config.max_steps}; raise it")
     val_cases = validation_cases(config)
     log = Logger(run_dir, dist.main)
     if dist.main:
@@ -353,10 +362,11 @@ def end_epoch(model: SegModel, config: TrainConfig, state: LoopState, scheds: di
             grid = image_grid(batch, model.predict(batch["image"]), config, windows)
     log.epoch(state.step, metrics, grid)
     state.history.append({"epoch": epoch + 1, "step": state.step, **metrics})
-    improved = "dice" in metrics and metrics["dice"] > state.best
+    tracked = "score" if "score" in metrics else "dice"  # a model's own validation score, else Dice
+    improved = tracked in metrics and metrics[tracked] > state.best
     if improved:
-        state.best, state.best_epoch, state.bad_epochs = metrics["dice"], epoch + 1, 0
-    elif "dice" in metrics:
+        state.best, state.best_epoch, state.bad_epochs = metrics[tracked], epoch + 1, 0
+    elif tracked in metrics:
         state.bad_epochs += 1
     save(Path(config.out) / "last.pt")
     if improved and dist.main:

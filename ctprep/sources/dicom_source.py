@@ -31,6 +31,7 @@ manifest lists 1000 series rather than 250 000 files; verify one with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -106,20 +107,10 @@ def find_cases(root: Path, inventory, annotations: Sequence[Annotation], pattern
     by_patient: dict[str, list[str]] = {}
     for uid, patient in series_patient.items():
         by_patient.setdefault(patient, []).append(uid)
-
-    paired: dict[str, list[Annotation]] = {}
-    orphans: dict[tuple[str, str | None], list[Annotation]] = {}
-    for ann in annotations:
-        uid = ann.series_uid
-        if uid is None and len(by_patient.get(ann.patient_id, [])) == 1:
-            uid = by_patient[ann.patient_id][0]
-        if uid is not None and uid in inventory.series:
-            paired.setdefault(uid, []).append(ann)
-        else:
-            orphans.setdefault((ann.patient_id, uid), []).append(ann)
-
+    paired, orphans = _pair(annotations, inventory.series, by_patient)
     unreadable = [p for p, _ in inventory.unreadable if looks_like_dicom(p)]
-    found: dict[str, list[tuple[str, FoundCase]]] = {}  # patient -> (sort key, case without id)
+
+    found: dict[str, list[tuple[str, FoundCase]]] = {}  # patient -> [(sort key, case without its id)]
 
     def add(patient: str, key: str, series_uid, files, anns, bad) -> None:
         found.setdefault(patient, []).append((key, FoundCase(
@@ -134,20 +125,35 @@ def find_cases(root: Path, inventory, annotations: Sequence[Annotation], pattern
         folders = {a.path.parent for a in anns}
         add(patient, f"~{anns[0].path}", uid, (), anns, [p for p in unreadable if p.parent in folders])
     for patient, uids in by_patient.items():
-        if patient in found:
-            continue
-        uid = max(uids, key=lambda u: (len(inventory.series[u].files), u))
-        bad = [p for p in unreadable if patient_of(p, root, pattern) == patient]
-        add(patient, uid, uid, inventory.series[uid].files, (), bad)
+        if patient not in found:  # CT but no annotation: the largest series, to be reported
+            uid = max(uids, key=lambda u: (len(inventory.series[u].files), u))
+            bad = [p for p in unreadable if patient_of(p, root, pattern) == patient]
+            add(patient, uid, uid, inventory.series[uid].files, (), bad)
+    return _numbered(found)
 
+
+def _pair(annotations: Sequence[Annotation], series: dict, by_patient: dict[str, list[str]]):
+    """Annotations by the series they name ({uid: [...]}), and those whose series is absent."""
+    paired: dict[str, list[Annotation]] = {}
+    orphans: dict[tuple[str, str | None], list[Annotation]] = {}
+    for ann in annotations:
+        uid = ann.series_uid
+        if uid is None and len(by_patient.get(ann.patient_id, [])) == 1:
+            uid = by_patient[ann.patient_id][0]
+        if uid is not None and uid in series:
+            paired.setdefault(uid, []).append(ann)
+        else:
+            orphans.setdefault((ann.patient_id, uid), []).append(ann)
+    return paired, orphans
+
+
+def _numbered(found: dict[str, list[tuple[str, FoundCase]]]) -> list[FoundCase]:
+    """Case ids: the patient, then ``<patient>_2``, ... in sort-key order; all cases sorted by id."""
     cases = []
     for patient, items in found.items():
         items.sort(key=lambda item: item[0])
         for n, (_, case) in enumerate(items, start=1):
-            case_id = patient if n == 1 else f"{patient}_{n}"
-            cases.append(FoundCase(case_id=case_id, patient_id=case.patient_id, series_uid=case.series_uid,
-                                   ct_files=case.ct_files, annotations=case.annotations,
-                                   unreadable=case.unreadable))
+            cases.append(dataclasses.replace(case, case_id=patient if n == 1 else f"{patient}_{n}"))
     return sorted(cases, key=lambda c: c.case_id)
 
 

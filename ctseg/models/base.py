@@ -189,6 +189,15 @@ class SegModel:
     def load_extra_state(self, state: Mapping) -> None:
         pass
 
+    def validation(self, config: TrainConfig, cases: list[str], amp: "Amp") -> dict | None:
+        """Validation metrics replacing the loop's per-case Dice (None, the default: Dice).
+
+        For models whose output is not a mask (``srgan``: PSNR/SSIM against bicubic). The
+        dict's ``score`` (higher is better) is tracked for best.pt and early stopping as
+        ``dice`` is; its numbers are logged as ``val/<key>``.
+        """
+        return None
+
     # ---- used by the loop ---------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
         return self.nets

@@ -91,7 +91,11 @@ class SegAN(SegModel):
         per_label = self.options["variant"] == "S3-3C"
         critic_in = self.in_channels if per_label else self.in_channels * self.out_channels
         for name in self.critic_names(per_label):
-            nets[name] = init_weights(FeatureCritic(critic_in, self.options["critic_features"], self.options["norm"]))
+            critic = init_weights(FeatureCritic(critic_in, self.options["critic_features"], self.options["norm"]))
+            with torch.no_grad():  # start inside the clipping box the critic is kept in
+                for p in critic.parameters():
+                    p.clamp_(-float(self.options["clip"]), float(self.options["clip"]))
+            nets[name] = critic
         return nets
 
     def critic_names(self, per_label: bool | None = None) -> list[str]:

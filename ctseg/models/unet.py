@@ -8,6 +8,10 @@ Loss (``model_options.loss``), as compared for the U-Net in the CTumorGAN paper:
 ``mae`` (L1), ``mse`` (L2), ``weighted_ce`` (binary cross-entropy with foreground weight
 ``pos_weight``, or the batch's background/foreground ratio when null), ``dice``
 (1 - soft Dice), ``mse_dice`` (loss_weights.mse * MSE + loss_weights.dice * (1 - Dice)).
+
+``prior_checkpoint`` (a trained ``softgan``/``casgan`` run): its soft mask is computed
+for every input and added as an extra input channel (Wang et al.'s CE-Net++ experiment;
+ctseg.models.prior), the prior frozen and saved inside ``net``.
 """
 
 from __future__ import annotations
@@ -29,15 +33,26 @@ LOSSES = ("mae", "mse", "weighted_ce", "dice", "mse_dice")
 class UNet(SegModel):
     description = "U-Net baseline; loss mae | mse | weighted_ce | dice | mse_dice (CTumorGAN's loss study)"
     options_defaults = {"features": [64, 128, 256, 512, 1024], "norm": "batch", "loss": "mse_dice",
-                        "pos_weight": None, "dropout": 0.0}
+                        "pos_weight": None, "dropout": 0.0, "prior_checkpoint": None}
 
     def build(self):
         if self.options["loss"] not in LOSSES:
             from ctseg.config import ConfigError
 
             raise ConfigError(f"unet: model_options.loss must be one of {LOSSES}, found {self.options['loss']!r}")
-        return {"net": PoolUNet(self.in_channels, self.out_channels, features=self.options["features"],
-                                norm=self.options["norm"], dropout=float(self.options["dropout"]))}
+        prior = None
+        if self.options["prior_checkpoint"]:  # a trained softgan's mask as an extra input channel (ctseg.models.prior)
+            from ctseg.models.prior import load_prior
+
+            prior = load_prior(self.options["prior_checkpoint"], self.in_channels, self.config)
+        extra = prior.out_channels if prior is not None else 0
+        net = PoolUNet(self.in_channels + extra, self.out_channels, features=self.options["features"],
+                       norm=self.options["norm"], dropout=float(self.options["dropout"]))
+        if prior is not None:
+            from ctseg.models.prior import WithPrior
+
+            net = WithPrior(prior, net)
+        return {"net": net}
 
     @classmethod
     def defaults(cls) -> dict:

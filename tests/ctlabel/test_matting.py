@@ -56,12 +56,13 @@ def test_restricted_solve_equals_the_whole_crop(lk):
     trimap = trimap_from_mask(truth, (0.8, 0.8), band_mm=2.0)
     rows, cols = solve_region(trimap, radius=1)
     assert (rows.stop - rows.start) * (cols.stop - cols.start) < 0.5 * trimap.size  # a real saving
-    restricted = estimate_alpha(image, trimap)
-    whole = estimate_alpha(image, trimap, restrict=False)
+    full = MattingParams(max_unknown=0)  # the full-resolution solve, whatever the band's size
+    restricted = estimate_alpha(image, trimap, params=full)
+    whole = estimate_alpha(image, trimap, params=full, restrict=False)
     # The same linear system, so the same numbers (bit for bit, not just close).
     np.testing.assert_array_equal(restricted, whole)
     assert 0.1 < np.mean(restricted[trimap == UNKNOWN]) < 0.9
-    params = MattingParams(radius=2)
+    params = MattingParams(radius=2, max_unknown=0)
     np.testing.assert_array_equal(estimate_alpha(image, trimap, params=params),
                                   estimate_alpha(image, trimap, params=params, restrict=False))
 
@@ -134,3 +135,44 @@ def test_importing_ctlabel_does_not_import_pymatting():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_matting_loads_only_the_closed_form_kernels():
+    # Solving loads pymatting's three closed-form files, never the whole package (whose import compiles
+    # every kernel it has); the numba cache folder comes from the environment (conftest).
+    code = ("import sys, numpy as np; from ctlabel.matting import estimate_alpha; "
+            "t = np.zeros((12, 12), np.uint8); t[3:9, 3:9] = 128; t[5:7, 5:7] = 255; "
+            "a = estimate_alpha(np.zeros((12, 12, 3), np.uint8), t); "
+            "print('pymatting' in sys.modules, 'ctlabel._pymatting' in sys.modules, float(a[6, 6]), float(a[0, 0]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ})
+    assert done.stdout.split() == ["False", "True", "1.0", "0.0"]
+
+
+def test_kernels_cache_apart_from_pymatting():
+    # The private modules' numba cache lies in its own subfolder: pymatting's own entries (which a normal
+    # `import pymatting` reads) never name a ctlabel module, and ours never name pymatting's.
+    from ctlabel.matting import load_pymatting
+
+    kernels = load_pymatting()
+    cache = Path(os.environ["NUMBA_CACHE_DIR"]) / kernels.CACHE_SUBFOLDER
+    laplacian = sys.modules["ctlabel._pymatting_cf_laplacian"]._cf_laplacian
+    assert Path(laplacian._cache._cache_path).is_relative_to(cache)
+
+
+def test_wide_bands_are_solved_coarser_and_stay_close(lk):
+    # A big lesion with a wide band: above max_unknown the solve runs on 2x2 blocks.
+    hu, truth = lk.lesion_slice(shape=(200, 200), centre=(100, 96), radii=(70, 50), edge=2.5, noise=15.0)
+    image = _grey3(hu)
+    trimap = trimap_from_mask(truth, (1.0, 1.0), band_mm=8.0)
+    unknown = int(np.count_nonzero(trimap == UNKNOWN))
+    params = MattingParams(max_unknown=unknown // 3)
+    assert params.factor(unknown) == 2 and MattingParams(max_unknown=0).factor(unknown) == 1
+    coarse = estimate_alpha(image, trimap, params=params)
+    full = estimate_alpha(image, trimap, params=MattingParams(max_unknown=0))
+    band = trimap == UNKNOWN
+    assert np.abs(coarse - full)[band].mean() < 0.05
+    assert np.array_equal(coarse[~band], full[~band])  # known pixels keep the trimap's value
+    hard_coarse, hard_full = coarse >= 0.5, full >= 0.5
+    assert 2 * np.count_nonzero(hard_coarse & hard_full) / (hard_coarse.sum() + hard_full.sum()) > 0.98
+    assert 0.0 <= coarse.min() and coarse.max() <= 1.0

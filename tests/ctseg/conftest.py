@@ -1,8 +1,8 @@
 """Fixtures for the ctseg tests: small but real slice stores built in tmp with ctprep.
 
 * ``phantom_store``: three LiTS-layout phantom cases (ctprep.phantom, 16 x 64 x 64,
-  windows liver + abdomen) converted with ``convert_dataset``; splits come from the
-  store (the split hash puts all three in "train" with the default seed).
+  windows liver + abdomen) converted with ``convert_dataset``, with a split seed that
+  puts one patient in each of train, val and test.
 * ``nodule_store``: the real chest CT and nodule mask of ../shared/data/pyradiomics_lung,
   cropped to 64 x 64 around the nodule and to the nodule's 3 slices +- 3, written as a
   LiTS case (volume-0.nii / segmentation-0.nii, nodule = tumour label 2) with a proper
@@ -25,11 +25,12 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 PHANTOM_SHAPE = (16, 64, 64)
 
 
-def convert(raw: Path, out: Path, windows: tuple[str, ...]) -> Path:
+def convert(raw: Path, out: Path, windows: tuple[str, ...], split=None) -> Path:
     from ctprep.convert import ConvertConfig, convert_dataset
+    from ctprep.datasets import SplitConfig
     from ctprep.windowing import parse_window
 
-    config = ConvertConfig(source="lits", input_dir=str(raw), output=str(out),
+    config = ConvertConfig(source="lits", input_dir=str(raw), output=str(out), split=split or SplitConfig(),
                            windows=tuple(parse_window(w) for w in windows))
     report = convert_dataset(config, progress=False)
     assert not report.with_status("skipped"), report.summary_lines()
@@ -43,7 +44,18 @@ def phantom_store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantom")
     for number in range(3):
         write_lits_case(root / "raw", number, shape=PHANTOM_SHAPE)
-    return convert(root / "raw", root / "phantom.zarr", ("liver", "abdomen"))
+    return convert(root / "raw", root / "phantom.zarr", ("liver", "abdomen"), split=varied_split())
+
+
+def varied_split():
+    """A split seed that puts the three phantom patients on more than one side (so filters show)."""
+    from ctprep.datasets import SplitConfig, assign_split
+
+    for seed in range(100):
+        split = SplitConfig(seed=seed, fractions=(0.34, 0.33, 0.33))
+        if len({assign_split(f"volume-{n}", split) for n in range(3)}) == 3:
+            return split
+    raise RuntimeError("no split seed separates the phantom patients")  # pragma: no cover
 
 
 def write_nodule_case(folder: Path, margin_slices: int = 3, size: int = 64) -> None:
