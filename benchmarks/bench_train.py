@@ -142,7 +142,7 @@ def cpu_section(args, verdicts: common.Verdicts) -> None:
 
     from ctseg.models import MODELS
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     store = make_store(args.out, args.size * 2, 24)
     rates = {w: max(loader_rate(store, args.size, w, args.batches) for _ in range(2)) for w in (0, 2)}
     loader_best = max(rates.values())
@@ -200,6 +200,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64, help="CPU section crop size")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batches", type=int, default=40, help="loader batches timed")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the CPU section (1: like the loader's serial path; busy machines)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--gpu-only", action="store_true")
     parser.add_argument("--gpu-device", default=None, help="cuda (default when available) or cpu (dry run)")

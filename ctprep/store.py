@@ -164,7 +164,10 @@ class _ChunkFiles:
         except FileNotFoundError:  # zarr does not write chunks that equal the fill value
             out[...] = self.fill_value
             return
-        self._zstd.decode(payload, out=out.reshape(-1).view(np.uint8))
+        try:
+            self._zstd.decode(payload, out=out.reshape(-1).view(np.uint8))
+        except (RuntimeError, ValueError) as exc:  # numcodecs reports corrupt frames as RuntimeError
+            raise StoreError(f"{self._path(z)}: corrupt chunk, slice {z} ({exc}); `ctprep verify` the store") from exc
         if self.dtype.byteorder == ">" or (self.dtype.byteorder == "=" and np.little_endian is False):
             out.byteswap(inplace=True)  # pragma: no cover - we only write little-endian
 

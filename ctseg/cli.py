@@ -123,6 +123,30 @@ def predict(checkpoint, store, cases, name, threshold, device, batch_size, expor
                + (f"; NIfTI in {export_nifti}" if export_nifti else ""))
 
 
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Run folder of `ctseg train`.")
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default="test", show_default=True, help="train, val, test or all.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: RUN/best.pt (else last.pt).")
+@click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True)
+@_fail_cleanly
+def evaluate(run_dir, store, split, checkpoint, threshold, device, no_progress) -> None:
+    """Evaluate a run on a split: predicts the cases if needed, then per-case and global metrics.
+
+    Writes RUN/eval/<split>/ per_case.csv, per_case.json, per_slice.csv, summary.json and
+    report.html (metrics table, box plots, best and worst cases).
+    """
+    from ctseg.predict import evaluate_checkpoint_run
+
+    for output in evaluate_checkpoint_run(run_dir, store, split, checkpoint=checkpoint, device=device,
+                                          threshold=threshold, progress=not no_progress):
+        for line in output.lines():
+            click.echo(line)
+
+
 @main.command("models")
 def list_models() -> None:
     """List the registered models."""

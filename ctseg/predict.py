@@ -163,3 +163,25 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
             for label in labels:
                 export_label_nifti(store, case_id, label, Path(export_nifti) / f"{case_id}_{label}.nii.gz")
     return written
+
+
+def evaluate_checkpoint_run(run_dir: str | Path, store_path: str | Path, split: str = "test", *,
+                            checkpoint: str | None = None, device: str = "auto", threshold: float | None = None,
+                            progress: bool = True):
+    """``ctseg evaluate``: predict the split's cases with the run's best checkpoint (unless the store
+    already holds this run's predictions for them), then evaluate and write ``RUN_DIR/eval/<split>/``."""
+    from ctprep.store import SliceStore
+    from ctseg.evaluate import evaluate_run, run_prediction_labels, split_cases
+
+    run_dir = Path(run_dir)
+    ckpt = Path(checkpoint) if checkpoint else next((run_dir / n for n in ("best.pt", "last.pt")
+                                                    if (run_dir / n).is_file()), None)
+    if ckpt is None or not ckpt.is_file():
+        raise FileNotFoundError(f"{run_dir}: no best.pt or last.pt (train first, or give --checkpoint)")
+    store = SliceStore.open(store_path)
+    cases = split_cases(store, split)
+    missing = [c for c in cases if not run_prediction_labels(store, c, run_dir)]
+    if missing:
+        predict_store(ckpt, store_path, cases=missing, name=run_dir.resolve().name, threshold=threshold,
+                      device=device, progress=progress)
+    return evaluate_run(run_dir, store_path, split, threshold=threshold, progress=progress)

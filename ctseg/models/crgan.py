@@ -2,7 +2,7 @@
 "Conditional Generative Refinement Adversarial Networks for Unbalanced Medical Image Semantic
 Segmentation", WACV 2019, arXiv:1810.03871), with the recurrent variant of Rezaei et al.,
 "Recurrent generative adversarial network for learning imbalanced medical image semantic
-segmentation" (Multimedia Tools and Applications 2019).
+segmentation" (Multimedia Tools and Applications 79, 2020).
 
 Three networks, trained in turn every step:
 
@@ -19,8 +19,11 @@ Three networks, trained in turn every step:
 
 Losses (``loss_weights``): D: bce(D(CT, truth), real) + bce(D(CT, G), fake), on detached
 G; G: ``adv`` * bce(D(CT, G), real) + ``l1`` * |G - truth| (the pix2pix objective, lambda =
-100), D frozen; R: ``r_loss`` (bce | l1 | mse) of each map against its target, the R step
-uses the G output computed at the start of the step (before G's update; one G forward).
+100), D frozen; R: ``r_loss`` of each map against its target: ``weighted_bce`` (default;
+foreground weighted by the batch's background/foreground ratio: the FP/FN maps are
+sparser than the lesion, and unweighted R learned empty maps in the tests), bce, l1 or
+mse. The R step uses the G output computed at the start of the step (before G's
+update; one G forward per step).
 
 **Patient-wise batch normalisation** (``norm: patient``, the default, with
 ``patient_batches: true`` in the defaults): every batch holds consecutive slices of one

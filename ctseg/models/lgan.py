@@ -51,6 +51,9 @@ after every critic step (WGAN). ``n_critic`` critic steps per generator step:
 generator on every n_critic-th batch, so each critic step sees fresh data as in WGAN's
 algorithm; ``repeat`` runs n_critic critic steps on each batch, then the generator.
 
+``pos_weight`` weighs the foreground pixels in the BCE (1, the paper's plain BCE, by
+default: lungs are large; null: the batch's background/foreground ratio, for small lesions).
+
 Paper preset (``--preset paper``): Adam lr 1e-5 for both networks, 224 x 224 whole slices
 (``crop: resize``). The defaults use Adam 1e-4 with WGAN-GP's betas (0.5, 0.9).
 """

@@ -178,10 +178,12 @@ def test_augmentation_keeps_image_and_label_aligned(seed, cy, cx, ry, rx):
     label = out_label[0] > 0.5
     seen = out_image[0] > 0.5
     assert set(torch.unique(out_label).tolist()) <= {0.0, 1.0}
-    union = (label | seen).sum().item()
-    if union == 0:
-        return  # the ellipse left the crop entirely
-    assert (label & seen).sum().item() / union > 0.8
+    # Image (bilinear) and label (nearest) may differ only on the label's one-pixel boundary band.
+    as_float = label.float()[None, None]
+    dilated = torch.nn.functional.max_pool2d(as_float, 3, 1, 1)[0, 0] > 0
+    eroded = -torch.nn.functional.max_pool2d(-as_float, 3, 1, 1)[0, 0] > 0
+    boundary = dilated & ~eroded
+    assert not ((label ^ seen) & ~boundary).any()
     if label.sum() > 10:
         ys, xs = torch.nonzero(label, as_tuple=True)
         ys2, xs2 = torch.nonzero(seen, as_tuple=True)

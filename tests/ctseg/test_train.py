@@ -56,6 +56,13 @@ def test_an_existing_run_is_not_overwritten(phantom_store, tmp_path):
         train(config, progress=False)
 
 
+def test_early_stopping_ends_a_run_that_stops_improving(phantom_store, tmp_path):
+    config = tiny_config(phantom_store, tmp_path / "run", epochs=6, early_stopping=2, image_every=0,
+                         optimizers={"net": {"lr": 1e-12}}, model_options={"features": [8, 16], "norm": "instance"})
+    result = train(config, progress=False)
+    assert result.stopped == "early_stopping" and result.epoch == 3 and result.best_epoch == 1
+
+
 def test_phases_set_learning_rates_and_weights():
     config = build_config(model="ctumorgan", layers=[{
         "store": "s.zarr", "target": "tumour", "optimizers": {"g": {"lr": 1e-3}, "d": {"lr": 1e-3}},
