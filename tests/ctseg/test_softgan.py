@@ -28,6 +28,17 @@ TINY_SR = {"g_features": 8, "g_blocks": 1, "d_features": 8, "d_pool": 2, "d_dens
 TINY_SOFT = {"features": [8, 16, 32], "d_features": 8}
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These tiny networks run on one thread: on a shared 2-core machine under load, two
+    threads per process made them 5-8x slower (OpenMP threads waiting on each other:
+    the learning runs took 225 s and 174 s on two threads, 27 s and 24 s on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_layer(store: Path, out: Path, **extra) -> dict:
     layer = {"store": str(store), "target": "tumour", "out": str(out), "size": SIZE, "batch_size": 2,
              "epochs": 1, "max_steps": 1, "train_split": "all", "val_split": "none", "image_every": 0}
