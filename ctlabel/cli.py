@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 
 import click
 
-EXIT_FAILED = 1
+from ctprep.cliutil import EXIT_FAILED, fail_cleanly
+
 FROM_HELP = ("Evidence: recist (RECIST axes in the case annotations, e.g. DeepLesion), readers (LIDC "
              "reader masks: --intersection/--union) or mask (a binary label's connected components per slice).")
 
 
-def _fail_cleanly(func):
-    """Turn lesionkit's (and the OS's) errors into one line on stderr and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from ctprep.errors import LesionkitError
-
-        try:
-            return func(*args, **kwargs)
-        except (LesionkitError, OSError, ValueError, LookupError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and not isinstance(exc, LesionkitError) and exc.args \
-                else exc
-            click.echo(f"ctlabel: error: {message}", err=True)
-            sys.exit(EXIT_FAILED)
-
-    return wrapper
+_fail_cleanly = fail_cleanly("ctlabel")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

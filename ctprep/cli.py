@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
 
 import click
 
-EXIT_FAILED = 1
+from ctprep.cliutil import EXIT_FAILED, fail_cleanly
+
 SOURCE_HELP = "Raw dataset layout: lits, kits19, nsclc, lidc or deeplesion."
 
 
-def _fail_cleanly(func):
-    """Turn lesionkit's (and the OS's) errors into one line on stderr and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from ctprep.errors import LesionkitError
-
-        try:
-            return func(*args, **kwargs)
-        except (LesionkitError, OSError, ValueError) as exc:
-            click.echo(f"ctprep: error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-
-    return wrapper
+_fail_cleanly = fail_cleanly("ctprep")
 
 
 def _floats(text: str | None, count: tuple[int, ...], what: str) -> tuple[float, ...] | None:

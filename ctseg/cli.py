@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-
 import click
 
-EXIT_FAILED = 1
+from ctprep.cliutil import fail_cleanly
 
-
-def _fail_cleanly(func):
-    """Turn lesionkit's (and the OS's) errors into one line on stderr and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from ctprep.errors import LesionkitError
-
-        try:
-            return func(*args, **kwargs)
-        except (LesionkitError, OSError, ValueError) as exc:
-            click.echo(f"ctseg: error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-
-    return wrapper
+_fail_cleanly = fail_cleanly("ctseg")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
