@@ -23,8 +23,6 @@ bytes (pydicom's ``pixel_array`` costs more than the parsing).
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +30,8 @@ from typing import Sequence
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import Tag
 from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
                          RTStructureSetStorage)
 
@@ -50,11 +50,17 @@ _STEP_REL_TOL = 0.01
 # In-plane drift of the slice origins, as a fraction of a pixel, above which a series is tilted.
 _TILT_PIXEL_TOL = 0.05
 
+_SERIES_UID_TAG = 0x0020000E
 _SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "PatientID", "Modality",
               "ReferencedFrameOfReferenceSequence"]
+_SCAN_TAG_NUMBERS = [Tag(keyword) for keyword in _SCAN_TAGS]  # read_partial wants tags, not keywords
 _TECHNICAL_TAGS = ["Modality", "Manufacturer", "ManufacturerModelName", "ConvolutionKernel",
                    "SliceThickness", "KVP", "PixelSpacing", "RescaleType"]
-_READ_TAGS = sorted(set(_TECHNICAL_TAGS) | {
+# The header attributes kept per slice (CtSeries.headers) so that RTSTRUCT rasterising
+# (ctprep.rtstruct) needs no second pass over the files.
+GEOMETRY_TAGS = ["SOPClassUID", "SOPInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
+                 "PixelSpacing", "Rows", "Columns", "SliceThickness", "FrameOfReferenceUID"]
+_READ_TAGS = sorted(set(_TECHNICAL_TAGS) | set(GEOMETRY_TAGS) | {
     "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "ImagePositionPatient",
     "ImageOrientationPatient", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
     "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
@@ -129,14 +135,31 @@ def _referenced_series(ds: pydicom.Dataset) -> str | None:
     return None
 
 
+def _stop_after_series_uid(tag, vr, length) -> bool:
+    return tag > _SERIES_UID_TAG
+
+
 def _scan_one(path: Path) -> tuple[str, object]:
     try:
-        ds = _read_header(path, _SCAN_TAGS, stop_before_pixels=True)
-    except Exception as exc:  # pydicom raises many types for a broken file
+        # Scanning stops after SeriesInstanceUID (0020,000E): for a CT file the rest of the
+        # header is not needed here, and skipping it made scanning ~1.5x faster.
+        with open(path, "rb") as handle:
+            ds = read_partial(handle, stop_when=_stop_after_series_uid, specific_tags=_SCAN_TAG_NUMBERS)
+    except InvalidDicomError:
+        try:
+            ds = _read_header(path, _SCAN_TAGS, stop_before_pixels=True)  # no preamble: raw data set
+        except Exception as exc:  # pydicom raises many types for a broken file
+            return "unreadable", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
         return "unreadable", f"{type(exc).__name__}: {exc}"
     if len(ds) == 0:
         return "unreadable", "no data set after the file meta information (truncated?)"
     sop_class = _sop_class(ds)
+    if sop_class == RTStructureSetStorage:  # its referenced series lies beyond the stop
+        try:
+            ds = _read_header(path, _SCAN_TAGS, stop_before_pixels=True)
+        except Exception as exc:
+            return "unreadable", f"{type(exc).__name__}: {exc}"
     patient = str(ds.get("PatientID", "") or "")
     if not sop_class:
         return "unreadable", "DICOM header without a SOP Class UID (truncated?)"
@@ -157,8 +180,8 @@ def scan_dicom_folder(root: Path) -> DicomInventory:
     if not root.is_dir():
         raise MissingInputError(root, "DICOM folder not found")
     paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-        results = list(pool.map(_scan_one, paths))
+    # Serial: parsing holds the GIL, and a thread pool measured 2-2.5x slower on hot files.
+    results = [_scan_one(path) for path in paths]
     groups: dict[str, list[tuple[Path, str]]] = {}
     rtstructs: list[RtStructFile] = []
     unreadable: list[tuple[Path, str]] = []
@@ -199,7 +222,8 @@ class CtSeries:
     ``hu`` is a view of the native stack (slice, row, col) when no resampling was
     needed. ``native_sop_uids`` / ``native_z_mm`` describe the native stacked
     order (ascending along the slice normal, duplicates dropped), which is the
-    layout :meth:`to_canonical` expects.
+    layout :meth:`to_canonical` expects. ``headers`` holds the :data:`GEOMETRY_TAGS`
+    of every file read, in the order given (for :func:`ctprep.rtstruct.rasterise_rois`).
     """
 
     hu: np.ndarray
@@ -209,6 +233,7 @@ class CtSeries:
     native_z_mm: tuple[float, ...]
     technical: dict
     notes: tuple[str, ...]
+    headers: tuple[pydicom.Dataset, ...] = field(default=(), repr=False)
     _resampling: _Resampling | None = field(default=None, repr=False)
 
     @property
@@ -244,6 +269,7 @@ class _Slice:
     hu: np.ndarray
     padded: int
     technical: dict
+    header: pydicom.Dataset
 
 
 def _technical_value(value):
@@ -385,7 +411,11 @@ def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
             if value not in (None, ""):
                 technical[key] = _technical_value(value)
     technical["TransferSyntaxUID"] = str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else ""
-    return _Slice(path=path, sop_uid=_sop_instance(ds), series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+    header = pydicom.Dataset()
+    for key in GEOMETRY_TAGS:
+        if key in ds:
+            header[key] = ds[key]
+    return _Slice(header=header, path=path, sop_uid=_sop_instance(ds), series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
                   position=position, orientation=orientation, spacing=spacing,  # type: ignore[arg-type]
                   shape=(int(ds.Rows), int(ds.Columns)), hu=hu, padded=padded, technical=technical)
 
@@ -497,6 +527,7 @@ def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtS
     # Serial on purpose: parsing holds the GIL, and threads measured slower (benchmarks/bench_dicom.py).
     slices = [_read_slice(f, with_technical=(i == 0)) for i, f in enumerate(files)]
     _check_consistent(slices)
+    headers = tuple(s.header for s in slices)
     notes: list[str] = []
     first = slices[0]
     row_cos, col_cos = first.orientation[:3], first.orientation[3:]
@@ -585,4 +616,4 @@ def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtS
     return CtSeries(hu=hu, geometry=geometry, source_grid=source_grid,
                     native_sop_uids=tuple(s.sop_uid for s in slices),
                     native_z_mm=tuple(float(v) for v in d), technical=technical,
-                    notes=tuple(notes), _resampling=plan)
+                    notes=tuple(notes), headers=headers, _resampling=plan)

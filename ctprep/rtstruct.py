@@ -66,6 +66,7 @@ from pydicom.errors import InvalidDicomError
 from rt_utils import RTStructBuilder
 from rt_utils import image_helper as rt_image
 
+from ctprep.dicom import GEOMETRY_TAGS
 from ctprep.errors import CaseInputError, MissingInputError
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -76,8 +77,6 @@ _MAX_PIXEL_COORD = 1e5
 _REL_TOL = 1e-4
 _INPLANE_TOL_PX = 0.05
 
-_SERIES_TAGS = ["SOPClassUID", "SOPInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
-                "PixelSpacing", "Rows", "Columns", "SliceThickness", "FrameOfReferenceUID"]
 _CONTOUR_DATA = 0x30060050
 
 _SEPARATORS = re.compile(r"[\s_\-]+")
@@ -143,7 +142,7 @@ def find_gtvs(available: Sequence[str]) -> list[str]:
 
 
 def rasterise_rois(series_files: Sequence[str | Path], rtstruct_path: str | Path,
-                   rois: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+                   rois: Sequence[str], *, headers: Sequence[Dataset] = ()) -> dict[str, dict[str, np.ndarray]]:
     """Rasterise ROIs (exact names; see :func:`match_roi`) onto the CT slices of ``series_files``.
 
     Returns ``{roi: {SOPInstanceUID: (rows, cols) uint8 0/1 mask}}`` with one
@@ -151,10 +150,14 @@ def rasterise_rois(series_files: Sequence[str | Path], rtstruct_path: str | Path
     :class:`CaseInputError` (naming the RTSTRUCT or the CT file at fault) for
     an unreadable file, a missing or empty ROI, contours on slices that are not
     in the series, or a series geometry rt-utils cannot rasterise correctly.
+    ``headers`` (``CtSeries.headers``, one per file) spares reading the CT headers again.
     """
     rtstruct_path = Path(rtstruct_path)
     ds = _read_rtstruct(rtstruct_path)
-    series = _read_series([Path(f) for f in series_files], rtstruct_path)
+    files = [Path(f) for f in series_files]
+    if headers and len(headers) != len(files):
+        raise ValueError(f"{len(headers)} headers given for {len(files)} series files")
+    series = _check_series(files, list(headers) or _read_series(files), rtstruct_path)
     # rt-utils' own slice order (ascending along the normal) and its patient-to-pixel transform.
     series.sort(key=rt_image.get_slice_position)
     to_pixel = rt_image.get_patient_to_pixel_transformation_matrix(series)
@@ -208,23 +211,28 @@ def _read_rtstruct(path: Path) -> Dataset:
     return ds
 
 
-def _read_series(files: list[Path], rtstruct_path: Path) -> list[Dataset]:
-    if not files:
-        raise CaseInputError(rtstruct_path, "no CT series files given to rasterise onto")
+def _read_series(files: list[Path]) -> list[Dataset]:
     series = []
     for f in files:
         try:
             # Only the tags rt-utils and the checks below use: parsing whole headers was half the time.
-            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_SERIES_TAGS)
+            series.append(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=GEOMETRY_TAGS))
         except FileNotFoundError as exc:
             raise MissingInputError(f, "file not found") from exc
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise CaseInputError(f, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    return series
+
+
+def _check_series(files: list[Path], series: list[Dataset], rtstruct_path: Path) -> list[Dataset]:
+    """The series' headers, checked for what rt-utils needs to place contours correctly."""
+    if not files:
+        raise CaseInputError(rtstruct_path, "no CT series files given to rasterise onto")
+    for f, ds in zip(files, series):
         for tag in ("SOPInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
                     "PixelSpacing", "Rows", "Columns"):
             if ds.get(tag) in (None, ""):
                 raise CaseInputError(f, f"CT slice lacks {tag}")
-        series.append(ds)
 
     uids = [str(s.SOPInstanceUID) for s in series]
     if len(set(uids)) != len(uids):
