@@ -158,8 +158,11 @@ def rasterise_rois(series_files: Sequence[str | Path], rtstruct_path: str | Path
     if headers and len(headers) != len(files):
         raise ValueError(f"{len(headers)} headers given for {len(files)} series files")
     series = _check_series(files, list(headers) or _read_series(files), rtstruct_path)
-    # rt-utils' own slice order (ascending along the normal) and its patient-to-pixel transform.
-    series.sort(key=rt_image.get_slice_position)
+    # rt-utils' own slice order (ascending along the normal; get_slice_position, vectorised
+    # since _check_series made every slice share the orientation) and its patient-to-pixel transform.
+    positions = _slice_positions(series)
+    order = np.argsort(positions, kind="stable")
+    series, positions = [series[i] for i in order], positions[order]
     to_pixel = rt_image.get_patient_to_pixel_transformation_matrix(series)
     names = [str(i.get("ROIName", "")) for i in ds.StructureSetROISequence]
     uids = [str(s.SOPInstanceUID) for s in series]
@@ -171,7 +174,7 @@ def rasterise_rois(series_files: Sequence[str | Path], rtstruct_path: str | Path
         item = _structure_set_item(ds, rtstruct_path, roi, names)
         contours = _contours_of(ds, rtstruct_path, roi, item.ROINumber)
         by_slice: dict[int, list] = {}
-        for index, contour_data in _clean_contours(rtstruct_path, roi, contours, series):
+        for index, contour_data in _clean_contours(rtstruct_path, roi, contours, series, positions):
             by_slice.setdefault(index, []).append(contour_data)
         masks = dict.fromkeys(uids, empty)
         for index, slice_contours in by_slice.items():
@@ -310,11 +313,19 @@ def _contour_data(contour: Dataset) -> np.ndarray:
     return np.asarray(value if value is not None else [], dtype=np.float64).ravel()
 
 
-def _clean_contours(path: Path, roi: str, contours: list[Dataset],
-                    series: list[Dataset]) -> list[tuple[int, list[float]]]:
-    """The area contours of one ROI as (index of their slice in ``series``, ContourData); see the module doc."""
+def _slice_positions(series: list[Dataset]) -> np.ndarray:
+    """Each slice's ImagePositionPatient along the (shared) slice normal, as rt-utils computes it."""
+    _, _, normal = rt_image.get_slice_directions(series[0])
+    return np.array([[float(v) for v in s.ImagePositionPatient] for s in series]) @ normal
+
+
+def _clean_contours(path: Path, roi: str, contours: list[Dataset], series: list[Dataset],
+                    positions: np.ndarray) -> list[tuple[int, list[float]]]:
+    """The area contours of one ROI as (index of their slice in ``series``, ContourData); see the module doc.
+
+    ``positions`` are the slices' positions along the normal, ascending (:func:`_slice_positions`).
+    """
     normal = np.cross(*(np.asarray(series[0].ImageOrientationPatient, dtype=np.float64).reshape(2, 3)))
-    positions = np.array([rt_image.get_slice_position(s) for s in series])  # ascending
     if len(series) > 1:
         tolerance = 0.5 * float(np.diff(positions).min())
     else:
