@@ -127,6 +127,9 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
 
     checkpoint = Path(checkpoint)
     model, config, data = load_model(checkpoint, device)
+    if model.output_kind != "mask":
+        raise ConfigError(f"{checkpoint}: model {config.model} predicts {model.output_kind}s, not masks; "
+                          "score it with `ctseg evaluate` (PSNR/SSIM) instead of writing labels")
     threshold = config.threshold if threshold is None else threshold
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be in (0, 1), found {threshold}")

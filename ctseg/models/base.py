@@ -137,6 +137,8 @@ class SegModel:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: what predict() returns: "mask" (per-target probabilities) or "image" (srgan)
+    output_kind: ClassVar[str] = "mask"
     #: model_options and their defaults; unknown options are refused
     options_defaults: ClassVar[dict[str, Any]] = {}
 

@@ -215,6 +215,7 @@ class VGGFeatures(nn.Module):
 @register("srgan")
 class SRGAN(SegModel):
     description = "SRGAN x4 super-resolution of crops (SRResNet + SRGAN discriminator), CasGAN's first stage"
+    output_kind = "image"
     options_defaults = {"scale": 4, "g_features": 64, "g_blocks": 16, "d_features": 64, "d_pool": 6, "d_dense": 1024,
                         "residual": False, "degrade": "bicubic", "quantise_lr": True,
                         "vgg_weights": None, "vgg_layer": "relu5_4"}

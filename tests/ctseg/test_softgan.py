@@ -76,6 +76,17 @@ class TestSRGAN(ModelContract):
         recon = model.eval().predict(image)
         assert recon.shape == image.shape and recon.min() >= 0 and recon.max() <= 1
 
+    def test_predict_store_refuses_to_write_images_as_labels(self, sr_checkpoint, phantom_store):
+        from ctprep.store import SliceStore
+        from ctseg.predict import predict_store
+
+        before = {case: SliceStore.open(phantom_store).label_names(case)
+                  for case in SliceStore.open(phantom_store).case_ids()}
+        with pytest.raises(ConfigError, match="model srgan predicts images, not masks"):
+            predict_store(sr_checkpoint, phantom_store, progress=False)
+        after = {case: SliceStore.open(phantom_store).label_names(case) for case in before}
+        assert after == before
+
     def test_low_resolution_input_and_x4_output(self):
         model, _ = self.make()
         hr = synthetic_batch()["image"]
