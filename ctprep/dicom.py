@@ -222,8 +222,9 @@ class CtSeries:
     ``hu`` is a view of the native stack (slice, row, col) when no resampling was
     needed. ``native_sop_uids`` / ``native_z_mm`` describe the native stacked
     order (ascending along the slice normal, duplicates dropped), which is the
-    layout :meth:`to_canonical` expects. ``headers`` holds the :data:`GEOMETRY_TAGS`
-    of every file read, in the order given (for :func:`ctprep.rtstruct.rasterise_rois`).
+    layout :meth:`to_canonical` expects. ``headers`` holds the headers read (the
+    attributes ctprep uses, :data:`GEOMETRY_TAGS` among them; no pixel data) of every
+    file, in the order given (for :func:`ctprep.rtstruct.rasterise_rois`).
     """
 
     hu: np.ndarray
@@ -411,11 +412,8 @@ def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
             if value not in (None, ""):
                 technical[key] = _technical_value(value)
     technical["TransferSyntaxUID"] = str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else ""
-    header = pydicom.Dataset()
-    for key in GEOMETRY_TAGS:
-        if key in ds:
-            header[key] = ds[key]
-    return _Slice(header=header, path=path, sop_uid=_sop_instance(ds), series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+    del ds["PixelData"]  # the header stays (CtSeries.headers); the pixels now live in ``hu``
+    return _Slice(header=ds, path=path, sop_uid=_sop_instance(ds), series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
                   position=position, orientation=orientation, spacing=spacing,  # type: ignore[arg-type]
                   shape=(int(ds.Rows), int(ds.Columns)), hu=hu, padded=padded, technical=technical)
 
@@ -512,6 +510,17 @@ def _dedupe(path_for_error: Path, slices: list[_Slice], d: np.ndarray, notes: li
     return [slices[i] for i in keep], d[keep]
 
 
+def _check_unique_sop_uids(slices: list[_Slice]) -> None:
+    """Annotations (RTSTRUCT contours, LIDC rois) name slices by SOPInstanceUID: two slices
+    sharing one would put an outline on the wrong slice. (Identical copies are dropped before.)"""
+    seen: dict[str, _Slice] = {}
+    for s in slices:
+        other = seen.setdefault(s.sop_uid, s) if s.sop_uid else s
+        if other is not s:
+            raise CaseInputError(s.path, f"SOPInstanceUID {s.sop_uid} is also that of {other.path.name}, a "
+                                         "different slice; annotations name slices by it, so it must be unique")
+
+
 def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtSeries:
     """Read one CT series onto the canonical grid (see the module docstring).
 
@@ -543,6 +552,7 @@ def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtS
     slices = [slices[i] for i in order]
     d = d[order]
     slices, d = _dedupe(first.path, slices, d, notes)
+    _check_unique_sop_uids(slices)
     n = len(slices)
     row_spacing, col_spacing = first.spacing  # DICOM: between rows, between columns
     padded = sum(s.padded for s in slices)
