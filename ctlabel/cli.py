@@ -30,7 +30,7 @@ def main() -> None:
 
 def _labelling_options(func):
     options = [
-        click.argument("store", type=click.Path(exists=True, file_okay=False)),
+        click.argument("store"),
         click.option("--from", "source", type=click.Choice(["recist", "readers", "mask"]), help=FROM_HELP),
         click.option("--label", help="--from mask: the binary label (default: the store's lesion label)."),
         click.option("--intersection", default="nodule_all", show_default=True,
@@ -50,7 +50,11 @@ def _labelling_options(func):
                      help="--from recist: GrabCut iterations."),
         click.option("--cases", metavar="ID,ID", help="Only these case ids."),
         click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-                     help="Lesions processed in parallel (processes)."),
+                     help="Cases processed in parallel (local processes)."),
+        click.option("--dask", "dask_scheduler", metavar="ADDRESS",
+                     help="Run one task per lesion on dask.distributed: a scheduler address (tcp://host:8786) or "
+                          "'local[:N]' for a local cluster of N worker processes. This process reads the crops "
+                          "and writes the labels; workers need no access to the store. Same labels as a local run."),
         click.option("--overwrite", is_flag=True, help="Replace outputs made with other parameters."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
@@ -60,7 +64,7 @@ def _labelling_options(func):
 
 
 def _run_labelling(*, matting: bool, store, source, label, intersection, union, name, band_fraction, min_band_mm,
-                   max_band_mm, margin_mm, iterations, cases, workers, overwrite, quiet, epsilon=None,
+                   max_band_mm, margin_mm, iterations, cases, workers, dask_scheduler, overwrite, quiet, epsilon=None,
                    max_unknown=None) -> None:
     from ctlabel.label import LabelConfig, label_store
     from ctlabel.matting import MattingParams
@@ -76,7 +80,7 @@ def _run_labelling(*, matting: bool, store, source, label, intersection, union, 
         matting_params=MattingParams(**{k: v for k, v in (("epsilon", epsilon), ("max_unknown", max_unknown))
                                         if v is not None}),
         cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None,
-        workers=workers, overwrite=overwrite)
+        workers=workers, dask=dask_scheduler, overwrite=overwrite)
     report = label_store(config, progress=not quiet)
     for line in report.summary_lines():
         click.echo(line)
@@ -110,6 +114,7 @@ def softmask(recist_flag, **options) -> None:
     \b
     Examples:
       ctlabel softmask deeplesion.zarr --recist --workers 2
+      ctlabel softmask deeplesion.zarr --recist --dask tcp://scheduler:8786
       ctlabel softmask lidc.zarr --from readers
       ctlabel softmask lits.zarr --from mask --label tumour
     """
@@ -121,7 +126,7 @@ def softmask(recist_flag, **options) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--soft", required=True, help="The soft mask label, e.g. soft_tumour.")
 @click.option("--binary", help="The binary label to soften with, e.g. tumour: writes softened_NAME = max(soft, binary).")
 @click.option("--threshold", type=float, default=None,
@@ -141,7 +146,7 @@ def soften(store, soft, binary, threshold, name, cases) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--case", "case_id", required=True, help="Case id.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
 @click.option("--name", help="Which trimap_NAME / soft_NAME (default: the only one).")

@@ -3,13 +3,18 @@
 For each case of a store: find its lesions (:mod:`ctlabel.lesions`), cut a crop around each,
 build the crop's trimap and, for soft masks, its alpha by closed-form matting: one job per
 lesion (:class:`LesionJob`, :func:`run_lesion_job`). With ``workers`` > 1, worker processes
-take whole cases, so reading and writing run in parallel too. A case's results are pasted
+take whole cases, so reading and writing run in parallel too. With ``dask`` (a scheduler
+address or ``local[:N]``), each lesion is one task on dask.distributed: this process reads
+each case's crops, submits its lesion jobs and writes the case's labels once they are all
+back (workers need no access to the store). A case's results are pasted
 into whole-case labels written with ``SliceStore.write_label`` (atomic): ``trimap_<name>`` (uint8, 0 / 128 / 255)
 and ``soft_<name>`` (float32 alpha in [0, 1]). Where crops of lesions on one slice overlap,
 the larger value wins. Outside every crop a trimap is background and alpha is 0.
 
 Resumable: a case whose output labels exist with the same parameters (label attribute
-``ctlabel.parameters``) is left alone; other parameters are refused unless ``overwrite``.
+``ctlabel.parameters``) and whose write completed (its checksums recorded in the case) is
+left alone; other parameters are refused unless ``overwrite``. Every way of running gives
+the same bytes (GrabCut's random state is reset per lesion, results are pasted in lesion order).
 A lesion that cannot be labelled (malformed RECIST, a trimap without foreground or
 background, a failed solve) is skipped and reported, in the summary and in the labels'
 attributes; a case that cannot be read is skipped; the others go on.
@@ -47,13 +52,17 @@ from ctlabel.trimap import (
 )
 from ctprep import __version__
 from ctprep.errors import CaseNotFoundError, LesionkitError, StoreParameterError
+from ctprep.executor import dask_executor
 from ctprep.lookup import LazySlices
-from ctprep.store import SliceStore
+from ctprep.store import SliceStore, check_shared
 
 SOURCES = ("recist", "readers", "mask")
 DEFAULT_NAMES = {"recist": "recist", "readers": "nodule"}  # --from mask: the label's own name
 ATTRIBUTE_KEY = "ctlabel"
 MAX_REPORTED = 20  # skipped lesions listed one per line in the summary; all are in the attributes
+# --dask: lesion jobs submitted and not yet back. Bounds what this process holds (a job is its
+# crop, ~10-800 kB) while keeping up to this many worker threads busy.
+MAX_LESIONS_IN_FLIGHT = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +80,7 @@ class LabelConfig:
     matting_params: MattingParams = field(default_factory=MattingParams)
     cases: tuple[str, ...] | None = None
     workers: int = 1
+    dask: str | None = None  # "local", "local:N" or a scheduler address: one dask.distributed task per lesion
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -78,6 +88,11 @@ class LabelConfig:
             raise ValueError(f"--from {self.source!r}: expected one of {', '.join(SOURCES)}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, found {self.workers}")
+        if self.dask is not None and self.workers > 1:
+            raise ValueError(f"--workers {self.workers} and --dask {self.dask}: choose one (local processes "
+                             "or a dask cluster)")
+        if self.dask is not None and not self.dask.strip():
+            raise ValueError("--dask: expected a scheduler address (tcp://host:8786) or local[:N]")
         if self.name is not None and (not self.name or "/" in self.name or self.name != self.name.strip()
                                       or self.name.startswith((".", "_"))):
             raise ValueError(f"--name {self.name!r}: expected a plain label name (no '/', no leading '.' or '_')")
@@ -118,7 +133,7 @@ class LabelConfig:
         return {"store": self.store, "source": self.source, "name": self.name, "label": self.label,
                 "intersection": self.intersection, "union": self.union, "matting": self.matting,
                 "trimap": self.trimap.to_dict(), "matting_params": self.matting_params.to_dict(),
-                "cases": list(self.cases) if self.cases else None, "workers": self.workers,
+                "cases": list(self.cases) if self.cases else None, "workers": self.workers, "dask": self.dask,
                 "overwrite": self.overwrite}
 
     @classmethod
@@ -428,9 +443,12 @@ def case_state(store: SliceStore, case_id: str, config: LabelConfig) -> tuple[st
     if config.matting:
         wanted.append((config.soft_label, config.soft_parameters()))
     present = set(store.label_names(case_id))
+    recorded = store.recorded_checksums(case_id)
     state = "done"
     for label, parameters in wanted:
-        if label not in present:
+        if label not in present or (recorded and f"labels/{label}" not in recorded):
+            # Absent, or renamed into place by a run killed before it recorded the label's
+            # checksums in the case (so `ctprep verify` would not vouch for it): write it (again).
             state = "todo"
             continue
         made = store.label_attributes(case_id, label).get(ATTRIBUTE_KEY, {}).get("parameters")
@@ -477,7 +495,9 @@ def label_store(config: LabelConfig, *, progress: bool = True,
                 on_case: Callable[[CaseOutcome], None] | None = None) -> LabelReport:
     """Build trimaps (and soft masks) for every lesion of ``config.store``; see the module docstring."""
     started = time.perf_counter()
-    if config.matting:
+    if config.workers > 1:  # workers reopen the store by its path (--dask workers never touch it)
+        check_shared(config.store, f"--workers {config.workers}")
+    if config.matting and not config.dask:
         load_pymatting()  # compile or load numba's cache once, before workers fork (they inherit the kernels)
     with _worker_pool(config.workers) as pool:  # before the store: zarr starts threads, forking then is unsafe
         store = SliceStore.open(config.store, mode="a")
@@ -496,10 +516,14 @@ def label_store(config: LabelConfig, *, progress: bool = True,
                                       "or --name to write beside them")
         outcomes = {c: CaseOutcome(case_id=c, status="existing") for c in case_ids if states[c][0] == "done"}
         todo = [c for c in case_ids if states[c][0] == "todo"]
-        for outcome in _run(store, todo, config, pool, progress):
-            outcomes[outcome.case_id] = outcome
-            if on_case:
-                on_case(outcome)
+        # A dask cluster is started (or joined) only when there is work for it.
+        with dask_executor(config.dask) if config.dask and todo else contextlib.nullcontext() as cluster:
+            run = _run_per_lesion(store, todo, config, cluster, progress) if cluster else \
+                _run(store, todo, config, pool, progress)
+            for outcome in run:
+                outcomes[outcome.case_id] = outcome
+                if on_case:
+                    on_case(outcome)
     labels = (config.trimap_label,) + ((config.soft_label,) if config.matting else ())
     return LabelReport(store=str(config.store), labels=labels, outcomes=tuple(outcomes[c] for c in case_ids),
                        seconds=time.perf_counter() - started)
@@ -511,15 +535,27 @@ def label_case(store: SliceStore, case_id: str, config: LabelConfig) -> CaseOutc
     Failures of the case itself (unreadable, no annotations, missing label) become a
     'skipped' outcome; failures of single lesions are listed in a 'labelled' one.
     """
+    work = _prepare_guarded(store, case_id, config)
+    if isinstance(work, CaseOutcome):
+        return work
+    return _finish_guarded(store, work, [run_lesion_job(job) for job in work.jobs], config)
+
+
+def _prepare_guarded(store: SliceStore, case_id: str, config: LabelConfig) -> CaseWork | CaseOutcome:
+    """prepare_case, with a failure of the case (unreadable, no annotations, missing label) as a 'skipped' outcome."""
     try:
-        work = prepare_case(store, case_id, config)
+        return prepare_case(store, case_id, config)
     except (LookupError, LesionkitError, ValueError, OSError, MemoryError) as exc:
         return CaseOutcome(case_id=case_id, status="skipped", reason=_reason(exc))
-    results = [run_lesion_job(job) for job in work.jobs]
+
+
+def _finish_guarded(store: SliceStore, work: CaseWork, results: Sequence[LesionResult],
+                    config: LabelConfig) -> CaseOutcome:
+    """finish_case, with a failed write as a 'skipped' outcome."""
     try:
         return finish_case(store, work, results, config)
     except (LesionkitError, ValueError, OSError, MemoryError) as exc:
-        return CaseOutcome(case_id=case_id, status="skipped", reason=f"writing labels failed: {_reason(exc)}")
+        return CaseOutcome(case_id=work.case_id, status="skipped", reason=f"writing labels failed: {_reason(exc)}")
 
 
 def _label_case_in_worker(store_path: str, case_id: str, config: LabelConfig) -> CaseOutcome:
@@ -554,6 +590,86 @@ def _run(store: SliceStore, todo: Sequence[str], config: LabelConfig, pool, prog
             yield _counted(outcome, bar, counts)
     finally:
         bar.close()
+
+
+@dataclass(kw_only=True)
+class _OpenCase:
+    """--dask bookkeeping: a case whose lesion jobs are out, and the results back so far (in job order)."""
+
+    work: CaseWork
+    results: list[LesionResult | None]
+    waiting: int
+
+
+def _run_per_lesion(store: SliceStore, todo: Sequence[str], config: LabelConfig, pool: cf.Executor,
+                    progress: bool) -> Iterator[CaseOutcome]:
+    """The outcomes of ``todo`` with one task per lesion (dask), in the order cases complete.
+
+    This process reads each case's crops (:func:`prepare_case`) and submits its lesion
+    jobs, at most MAX_LESIONS_IN_FLIGHT at a time; when a case's last job is back it
+    writes the case's labels (:func:`finish_case`) with the results in job order, so the
+    bytes equal a local run's. Workers only compute: they need no access to the store.
+    The progress bar counts lesions as their futures complete.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="lesion", desc=f"ctlabel {config.source} (dask)", file=sys.stderr,
+               disable=not progress or None)
+    queue = collections.deque(todo)
+    pending: dict[cf.Future, tuple[str, int]] = {}
+    open_cases: dict[str, _OpenCase] = {}
+    written = 0
+    try:
+        while queue or pending:
+            while queue and len(pending) < MAX_LESIONS_IN_FLIGHT:
+                work = _prepare_guarded(store, queue.popleft(), config)
+                if isinstance(work, CaseOutcome):  # the case itself failed
+                    yield work
+                elif not work.jobs:  # nothing to compute: its (empty) labels are written now
+                    yield _finish_guarded(store, work, [], config)
+                else:
+                    open_cases[work.case_id] = _OpenCase(work=work, results=[None] * len(work.jobs),
+                                                         waiting=len(work.jobs))
+                    pending.update({pool.submit(_lesion_task, job): (work.case_id, i)
+                                    for i, job in enumerate(work.jobs)})
+                    bar.total += len(work.jobs)
+                    bar.refresh()
+            if not pending:
+                continue
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                case_id, i = pending.pop(future)
+                case = open_cases[case_id]
+                case.results[i] = _lesion_result(future, case.work.jobs[i])
+                case.waiting -= 1
+                bar.update()
+                if case.waiting == 0:
+                    del open_cases[case_id]
+                    outcome = _finish_guarded(store, case.work, case.results, config)
+                    written += 1
+                    bar.set_postfix_str(f"cases {written}/{len(todo)} written")
+                    yield outcome
+    finally:
+        for future in pending:
+            future.cancel()
+        bar.close()
+
+
+def _lesion_task(job: LesionJob) -> LesionResult:
+    """One lesion on a dask worker: OpenCV on one thread (dask's workers are the parallelism)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return run_lesion_job(job)
+
+
+def _lesion_result(future: cf.Future, job: LesionJob) -> LesionResult:
+    """The future's LesionResult; a task that failed on the cluster (its worker died too often) is a skipped lesion."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return LesionResult(case_id=job.case_id, lesion_id=job.lesion_id, z=job.z, crop=job.crop, status="skipped",
+                            reason=f"worker failed: {type(exc).__name__}: {exc}")
 
 
 def _reason(exc: BaseException) -> str:

@@ -399,6 +399,10 @@ def grabcut_from_recist(image: np.ndarray, recist: Recist, spacing: Spacing,
     labels = grabcut_init_mask(small.shape[:2], small_recist, small_spacing, params, lesion)
     background_model = np.zeros((1, 65), dtype=np.float64)
     foreground_model = np.zeros((1, 65), dtype=np.float64)
+    # GrabCut seeds its colour models with k-means++ drawing from OpenCV's per-thread RNG, which
+    # every call advances: reset it (0 = OpenCV's initial state) so a lesion's result does not
+    # depend on which lesions this thread labelled before (--workers, --dask give the same bytes).
+    cv2.setRNGSeed(0)
     try:
         cv2.grabCut(small, labels, None, background_model, foreground_model, int(params.grabcut_iterations),
                     cv2.GC_INIT_WITH_MASK)

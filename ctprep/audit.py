@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 # Identity-bearing attributes of the Basic Application Level Confidentiality Profile
@@ -123,19 +123,23 @@ def scan_json(value, where: str = "") -> Iterator[tuple[str, str, str]]:
             yield where, rule, hit
 
 
-def audit_file(path: Path) -> list[Finding]:
-    """Findings in one JSON or text file (JSON is walked key by key; other text line by line)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix == ".json":
+def audit_text(name: str, text: str) -> list[Finding]:
+    """Findings in one document called ``name``: JSON is walked key by key, other text line by line."""
+    if name.endswith(".json"):
         try:
             document = json.loads(text)
         except json.JSONDecodeError:
             document = None
         if document is not None:
-            return [Finding(path=str(path), where=where or "(root)", rule=rule, excerpt=_mask(hit))
+            return [Finding(path=name, where=where or "(root)", rule=rule, excerpt=_mask(hit))
                     for where, rule, hit in scan_json(document)]
-    return [Finding(path=str(path), where=f"line {n}", rule=rule, excerpt=_mask(hit))
+    return [Finding(path=name, where=f"line {n}", rule=rule, excerpt=_mask(hit))
             for n, line in enumerate(text.splitlines(), 1) for rule, hit in scan_text(line)]
+
+
+def audit_file(path: Path) -> list[Finding]:
+    """Findings in one JSON or text file."""
+    return audit_text(str(path), path.read_text(encoding="utf-8", errors="replace"))
 
 
 def audit_files(paths: list[Path]) -> AuditReport:
@@ -150,15 +154,31 @@ def audit_files(paths: list[Path]) -> AuditReport:
     return AuditReport(files_scanned=len(files), findings=tuple(findings))
 
 
-def audit_store(store_path: str | Path, extra: list[str | Path] = ()) -> AuditReport:
-    """Audit a store folder, the manifest written beside it (if any) and ``extra`` files (logs)."""
+def _store_documents(store_path: str | Path) -> list[tuple[str, str]]:
+    """(name, text) of every text file of a store and of the manifest beside it, local or at an fsspec URL."""
+    import fsspec
+
     from ctprep.convert import manifest_path
 
-    store = Path(store_path)
-    if not store.is_dir():
-        raise FileNotFoundError(f"{store}: store folder not found")
-    paths = [store] + [Path(p) for p in extra]
-    manifest = manifest_path(store)
-    if manifest.exists():
-        paths.append(manifest)
-    return audit_files(paths)
+    base = str(store_path).rstrip("/")
+    try:
+        fs, root = fsspec.core.url_to_fs(base)
+    except (ValueError, ImportError) as exc:  # "Protocol not known: foo", "Install s3fs to access S3"
+        raise ValueError(f"{store_path}: cannot open the storage ({exc})") from None
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"{store_path}: store folder not found")
+    names = sorted(n for n in fs.find(root) if PurePosixPath(n).suffix.lower() in TEXT_SUFFIXES)
+    documents = [(f"{base}/{n[len(root.rstrip('/')) + 1:]}", fs.cat_file(n)) for n in names]
+    manifest = str(manifest_path(store_path))
+    manifest_fs, manifest_root = fsspec.core.url_to_fs(manifest)
+    if manifest_fs.isfile(manifest_root):
+        documents.append((manifest, manifest_fs.cat_file(manifest_root)))
+    return [(name, data.decode("utf-8", errors="replace")) for name, data in documents]
+
+
+def audit_store(store_path: str | Path, extra: list[str | Path] = ()) -> AuditReport:
+    """Audit a store (a folder or an fsspec URL), the manifest written beside it (if any) and ``extra`` files (logs)."""
+    documents = _store_documents(store_path)
+    others = audit_files([Path(p) for p in extra])
+    findings = [f for name, text in documents for f in audit_text(name, text)] + list(others.findings)
+    return AuditReport(files_scanned=len(documents) + others.files_scanned, findings=tuple(findings))

@@ -15,10 +15,11 @@ class CheckReport:
     missing: tuple[str, ...]  # in the manifest, not in the download
     unexpected: tuple[str, ...]  # in the download, not in the manifest
     unreadable: tuple[tuple[str, str], ...]  # (case id, reason)
+    looked_for: str = ""  # the source's layout, said when nothing was found
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.unreadable)
+        return bool(self.found) and not (self.missing or self.unexpected or self.unreadable)
 
     def lines(self) -> list[str]:
         out = [f"{self.source}: {len(self.found)} cases found, {len(self.missing)} missing, "
@@ -26,6 +27,7 @@ class CheckReport:
         out += [f"  missing     {_compact(self.missing)}"] if self.missing else []
         out += [f"  unexpected  {_compact(self.unexpected)}"] if self.unexpected else []
         out += [f"  unreadable  {case}: {reason}" for case, reason in self.unreadable]
+        out += [f"  nothing found; expected {self.looked_for}"] if not self.found else []
         return out
 
 
@@ -43,8 +45,9 @@ def check_download(source_name: str, root: str | Path) -> CheckReport:
     present = set(found) | {r.patient_id for r in refs}
     unreadable = tuple((r.case_id, problem) for r in refs if (problem := source.header_problem(r)))
     if not official:  # the manifest cannot list the ids (DeepLesion: 32,120 key slices): readability only
-        return CheckReport(source=source_name, found=found, missing=(), unexpected=(), unreadable=unreadable)
-    return CheckReport(source=source_name, found=found,
+        return CheckReport(source=source_name, found=found, missing=(), unexpected=(), unreadable=unreadable,
+                           looked_for=source.description)
+    return CheckReport(source=source_name, found=found, looked_for=source.description,
                        missing=tuple(c for c in source.manifest.case_ids if c not in present),
                        unexpected=tuple(r.case_id for r in refs if not {r.case_id, r.patient_id} & official),
                        unreadable=unreadable)

@@ -148,7 +148,7 @@ def check(source, input_dir) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_fail_cleanly
 def info(store, as_json) -> None:
@@ -166,7 +166,7 @@ def info(store, as_json) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--case", "case_id", required=True, help="Case id, as listed by the manifest or `ctprep info`.")
 @click.option("--z", "zs", type=int, multiple=True,
               help="Stored slice number (repeatable). Default: the slice with the most lesion.")
@@ -181,7 +181,7 @@ def preview(store, case_id, zs, channel, out) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--case", "case_id", required=True, help="Case id, as listed by `ctprep info`.")
 @click.option("--label", required=True, help="Stored label: ground truth (e.g. tumour) or a prediction (pred_<run>).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="NIfTI to write (.nii or .nii.gz).")
@@ -199,7 +199,7 @@ def export(store, case_id, label, out) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def verify(store, quiet) -> None:
@@ -219,7 +219,7 @@ def verify(store, quiet) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--also", "extra", multiple=True, type=click.Path(exists=True),
               help="Other files or folders to scan too, e.g. conversion logs (repeatable).")
 @_fail_cleanly
@@ -240,7 +240,7 @@ def audit(store, extra) -> None:
 
 
 @main.command()
-@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.argument("manifest")
 @click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of the raw download the store was made from.")
 @click.option("--output", required=True, type=click.Path(), help="Store to write.")

@@ -28,9 +28,10 @@ import numpy as np
 from ctprep import __version__
 from ctprep.case import CaseRecord, CaseRef
 from ctprep.datasets import SplitConfig, assign_split
-from ctprep.errors import CaseInputError, LesionkitError, StoreError
+from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreWriteError
+from ctprep.executor import dask_executor as _dask_executor
 from ctprep.sources import get_source
-from ctprep.store import SliceStore, checksums_digest
+from ctprep.store import SliceStore, check_shared, checksums_digest, is_url, store_lock, write_file_atomic
 from ctprep.lookup import LazySlices, nonzero_per_slice
 from ctprep.windowing import Window, windowed_slices
 
@@ -221,19 +222,30 @@ def _convert_guarded(ref: CaseRef, config: ConvertConfig, split: str, windows: t
     """convert_case, with every failure of this case turned into a 'skipped' outcome."""
     try:
         return convert_case(ref, config, split, windows)
+    except StoreWriteError:  # the store is full or read-only: not this case's fault, and fatal to the run
+        raise
     except (CaseInputError, ValueError, OSError, MemoryError) as exc:
         reason = str(exc) if isinstance(exc, LesionkitError) else f"{type(exc).__name__}: {exc}"
         return CaseOutcome(case_id=ref.case_id, status="skipped", reason=reason, split=split)
+    except LesionkitError:  # a store problem: not this case's
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug met on this case's input: it alone is skipped, saying so
+        log.debug("unexpected error converting %s", ref.case_id, exc_info=True)
+        where = Path(ref.root) / ref.files[0][1] if ref.files else ref.case_id
+        return CaseOutcome(case_id=ref.case_id, status="skipped", split=split,
+                           reason=f"{where}: unexpected {type(exc).__name__} ({exc}); a bug in ctprep, "
+                                  "please report it with this line")
 
 
 def _open_store(config: ConvertConfig, created_by: str) -> SliceStore:
-    path = Path(config.output)
-    if path.exists() and not config.overwrite:
-        store = SliceStore.open(path, mode="a")
-        store.check_parameters(config.content_parameters())
-        return store
-    return SliceStore.create(path, parameters=config.content_parameters(), created_by=created_by,
-                             overwrite=config.overwrite)
+    # Under the store's lock: two runs starting together must not both create (and wipe) it.
+    with store_lock(config.output):
+        if SliceStore.exists(config.output) and not config.overwrite:
+            store = SliceStore.open(config.output, mode="a")
+            store.check_parameters(config.content_parameters())
+            return store
+        return SliceStore.create(config.output, parameters=config.content_parameters(), created_by=created_by,
+                                 overwrite=config.overwrite)
 
 
 def convert_dataset(config: ConvertConfig, *, progress: bool = True,
@@ -257,6 +269,9 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
         refs = [r for r in refs if r.case_id in set(config.cases)]
     if not config.windows:
         config = dataclasses.replace(config, windows=source.manifest.windows())
+    if config.dask or config.workers > 1:
+        check_shared(config.output, f"--dask {config.dask}" if config.dask else f"--workers {config.workers}")
+    fatal: StoreWriteError | None = None
     with _executor(config) as pool:  # first: local workers fork before zarr starts threads
         store = _open_store(config, created_by or _command_line())
         splits = {r.case_id: r.split or assign_split(r.patient_id, config.split, source.manifest.official_split)
@@ -273,51 +288,34 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
                     split=splits[ref.case_id], quirks=tuple(record.quirks),
                     inputs=tuple(f.to_dict() for f in record.inputs))
         todo = [r for r in refs if r.case_id not in complete]
-        for outcome in _run(todo, config, splits, progress, pool):
-            outcomes[outcome.case_id] = outcome
-            for quirk in outcome.quirks:
-                log.warning("quirk %s: %s", outcome.case_id, quirk)
-            if outcome.status == "skipped":
-                log.error("skipped %s: %s", outcome.case_id, outcome.reason)
-            if on_outcome:
-                on_outcome(outcome)
-    ordered = tuple(outcomes[r.case_id] for r in refs)
+        try:
+            for outcome in _run(todo, config, splits, progress, pool):
+                outcomes[outcome.case_id] = outcome
+                for quirk in outcome.quirks:
+                    log.warning("quirk %s: %s", outcome.case_id, quirk)
+                if outcome.status == "skipped":
+                    log.error("skipped %s: %s", outcome.case_id, outcome.reason)
+                if on_outcome:
+                    on_outcome(outcome)
+        except StoreWriteError as exc:  # disk full ...: every next case would fail the same way
+            fatal = exc
+    ordered = tuple(outcomes[r.case_id] for r in refs if r.case_id in outcomes)
     report = ConversionReport(store=str(config.output), outcomes=ordered, seconds=time.perf_counter() - started)
-    _consolidate(store, config, source, report, previous)
-    return report
+    if fatal is None:
+        _consolidate(store, config, source, report, previous)
+        return report
+    _stop_on_full_store(fatal, store, config, source, report, previous)
 
 
 def _executor(config: ConvertConfig):
-    """Where cases run: a dask.distributed cluster (``--dask``), a local process pool, or here."""
-    return _dask_executor(config.dask) if config.dask else _worker_pool(config.workers)
+    """Where cases run: a dask.distributed cluster (``--dask``), a local process pool, or here.
 
-
-@contextlib.contextmanager
-def _dask_executor(spec: str, connect_timeout_s: float = 30):
-    """A concurrent.futures executor over dask.distributed: ``local[:N]`` starts a LocalCluster.
-
-    Each case is one task; workers write their case straight into the store (a path
-    every worker can reach) and this process consolidates index and manifest at the
-    end, as with the local pool. A task whose worker dies is retried by the scheduler
-    on another worker; its half-written case stays invisible and is rewritten.
+    On dask each case is one task; workers write their case straight into the store (a
+    path every worker can reach) and this process consolidates index and manifest at the
+    end, as with the local pool. A task whose worker dies is retried by the scheduler on
+    another worker; its half-written case stays invisible and is rewritten.
     """
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise ValueError("--dask needs dask.distributed: pip install 'lesionkit[dask]'") from None
-    match = re.fullmatch(r"local(?::(\d+))?", spec)
-    with contextlib.ExitStack() as stack:
-        if match:
-            workers = int(match.group(1) or os.cpu_count() or 1)
-            cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                       dashboard_address=None))
-            client = stack.enter_context(Client(cluster))
-        else:
-            try:
-                client = stack.enter_context(Client(spec, timeout=f"{connect_timeout_s}s"))
-            except OSError as exc:
-                raise OSError(f"--dask {spec}: cannot reach the dask scheduler ({exc})") from exc
-        yield client.get_executor(pure=False)
+    return _dask_executor(config.dask) if config.dask else _worker_pool(config.workers)
 
 
 @contextlib.contextmanager
@@ -362,6 +360,10 @@ def _run(todo: Sequence[CaseRef], config: ConvertConfig, splits: dict[str, str],
             ref = futures[future]
             try:
                 outcome = future.result()
+            except StoreWriteError:  # fatal to the run: the cases not started yet are not started
+                for other in futures:
+                    other.cancel()
+                raise
             except Exception as exc:  # a worker died (e.g. killed for memory) more often than retried
                 outcome = CaseOutcome(case_id=ref.case_id, status="skipped", split=splits[ref.case_id],
                                       reason=f"worker failed: {type(exc).__name__}: {exc}")
@@ -371,16 +373,43 @@ def _run(todo: Sequence[CaseRef], config: ConvertConfig, splits: dict[str, str],
         bar.close()
 
 
+def _stop_on_full_store(fatal: StoreWriteError, store: SliceStore, config: ConvertConfig, source,
+                        report: ConversionReport, previous: dict) -> None:
+    """Consolidate what was converted (the failed case is gone, its space freed), then raise one clear error."""
+    try:
+        _consolidate(store, config, source, report, previous)
+        kept = "the index and manifest list them"
+    except OSError:
+        kept = "readers find them; the index and manifest are written by the re-run"
+    try:  # from the store: a case another worker had in flight may have finished meanwhile
+        done = len(SliceStore.open(config.output).case_ids())
+    except (OSError, StoreError):
+        done = len(report.with_status("converted")) + len(report.with_status("existing"))
+    raise StoreWriteError(fatal.errno, f"{fatal}; the run stopped: {done} complete case(s) are kept ({kept}); "
+                                       "free space and re-run the same command to resume") from fatal
+
+
 def _consolidate(store: SliceStore, config: ConvertConfig, source, report: ConversionReport,
                  previous: dict) -> None:
-    store.rebuild_index()
-    manifest = build_manifest(store, config, source, report, previous)
-    store.set_manifest(manifest)
-    write_json_atomic(manifest_path(config.output), manifest)
+    """Index and manifest from every complete case in the store, this run's and concurrent runs'.
+
+    Under the store's lock, re-reading the store: another run (other --cases) may have
+    added cases and its own manifest entries since this one opened it.
+    """
+    with store.lock():
+        store = SliceStore.open(config.output, mode="a")
+        latest = store.manifest().get("cases", {})
+        store.rebuild_index()
+        manifest = build_manifest(store, config, source, report, {**previous, **latest})
+        store.set_manifest(manifest)
+        write_json_atomic(manifest_path(config.output), manifest)
 
 
-def manifest_path(store_path: str | Path) -> Path:
-    """The JSON manifest written beside a store: ``x.zarr`` -> ``x.manifest.json``."""
+def manifest_path(store_path: str | Path) -> Path | str:
+    """The JSON manifest written beside a store: ``x.zarr`` -> ``x.manifest.json`` (a URL for a URL)."""
+    if is_url(store_path):
+        folder, _, name = str(store_path).rstrip("/").rpartition("/")
+        return f"{folder}/{name.removesuffix('.zarr')}.manifest.json"
     path = Path(store_path)
     return path.with_name(f"{path.name.removesuffix('.zarr')}.manifest.json")
 
@@ -395,6 +424,11 @@ def build_manifest(store: SliceStore, config: ConvertConfig, source, report: Con
             entry = {**entry, **previous.get(outcome.case_id, {}), "status": "converted"}
         cases[outcome.case_id] = entry
     complete = set(store.case_ids())
+    for case_id in sorted(complete - set(cases)):  # from a concurrent run whose manifest entry is not written yet
+        record = store.record(case_id)
+        cases[case_id] = CaseOutcome(case_id=case_id, status="converted", slices=record.num_slices,
+                                     split=record.split, quirks=tuple(record.quirks),
+                                     inputs=tuple(f.to_dict() for f in record.inputs)).to_dict()
     for case_id, entry in cases.items():  # a case that failed now but exists from before stays listed as such
         if case_id in complete and entry.get("status") == "skipped":
             entry["status"] = "converted"
@@ -433,10 +467,8 @@ def library_versions() -> dict:
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    """A local path (temporary file, then rename) or a URL (one whole-object write)."""
+    write_file_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
 def _command_line() -> str:

@@ -517,8 +517,8 @@ def _check_unique_sop_uids(slices: list[_Slice]) -> None:
     for s in slices:
         other = seen.setdefault(s.sop_uid, s) if s.sop_uid else s
         if other is not s:
-            raise CaseInputError(s.path, f"SOPInstanceUID {s.sop_uid} is also that of {other.path.name}, a "
-                                         "different slice; annotations name slices by it, so it must be unique")
+            raise CaseInputError(s.path, f"same SOPInstanceUID as {other.path.name}, a different slice; "
+                                         "annotations name slices by it, so it must be unique")
 
 
 def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtSeries:

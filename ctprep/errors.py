@@ -42,6 +42,17 @@ class StoreParameterError(StoreError, ValueError):
     """A conversion into an existing store asked for different parameters."""
 
 
+class StoreWriteError(StoreError, OSError):
+    """The store cannot take the write at all (no space left, quota, read-only file system).
+
+    Not a problem of one case's input: ``ctprep convert`` stops the run on it instead of
+    skipping every following case. Built as ``StoreWriteError(errno, message)``; prints the message.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror if self.strerror is not None else super().__str__())
+
+
 class CaseNotFoundError(StoreError, FileNotFoundError, KeyError):
     """A case id is not (completely) in the store."""
 

@@ -21,6 +21,8 @@ from isal import igzip
 from ctprep.errors import CaseInputError, MissingInputError
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_NIFTI1_MAGIC = (b"n+1\x00", b"ni1\x00")
+_NIFTI2_MAGIC = b"n+2\x00"
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -34,6 +36,20 @@ class NiftiVolume:
     inter: float
     size: int
     sha256: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class NiftiHeader:
+    """What a NIfTI header says, no voxels read: the file, its 3-D shape, voxel type and affine."""
+
+    path: Path
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    affine: np.ndarray
 
 
 def read_nifti(path: str | Path) -> NiftiVolume:
@@ -56,7 +72,7 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     image = _parse_header(path, raw)
     proxy = image.dataobj
     shape = tuple(int(s) for s in proxy.shape)
-    dtype = np.dtype(proxy.dtype)
+    dtype = _real_dtype(path, image)
     needed = int(proxy.offset) + int(np.prod(shape)) * dtype.itemsize
     if len(raw) < needed:
         raise CaseInputError(path, f"truncated: header promises {needed} bytes of voxel data "
@@ -67,11 +83,68 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     if array.ndim != 3:
         raise CaseInputError(path, f"expected a 3-D volume, found shape {shape}")
     slope, inter = proxy.slope, proxy.inter
+    affine = _affine(path, image)
+    return NiftiVolume(path=path, array=array, affine=affine, slope=float(slope), inter=float(inter),
+                       size=len(data), sha256=digest)
+
+
+def read_nifti_header(path: str | Path) -> NiftiHeader:
+    """Only the header of a .nii or .nii.gz file (``ctprep check``): the same rules as :func:`read_nifti`
+    (gzip told by its magic bytes, not the name; real voxel types; an uncompressed file long enough),
+    without reading or inflating the voxels. Raises :class:`CaseInputError` with the reason."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEADER_BYTES)
+            size = handle.seek(0, 2)
+    except FileNotFoundError as exc:
+        raise MissingInputError(path, "file not found") from exc
+    except OSError as exc:
+        raise CaseInputError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if not head:
+        raise CaseInputError(path, "file is empty")
+    gz = head[:2] == _GZIP_MAGIC
+    if gz:
+        try:
+            with igzip.open(path, "rb") as stream:
+                head = stream.read(_HEADER_BYTES)
+        except (OSError, EOFError, ValueError) as exc:
+            raise CaseInputError(path, f"truncated or corrupt gzip stream ({exc})") from exc
+    image = _parse_header(path, head)
+    dtype = _real_dtype(path, image)
+    shape = tuple(int(s) for s in image.dataobj.shape)
+    needed = int(image.dataobj.offset) + int(np.prod(shape)) * dtype.itemsize
+    if not gz and size < needed:
+        raise CaseInputError(path, f"truncated: header promises {needed} bytes of voxel data "
+                                   f"(shape {shape}, {dtype}), file holds {size}")
+    volume = shape
+    while len(volume) > 3 and volume[-1] == 1:  # as read_nifti drops them
+        volume = volume[:-1]
+    if len(volume) != 3:
+        raise CaseInputError(path, f"expected a 3-D volume, found shape {shape}")
+    return NiftiHeader(path=path, shape=volume, dtype=dtype, affine=_affine(path, image))
+
+
+# Bytes read for a header: the NIfTI-2 header (540), its extension flag and any extensions.
+_HEADER_BYTES = 1 << 16
+
+
+def _affine(path: Path, image: nib.Nifti1Image) -> np.ndarray:
     affine = np.asarray(image.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise CaseInputError(path, f"affine is singular or not finite: {affine.round(4).tolist()}")
-    return NiftiVolume(path=path, array=array, affine=affine, slope=float(slope), inter=float(inter),
-                       size=len(data), sha256=digest)
+    return affine
+
+
+def _real_dtype(path: Path, image: nib.Nifti1Image) -> np.dtype:
+    """The voxel dtype, refusing what is not a real number (RGB, complex): no HU can come of it."""
+    dtype = np.dtype(image.dataobj.dtype)
+    if dtype.kind not in "iuf":
+        code = int(image.header["datatype"])
+        name = nib.nifti1.data_type_codes.label.get(code, str(dtype))
+        raise CaseInputError(path, f"voxel type {name} (NIfTI datatype {code}) is not a real number; "
+                                   "expected integer or float voxels")
+    return dtype
 
 
 def _inflate(path: Path, data: bytes) -> bytes:
@@ -82,13 +155,14 @@ def _inflate(path: Path, data: bytes) -> bytes:
 
 
 def _parse_header(path: Path, raw: bytes) -> nib.Nifti1Image:
-    errors = []
-    for kind in (nib.Nifti1Image, nib.Nifti2Image):
-        try:
-            return kind.from_bytes(raw)
-        except Exception as exc:  # nibabel raises several types for a bad header
-            errors.append(str(exc))
-    raise CaseInputError(path, f"not a NIfTI-1/2 file ({errors[0]})")
+    if raw[344:348] not in _NIFTI1_MAGIC and raw[4:8] != _NIFTI2_MAGIC:
+        # Checked first: nibabel would log its attempted fixes of such a header to stderr.
+        raise CaseInputError(path, "not a NIfTI-1/2 file (no NIfTI magic string at byte 344 or 4)")
+    kind = nib.Nifti2Image if raw[4:8] == _NIFTI2_MAGIC else nib.Nifti1Image
+    try:
+        return kind.from_bytes(raw)
+    except Exception as exc:  # nibabel raises several types for a bad header
+        raise CaseInputError(path, f"not a NIfTI-1/2 file ({exc})") from exc
 
 
 def hu_int16(volume: NiftiVolume) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ctprep.convert import ConversionReport, ConvertConfig, convert_dataset
 from ctprep.errors import ManifestError
-from ctprep.store import SliceStore, checksums_digest
+from ctprep.store import SliceStore, checksums_digest, is_url
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,12 +38,18 @@ class RebuildReport:
 
 
 def load_manifest(path: str | Path) -> dict:
-    path = Path(path)
+    """The manifest JSON at a path or an fsspec URL (the manifest beside an s3:// store is one)."""
     try:
-        manifest = json.loads(path.read_text())
+        if is_url(path):
+            import fsspec
+
+            with fsspec.open(str(path), "rt") as handle:
+                manifest = json.load(handle)
+        else:
+            manifest = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:  # ImportError: s3:// without s3fs
         raise ManifestError(f"{path}: not a readable JSON manifest ({exc})") from exc
     if manifest.get("format") != "lesionkit-conversion-manifest":
         raise ManifestError(f"{path}: field 'format' is {manifest.get('format')!r}, "

@@ -208,7 +208,7 @@ def _read_rtstruct(path: Path) -> Dataset:
         RTStructBuilder.validate_rtstruct(ds)
     except Exception as exc:
         raise CaseInputError(path, "RTSTRUCT lacks ROIContourSequence, StructureSetROISequence "
-                                   "or RTROIObservationsSequence") from exc
+                                   "or RTROIObservationsSequence (truncated or incomplete file?)") from exc
     if not ds.get("ReferencedFrameOfReferenceSequence"):
         raise CaseInputError(path, "RTSTRUCT lacks ReferencedFrameOfReferenceSequence")
     return ds
@@ -239,8 +239,7 @@ def _check_series(files: list[Path], series: list[Dataset], rtstruct_path: Path)
 
     uids = [str(s.SOPInstanceUID) for s in series]
     if len(set(uids)) != len(uids):
-        dup = next(u for u in uids if uids.count(u) > 1)
-        raise CaseInputError(rtstruct_path, f"the CT series holds SOPInstanceUID {dup} more than once")
+        files, series = _without_copies(files, series, rtstruct_path)
     first, path0 = series[0], files[0]
     rows, cols = int(first.Rows), int(first.Columns)
     spacing = np.asarray(first.PixelSpacing, dtype=np.float64)
@@ -273,6 +272,21 @@ def _check_series(files: list[Path], series: list[Dataset], rtstruct_path: Path)
             raise CaseInputError(f, f"slice origin is shifted in-plane by {drift:.2f} pixels from the "
                                     "series' first slice (gantry tilt?); rt-utils cannot place contours")
     return series
+
+
+def _without_copies(files: list[Path], series: list[Dataset],
+                    rtstruct_path: Path) -> tuple[list[Path], list[Dataset]]:
+    """Drop second copies of a slice (same SOPInstanceUID and position: ctprep.dicom drops them too,
+    after comparing their pixels); two slices at different positions sharing a UID are an error."""
+    kept: dict[str, tuple[Path, Dataset]] = {}
+    for f, ds in zip(files, series):
+        uid = str(ds.SOPInstanceUID)
+        if uid not in kept:
+            kept[uid] = (f, ds)
+        elif list(ds.ImagePositionPatient) != list(kept[uid][1].ImagePositionPatient):
+            raise CaseInputError(rtstruct_path, f"the CT series holds SOPInstanceUID {uid} more than once "
+                                                f"({kept[uid][0].name}, {f.name})")
+    return [f for f, _ in kept.values()], [ds for _, ds in kept.values()]
 
 
 def _structure_set_item(ds: Dataset, path: Path, roi: str, names: list[str]) -> Dataset:
@@ -336,7 +350,11 @@ def _clean_contours(path: Path, roi: str, contours: list[Dataset], series: list[
     kept, missing, short = [], set(), 0
     referenced = set()
     for n, contour in enumerate(contours):
-        data = _contour_data(contour)
+        try:
+            data = _contour_data(contour)
+        except (ValueError, TypeError) as exc:  # pydicom's DS conversion of a corrupt value
+            raise CaseInputError(path, f"ROI {roi!r}: contour {n} ContourData is not a list of numbers "
+                                       f"({exc})") from exc
         kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
         if data.size % 3:
             raise CaseInputError(path, f"ROI {roi!r}: contour {n} has {data.size} coordinates, "

@@ -12,7 +12,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -24,34 +24,58 @@ class CheckpointError(ValueError):
     """A file that is not a usable ctseg checkpoint (names the file and what is wrong)."""
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save ``obj`` to ``path`` atomically: a reader sees the old or the new file, never a torn one."""
-    import torch
-
+def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, fsync it, then os.replace it into place:
+    a reader sees the old or the new file, never a torn one; a failure leaves no temporary."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    _write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save ``obj`` to ``path`` atomically."""
+    import torch
+
+    _write_atomic(path, lambda handle: torch.save(obj, handle))
+
+
+def copy_atomic(source: Path, path: Path) -> None:
+    """Copy a file to ``path`` atomically."""
+    import shutil
+
+    def copy(handle: BinaryIO) -> None:
+        with open(source, "rb") as original:
+            shutil.copyfileobj(original, handle)
+
+    _write_atomic(path, copy)
+
+
+RUN_FILES = ("last.pt", "best.pt", "history.json", "config.yaml")  # what a run writes atomically
+
+
+def remove_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files a killed run left in ``run_dir`` (torn writes of RUN_FILES); returns them.
+
+    Only for the process that owns the run (a resume): another process writing into the
+    same folder would lose its temporary file.
+    """
+    stale = [p for name in RUN_FILES for p in run_dir.glob(f".{name}.*.tmp")] + list(run_dir.glob(".best.pt.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load(path: str | Path, map_location: str = "cpu") -> dict:

@@ -109,7 +109,7 @@ def predict(checkpoint, store, cases, name, threshold, device, batch_size, expor
 @main.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Run folder of `ctseg train`.")
-@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--store", required=True, help="Slice store (a path or an fsspec URL).")
 @click.option("--split", default="test", show_default=True, help="train, val, test or all.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: RUN/best.pt (else last.pt).")
 @click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctprep.store import SliceIndex, SliceStore
+from ctprep.store import SliceIndex, SliceStore, is_url
 from ctseg.config import AugmentConfig, ConfigError, TrainConfig
 
 ItemKey = tuple[int, tuple[int, ...]]  # (dataset index, augmentation seed words)
@@ -195,7 +195,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def __init__(self, store_path: str | Path, index: SliceIndex, *, targets: Sequence[str],
                  size: int, crop: str = "lesion", channels: Sequence[int] | None = None, context: int = 0,
                  augment: AugmentConfig | None = None, lesion_jitter: float = 0.25, seed: int = 0):
-        self.store_path = Path(store_path)
+        self.store_path = store_path if is_url(store_path) else Path(store_path)  # a URL stays a URL
         self.index = index
         self.targets = tuple(targets)
         self.size, self.crop, self.context, self.seed = size, crop, context, seed

@@ -281,6 +281,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if resume:
         saved = ckpt.load(last)
         check_resumable(config, saved["config"], last)
+        if dist.main:
+            ckpt.remove_temporaries(run_dir)  # torn checkpoint writes of the run that was killed
     elif last.exists():
         raise ConfigError(f"{last}: a run is already there; use --resume to continue it or another --out")
 
@@ -368,14 +370,18 @@ def end_epoch(model: SegModel, config: TrainConfig, state: LoopState, scheds: di
         state.best, state.best_epoch, state.bad_epochs = metrics[tracked], epoch + 1, 0
     elif tracked in metrics:
         state.bad_epochs += 1
-    save(Path(config.out) / "last.pt")
-    if improved and dist.main:
-        import shutil
-
-        shutil.copyfile(Path(config.out) / "last.pt", Path(config.out) / ".best.pt.tmp")
-        os.replace(Path(config.out) / ".best.pt.tmp", Path(config.out) / "best.pt")
+    # last.pt is the epoch's commit point, so it is written last: a run killed before it resumes
+    # from the previous checkpoint and writes history and best model again; one killed after it
+    # has them (written after it, a kill in between lost the best model for good).
+    out = Path(config.out)
     if dist.main:
-        ckpt.write_text_atomic(Path(config.out) / "history.json", json.dumps(state.history, indent=1))
+        ckpt.write_text_atomic(out / "history.json", json.dumps(state.history, indent=1))
+    if improved:
+        save(out / "best.pt")
+        if dist.main:
+            ckpt.copy_atomic(out / "best.pt", out / "last.pt")
+    else:
+        save(out / "last.pt")
     if config.early_stopping and state.bad_epochs >= config.early_stopping:
         return "early_stopping"
     return "completed"

@@ -223,6 +223,16 @@ def find_info(root: Path) -> Path | None:
 
 def read_info_rows(path: Path) -> list[tuple[str, ...]]:
     """Every data row as (row number, the 18 official fields as text); header = row 0."""
+    try:
+        return _read_info_rows(path)
+    except UnicodeDecodeError as exc:
+        raise CaseInputError(path, f"not a UTF-8 text file (byte {exc.start}: {exc.reason}); "
+                                   "expected DeepLesion's DL_info.csv") from exc
+    except csv.Error as exc:
+        raise CaseInputError(path, f"malformed CSV ({exc})") from exc
+
+
+def _read_info_rows(path: Path) -> list[tuple[str, ...]]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader, [])]

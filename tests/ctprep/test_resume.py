@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from killing import hook_env, kill, subprocess_env, wait_for
 
 from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.store import SliceStore
@@ -21,7 +22,6 @@ SHAPE = (16, 48, 48)
 CASES = {n: ("", axcodes, n % 2 == 1) for n, axcodes in enumerate(
     [("R", "A", "S"), ("L", "P", "S"), ("A", "R", "I"), ("R", "A", "S"), ("I", "P", "L"), ("L", "A", "S")])}
 IDS = [f"volume-{n}" for n in CASES]
-REPO = Path(__file__).resolve().parents[2]
 
 # Runs convert_dataset with writes that hang (after the image array is on disk) in the third case,
 # so the parent can SIGKILL it with exactly two complete cases and one incomplete case group.
@@ -69,33 +69,8 @@ DYING_WORKER_HOOK = textwrap.dedent("""
         SliceStore._write_array = staticmethod(write_array)
 """)
 
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
-
-
-def _kill(process: subprocess.Popen) -> None:
-    # the whole process group: no worker may outlive the kill and go on writing
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=20)
-
-
 def _wait_for(condition, process: subprocess.Popen, timeout: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            out, err = process.communicate()
-            pytest.fail(f"conversion ended (rc {process.returncode}) before it could be killed:\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            _kill(process)
-            pytest.fail("conversion made no progress")
-        time.sleep(0.01)
+    wait_for(condition, process, timeout, what="the conversion")
 
 
 def _complete_cases(output: Path) -> list[str]:
@@ -156,12 +131,12 @@ def clean_store(download, tmp_path_factory):
 def test_kill_mid_case_then_resume(download, clean_store, tmp_path):
     output, marker = tmp_path / "killed.zarr", tmp_path / "hanging"
     process = subprocess.Popen([sys.executable, "-c", HANGING_CONVERSION, str(download), str(output), IDS[2],
-                                str(marker)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                str(marker)], env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     try:
         _wait_for(marker.exists, process)
     finally:
-        _kill(process)
+        kill(process)
     # killed with two complete cases and the third half-written
     store = SliceStore.open(output)
     assert store.case_ids() == IDS[:2]
@@ -185,20 +160,20 @@ def test_kill_the_cli_then_resume(download, clean_store, tmp_path):
     output = tmp_path / "cli.zarr"
     command = [sys.executable, "-m", "ctprep.cli", "convert", "--source", "lits", "--input", str(download),
                "--output", str(output), "--keep-hu", "--slices", "lesion+2", "--quiet"]
-    process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
         deadline = time.monotonic() + 40
         while not _complete_cases(output) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.002)
     finally:
-        _kill(process)
+        kill(process)
     assert process.returncode == -signal.SIGKILL, "the conversion finished before it could be killed"
     done = _complete_cases(output)
     assert done, "no case completed before the kill"
     assert len(done) < len(IDS)
     # a second run of the same command finishes the job
-    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=50)
+    resumed = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=50)
     assert resumed.returncode == 0, resumed.stderr
     summary = resumed.stdout.splitlines()[0]
     existing = int(summary.split(" already complete")[0].rsplit(", ", 1)[1])
@@ -212,11 +187,9 @@ def test_kill_the_cli_then_resume(download, clean_store, tmp_path):
 def test_a_worker_killed_mid_case_never_leaves_it_half_visible(download, clean_store, tmp_path, workers, dask):
     if dask:
         pytest.importorskip("distributed")
-    output, marker, hook = tmp_path / "dying.zarr", tmp_path / "died", tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(DYING_WORKER_HOOK)
-    env = _env() | {"LESIONKIT_TEST_VICTIM": IDS[3], "LESIONKIT_TEST_MARKER": str(marker)}
-    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    output, marker = tmp_path / "dying.zarr", tmp_path / "died"
+    env = hook_env(tmp_path / "hook", DYING_WORKER_HOOK, LESIONKIT_TEST_VICTIM=IDS[3],
+                   LESIONKIT_TEST_MARKER=str(marker))
     command = [sys.executable, "-m", "ctprep.cli", "convert", "--source", "lits", "--input", str(download),
                "--output", str(output), "--keep-hu", "--slices", "lesion+2", "--quiet"]
     extra = ["--dask", dask] if dask else ["--workers", str(workers)]
@@ -233,7 +206,7 @@ def test_a_worker_killed_mid_case_never_leaves_it_half_visible(download, clean_s
         assert statuses[IDS[3]] == "skipped"
         assert IDS[3] not in store
     # Whatever the first run left, the same command finishes the job and equals a clean run.
-    rerun = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=100)
+    rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=100)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_store(output, clean_store)
 
@@ -247,14 +220,14 @@ def test_killed_at_a_random_moment_then_resumed(download, clean_store, tmp_path,
     output = tmp_path / "random.zarr"
     command = [sys.executable, "-m", "ctprep.cli", "convert", "--source", "lits", "--input", str(download),
                "--output", str(output), "--keep-hu", "--slices", "lesion+2", "--quiet"]
-    process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:  # wait until the store exists, then a random moment of the conversion
         _wait_for(lambda: (output / "zarr.json").exists(), process)
         time.sleep(random.Random(seed).uniform(0.0, 0.4))
     finally:
-        _kill(process)
-    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=60)
+        kill(process)
+    resumed = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_store(output, clean_store)
 
