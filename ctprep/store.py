@@ -763,7 +763,10 @@ class SliceStore:
         labels = self._case_group(case_id)["labels"]
         folder = self._files.local / _case_path(case_id) / "labels"
         staged, retired = f"{_STAGING}{name}.{os.getpid()}", f"{_STAGING}{name}.old.{os.getpid()}"
-        shutil.rmtree(folder / staged, ignore_errors=True)
+        leftover = re.compile(rf"{re.escape(_STAGING + name)}\.(old\.)?[0-9]+")
+        for old in os.listdir(folder):  # this label's staging folders left by killed writers
+            if leftover.fullmatch(old):
+                shutil.rmtree(folder / old, ignore_errors=True)
         sums = self._write(labels, staged, array, ("z", "y", "x"), attributes)  # type: ignore[arg-type]
         if (folder / name).exists():
             os.replace(folder / name, folder / retired)

@@ -13,6 +13,7 @@ import signal
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -93,6 +94,8 @@ def _rerun_equals_clean(path, clean) -> str:
     store = SliceStore.open(path)
     for case_id in store.case_ids():  # staging folders of the killed write are never labels
         assert set(store.label_names(case_id)) == {"liver", "tumour", *LABELS}
+    # ... and the re-run, rewriting the labels the kill interrupted, removed them from disk
+    assert not [p for p in Path(path).glob("cases/*/labels/_staging.*")]
     report = verify_store(path)
     assert report.ok, report.lines()
     return done.output
