@@ -216,16 +216,32 @@ def workers_store(out: Path, volume, cases: int) -> Path:
     return path
 
 
-def child_workers(store: str, workers: int, name: str) -> None:
-    """Child: label every lesion of the store into new labels, timed after the imports."""
+def child_workers(store: str, mode: str, name: str) -> None:
+    """Child: label every lesion of the store into new labels, timed after the imports.
+
+    ``mode`` is a worker count, or ``dask2``: a 2-worker LocalCluster (processes) started,
+    and its workers' matting kernels loaded, before the clock; reached by its address as a
+    remote cluster would be.
+    """
+    import contextlib
+
     from ctlabel.label import LabelConfig, label_store
     from ctlabel.matting import load_pymatting
 
     load_pymatting()
-    clock = common.Clock()
-    report = label_store(LabelConfig(store=store, source="recist", workers=workers, name=name), progress=False)
-    done = len(report.lesions("done"))
-    clock.report(lesions=done, workers=workers)
+    with contextlib.ExitStack() as stack:
+        options: dict = {"workers": int(mode)} if mode.isdigit() else {}
+        if mode == "dask2":
+            from distributed import Client, LocalCluster
+
+            cluster = stack.enter_context(LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None))
+            with Client(cluster) as client:  # warm the workers as the pool's are (kernels loaded once)
+                client.run(load_pymatting)
+            options = {"dask": cluster.scheduler_address}
+        clock = common.Clock()
+        report = label_store(LabelConfig(store=store, source="recist", name=name, **options), progress=False)
+        clock.report(lesions=len(report.lesions("done")), mode=mode)
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -236,10 +252,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=21, help="runs per in-process measurement (median)")
     parser.add_argument("--cases", type=int, default=40, help="cases (3 lesions each) of the --workers runs")
     parser.add_argument("--quick", action="store_true", help="repeat 7, 12 cases")
-    parser.add_argument("--child", nargs=3, metavar=("STORE", "WORKERS", "NAME"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("STORE", "MODE", "NAME"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_workers(args.child[0], int(args.child[1]), args.child[2])
+        child_workers(*args.child)
         return 0
     if args.quick:
         args.repeat, args.cases = 7, 12
@@ -297,16 +313,19 @@ def main() -> int:
               f"crop's: {r['matting_identical']}")
 
     store = workers_store(out, volume, args.cases)
-    runs = {1: [], 2: []}
+    modes = {"1": "--workers 1", "2": "--workers 2", "dask2": "--dask (2-worker LocalCluster)"}
+    runs: dict[str, list] = {mode: [] for mode in modes}
     for run in range(2):
-        for workers in (1, 2):
-            runs[workers].append(common.run_child(__file__, [str(store), str(workers), f"w{workers}r{run}"]))
-    best = {w: common.best(r) for w, r in runs.items()}
+        for mode in modes:
+            runs[mode].append(common.run_child(__file__, [str(store), mode, f"m{mode}r{run}"]))
+    best = {mode: common.best(r) for mode, r in runs.items()}
+    rate = {mode: b["lesions"] / b["seconds"] for mode, b in best.items()}
     common.print_table(
-        f"label_store --from recist, {args.cases} cases, best of 2 (fresh processes, store I/O included)",
-        ["workers", "lesions", "seconds", "lesions/s", "CPU s / wall s"],
-        [[w, b["lesions"], b["seconds"], b["lesions"] / b["seconds"], b["cpu_s"] / b["seconds"]]
-         for w, b in best.items()])
+        f"label_store --from recist, {args.cases} cases, best of 2 (fresh processes, store I/O included; "
+        "cluster start excluded)",
+        ["mode", "lesions", "seconds", "lesions/s", "ratio to 1 worker", "CPU s / wall s"],
+        [[label, best[m]["lesions"], best[m]["seconds"], rate[m], rate[m] / rate["1"],
+          best[m]["cpu_s"] / best[m]["seconds"]] for m, label in modes.items()])
 
     verdicts = common.Verdicts()
     for r in rows:
@@ -323,8 +342,8 @@ def main() -> int:
             verdicts.note(f"matting whole crop / band box ({r['crop']}): {ratio:.2f}x (the box is most of the crop)")
         if not r["matting_identical"]:
             verdicts.lines.append((False, f"FAIL  band-box matting differs from the whole crop ({r['crop']})"))
-    speedup = (best[2]["lesions"] / best[2]["seconds"]) / (best[1]["lesions"] / best[1]["seconds"])
-    verdicts.note(f"--workers 2 / 1: {speedup:.2f}x lesions/s (a note: it needs 2 idle cores; see CPU s / wall s)")
+    verdicts.note(f"--workers 2 / 1: {rate['2'] / rate['1']:.2f}x lesions/s, --dask 2 workers / 1: "
+                  f"{rate['dask2'] / rate['1']:.2f}x (notes: they need 2 idle cores; see CPU s / wall s)")
     print(common.machine_line())
     return verdicts.print()
 
