@@ -121,6 +121,13 @@ class CaseOutcome:
     inputs: tuple[dict, ...] = ()
     split: str = ""
 
+    @classmethod
+    def from_store(cls, record: CaseRecord, status: str, split: str | None = None) -> "CaseOutcome":
+        """The outcome of a case found complete in the store, from its own record."""
+        return cls(case_id=record.case_id, status=status, slices=record.num_slices,
+                   split=split or record.split, quirks=tuple(record.quirks),
+                   inputs=tuple(f.to_dict() for f in record.inputs))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"quirks": list(self.quirks), "inputs": list(self.inputs)}
 
@@ -282,11 +289,8 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
         for ref in refs:
             if ref.case_id in complete:
                 # The case's own record, not the previous manifest: a killed run never wrote a manifest.
-                record = store.record(ref.case_id)
-                outcomes[ref.case_id] = CaseOutcome(
-                    case_id=ref.case_id, status="existing", slices=record.num_slices,
-                    split=splits[ref.case_id], quirks=tuple(record.quirks),
-                    inputs=tuple(f.to_dict() for f in record.inputs))
+                outcomes[ref.case_id] = CaseOutcome.from_store(store.record(ref.case_id), "existing",
+                                                               splits[ref.case_id])
         todo = [r for r in refs if r.case_id not in complete]
         try:
             for outcome in _run(todo, config, splits, progress, pool):
@@ -365,12 +369,25 @@ def _run(todo: Sequence[CaseRef], config: ConvertConfig, splits: dict[str, str],
                     other.cancel()
                 raise
             except Exception as exc:  # a worker died (e.g. killed for memory) more often than retried
-                outcome = CaseOutcome(case_id=ref.case_id, status="skipped", split=splits[ref.case_id],
-                                      reason=f"worker failed: {type(exc).__name__}: {exc}")
+                outcome = _lost_result(ref, config, splits[ref.case_id], exc)
             bar.update()
             yield outcome
     finally:
         bar.close()
+
+
+def _lost_result(ref: CaseRef, config: ConvertConfig, split: str, exc: Exception) -> CaseOutcome:
+    """The outcome of a case whose worker failed: converted if the case reached the store
+    complete (when a process pool breaks, a healthy worker's finished case loses only its
+    result), otherwise skipped with the reason."""
+    try:
+        store = SliceStore.open(config.output)
+        if ref.case_id in store:
+            return CaseOutcome.from_store(store.record(ref.case_id), "converted", split)
+    except (OSError, StoreError):
+        pass
+    return CaseOutcome(case_id=ref.case_id, status="skipped", split=split,
+                       reason=f"worker failed: {type(exc).__name__}: {exc}")
 
 
 def _stop_on_full_store(fatal: StoreWriteError, store: SliceStore, config: ConvertConfig, source,
@@ -425,10 +442,7 @@ def build_manifest(store: SliceStore, config: ConvertConfig, source, report: Con
         cases[outcome.case_id] = entry
     complete = set(store.case_ids())
     for case_id in sorted(complete - set(cases)):  # from a concurrent run whose manifest entry is not written yet
-        record = store.record(case_id)
-        cases[case_id] = CaseOutcome(case_id=case_id, status="converted", slices=record.num_slices,
-                                     split=record.split, quirks=tuple(record.quirks),
-                                     inputs=tuple(f.to_dict() for f in record.inputs)).to_dict()
+        cases[case_id] = CaseOutcome.from_store(store.record(case_id), "converted").to_dict()
     for case_id, entry in cases.items():  # a case that failed now but exists from before stays listed as such
         if case_id in complete and entry.get("status") == "skipped":
             entry["status"] = "converted"
