@@ -8,9 +8,7 @@ test_models.ModelContract; the learning runs on the real nodule are at the botto
 from __future__ import annotations
 
 import math
-import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -311,24 +309,6 @@ LEARNING = {
 @pytest.mark.parametrize("model", sorted(LEARNING))
 def test_model_learns_the_real_nodule(model, nodule_store, tmp_path):
     """As test_learning: 100-120 steps of batch 8 on the pyradiomics nodule; the best validated (training) Dice."""
-    from ctprep.store import SliceStore
-    from ctseg.predict import predict_store
-    from ctseg.train import train
+    from test_learning import assert_learns_the_nodule
 
-    options, optimizers, steps, weights = LEARNING[model]
-    layer = {"store": str(nodule_store), "target": "tumour", "out": str(tmp_path / model), "size": 64,
-             "batch_size": 8, "steps_per_epoch": 20, "phases": [{"epochs": steps // 20, "decay": "linear"}],
-             "train_split": "all", "val_split": "all", "sampling": "balanced", "image_every": 0,
-             "augment": {"rotate_deg": 10, "scale": [0.9, 1.1], "intensity": 0.05},
-             "model_options": options, "optimizers": optimizers, "loss_weights": weights}
-    result = train(build_config(model=model, layers=[layer]), progress=False)
-    dices = [round(h["dice"], 3) for h in result.history]
-    assert result.best_metric >= 0.8, f"{model}: validation Dice per epoch {dices}"
-
-    store_path = tmp_path / "predicted.zarr"
-    shutil.copytree(nodule_store, store_path)
-    predict_store(tmp_path / model / "best.pt", store_path, name="best", progress=False)
-    case = SliceStore.open(store_path).read_case("volume-0", labels=["tumour", "pred_best_mask"])
-    truth, mask = case.labels["tumour"] > 0, case.labels["pred_best_mask"] > 0
-    dice = 2 * np.logical_and(truth, mask).sum() / (truth.sum() + mask.sum())
-    assert dice == pytest.approx(result.best_metric, abs=1e-6)
+    assert_learns_the_nodule(model, *LEARNING[model], nodule_store, tmp_path)

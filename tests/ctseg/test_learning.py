@@ -32,12 +32,18 @@ SETTINGS = {
 
 @pytest.mark.parametrize("model", sorted(SETTINGS))
 def test_model_learns_the_real_nodule(model, nodule_store, tmp_path):
-    options, optimizers, steps = SETTINGS[model]
+    assert_learns_the_nodule(model, *SETTINGS[model], {}, nodule_store, tmp_path)
+
+
+def assert_learns_the_nodule(model: str, options: dict, optimizers: dict, steps: int, loss_weights: dict,
+                             nodule_store, tmp_path) -> None:
+    """Train ``model`` ~``steps`` steps on the nodule store; the best validated Dice must reach 0.8,
+    and predicting with best.pt must give that Dice again. Shared with test_crgan_lgan.py."""
     layer = {"store": str(nodule_store), "target": "tumour", "out": str(tmp_path / model), "size": 64,
              "batch_size": 8, "steps_per_epoch": 20, "phases": [{"epochs": steps // 20, "decay": "linear"}],
              "train_split": "all", "val_split": "all", "sampling": "balanced", "image_every": 0,
              "augment": {"rotate_deg": 10, "scale": [0.9, 1.1], "intensity": 0.05},
-             "model_options": options, "optimizers": optimizers}
+             "model_options": options, "optimizers": optimizers, "loss_weights": loss_weights}
     result = train(build_config(model=model, layers=[layer]), progress=False)
     dices = [round(h["dice"], 3) for h in result.history]
     assert result.best_metric >= 0.8, f"{model}: validation Dice per epoch {dices}"
