@@ -71,17 +71,8 @@ def read_nifti(path: str | Path) -> NiftiVolume:
         digest = hashing.result()
     image = _parse_header(path, raw)
     proxy = image.dataobj
-    shape = tuple(int(s) for s in proxy.shape)
-    dtype = _real_dtype(path, image)
-    needed = int(proxy.offset) + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) < needed:
-        raise CaseInputError(path, f"truncated: header promises {needed} bytes of voxel data "
-                                   f"(shape {shape}, {dtype}), file holds {len(raw)}")
-    array = np.ndarray(shape, dtype=dtype, buffer=raw, offset=int(proxy.offset), order=proxy.order)
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        raise CaseInputError(path, f"expected a 3-D volume, found shape {shape}")
+    dtype, volume = _checked_layout(path, image, len(raw))
+    array = np.ndarray(volume, dtype=dtype, buffer=raw, offset=int(proxy.offset), order=proxy.order)
     slope, inter = proxy.slope, proxy.inter
     affine = _affine(path, image)
     return NiftiVolume(path=path, array=array, affine=affine, slope=float(slope), inter=float(inter),
@@ -111,18 +102,25 @@ def read_nifti_header(path: str | Path) -> NiftiHeader:
         except (OSError, EOFError, ValueError) as exc:
             raise CaseInputError(path, f"truncated or corrupt gzip stream ({exc})") from exc
     image = _parse_header(path, head)
+    dtype, volume = _checked_layout(path, image, None if gz else size)
+    return NiftiHeader(path=path, shape=volume, dtype=dtype, affine=_affine(path, image))
+
+
+def _checked_layout(path: Path, image: nib.Nifti1Image, available: int | None) -> tuple[np.dtype, tuple[int, ...]]:
+    """The voxel dtype and 3-D shape (trailing singleton axes dropped), refusing other voxel
+    types, other dimensions and, when ``available`` (uncompressed bytes) is known, truncation."""
     dtype = _real_dtype(path, image)
     shape = tuple(int(s) for s in image.dataobj.shape)
     needed = int(image.dataobj.offset) + int(np.prod(shape)) * dtype.itemsize
-    if not gz and size < needed:
+    if available is not None and available < needed:
         raise CaseInputError(path, f"truncated: header promises {needed} bytes of voxel data "
-                                   f"(shape {shape}, {dtype}), file holds {size}")
+                                   f"(shape {shape}, {dtype}), file holds {available}")
     volume = shape
-    while len(volume) > 3 and volume[-1] == 1:  # as read_nifti drops them
+    while len(volume) > 3 and volume[-1] == 1:
         volume = volume[:-1]
     if len(volume) != 3:
         raise CaseInputError(path, f"expected a 3-D volume, found shape {shape}")
-    return NiftiHeader(path=path, shape=volume, dtype=dtype, affine=_affine(path, image))
+    return dtype, volume
 
 
 # Bytes read for a header: the NIfTI-2 header (540), its extension flag and any extensions.
