@@ -80,12 +80,14 @@ class TestSRGAN(ModelContract):
         from ctprep.store import SliceStore
         from ctseg.predict import predict_store
 
-        before = {case: SliceStore.open(phantom_store).label_names(case)
-                  for case in SliceStore.open(phantom_store).case_ids()}
+        def labels() -> dict:
+            store = SliceStore.open(phantom_store)
+            return {case: store.label_names(case) for case in store.case_ids()}
+
+        before = labels()
         with pytest.raises(ConfigError, match="model srgan predicts images, not masks"):
             predict_store(sr_checkpoint, phantom_store, progress=False)
-        after = {case: SliceStore.open(phantom_store).label_names(case) for case in before}
-        assert after == before
+        assert labels() == before
 
     def test_low_resolution_input_and_x4_output(self):
         model, _ = self.make()
