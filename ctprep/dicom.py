@@ -222,9 +222,10 @@ class CtSeries:
     ``hu`` is a view of the native stack (slice, row, col) when no resampling was
     needed. ``native_sop_uids`` / ``native_z_mm`` describe the native stacked
     order (ascending along the slice normal, duplicates dropped), which is the
-    layout :meth:`to_canonical` expects. ``headers`` holds the headers read (the
-    attributes ctprep uses, :data:`GEOMETRY_TAGS` among them; no pixel data) of every
-    file, in the order given (for :func:`ctprep.rtstruct.rasterise_rois`).
+    layout :meth:`to_canonical` expects. ``files`` and ``headers`` are the files of those
+    slices, in that order, and their headers as read (the attributes ctprep uses,
+    :data:`GEOMETRY_TAGS` among them; no pixel data): what
+    :func:`ctprep.rtstruct.rasterise_rois` needs, without reading the files again.
     """
 
     hu: np.ndarray
@@ -234,6 +235,7 @@ class CtSeries:
     native_z_mm: tuple[float, ...]
     technical: dict
     notes: tuple[str, ...]
+    files: tuple[Path, ...] = field(default=(), repr=False)
     headers: tuple[pydicom.Dataset, ...] = field(default=(), repr=False)
     _resampling: _Resampling | None = field(default=None, repr=False)
 
@@ -536,7 +538,6 @@ def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtS
     # Serial on purpose: parsing holds the GIL, and threads measured slower (benchmarks/bench_dicom.py).
     slices = [_read_slice(f, with_technical=(i == 0)) for i, f in enumerate(files)]
     _check_consistent(slices)
-    headers = tuple(s.header for s in slices)
     notes: list[str] = []
     first = slices[0]
     row_cos, col_cos = first.orientation[:3], first.orientation[3:]
@@ -626,4 +627,5 @@ def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtS
     return CtSeries(hu=hu, geometry=geometry, source_grid=source_grid,
                     native_sop_uids=tuple(s.sop_uid for s in slices),
                     native_z_mm=tuple(float(v) for v in d), technical=technical,
-                    notes=tuple(notes), headers=headers, _resampling=plan)
+                    notes=tuple(notes), files=tuple(s.path for s in slices),
+                    headers=tuple(s.header for s in slices), _resampling=plan)

@@ -150,7 +150,8 @@ def rasterise_rois(series_files: Sequence[str | Path], rtstruct_path: str | Path
     :class:`CaseInputError` (naming the RTSTRUCT or the CT file at fault) for
     an unreadable file, a missing or empty ROI, contours on slices that are not
     in the series, or a series geometry rt-utils cannot rasterise correctly.
-    ``headers`` (``CtSeries.headers``, one per file) spares reading the CT headers again.
+    ``headers`` (``CtSeries.headers``, one per file, with ``CtSeries.files``) spares reading
+    the CT headers again; that series has its identical copies of a slice already dropped.
     """
     rtstruct_path = Path(rtstruct_path)
     ds = _read_rtstruct(rtstruct_path)
@@ -239,7 +240,11 @@ def _check_series(files: list[Path], series: list[Dataset], rtstruct_path: Path)
 
     uids = [str(s.SOPInstanceUID) for s in series]
     if len(set(uids)) != len(uids):
-        files, series = _without_copies(files, series, rtstruct_path)
+        first_of = {}
+        for f, uid in zip(files, uids):
+            if first_of.setdefault(uid, f) is not f:
+                raise CaseInputError(f, f"same SOPInstanceUID as {first_of[uid].name}; contours name slices "
+                                        "by it, so it must be unique in the series")
     first, path0 = series[0], files[0]
     rows, cols = int(first.Rows), int(first.Columns)
     spacing = np.asarray(first.PixelSpacing, dtype=np.float64)
@@ -272,21 +277,6 @@ def _check_series(files: list[Path], series: list[Dataset], rtstruct_path: Path)
             raise CaseInputError(f, f"slice origin is shifted in-plane by {drift:.2f} pixels from the "
                                     "series' first slice (gantry tilt?); rt-utils cannot place contours")
     return series
-
-
-def _without_copies(files: list[Path], series: list[Dataset],
-                    rtstruct_path: Path) -> tuple[list[Path], list[Dataset]]:
-    """Drop second copies of a slice (same SOPInstanceUID and position: ctprep.dicom drops them too,
-    after comparing their pixels); two slices at different positions sharing a UID are an error."""
-    kept: dict[str, tuple[Path, Dataset]] = {}
-    for f, ds in zip(files, series):
-        uid = str(ds.SOPInstanceUID)
-        if uid not in kept:
-            kept[uid] = (f, ds)
-        elif list(ds.ImagePositionPatient) != list(kept[uid][1].ImagePositionPatient):
-            raise CaseInputError(rtstruct_path, f"the CT series holds SOPInstanceUID {uid} more than once "
-                                                f"({kept[uid][0].name}, {f.name})")
-    return [f for f, _ in kept.values()], [ds for _, ds in kept.values()]
 
 
 def _structure_set_item(ds: Dataset, path: Path, roi: str, names: list[str]) -> Dataset:

@@ -117,7 +117,7 @@ class NsclcSource(DicomSource):
             plan = self.label_plan(available, rtstruct)
             ct = read_ct_series(ct_files)
             wanted = list(dict.fromkeys(roi for rois in plan.values() for roi in rois))
-            masks = rasterise_rois(ct_files, rtstruct, wanted, headers=ct.headers)
+            masks = rasterise_rois(ct.files, rtstruct, wanted, headers=ct.headers)
         except BaseException:
             hashing.cancel()
             raise
