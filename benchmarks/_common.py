@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 # The volume every benchmark uses: LiTS layout, 512x512 in-plane, CT-like values
-# (ctprep.phantom: air, fat, body, spine, liver with a small tumour, Gaussian noise
+# (ctprep.phantoms.nifti: air, fat, body, spine, liver with a small tumour, Gaussian noise
 # sd 8 HU everywhere) so it compresses like a scan (~2.2:1 with gzip), not like zeros.
 SPACING = (1.0, 0.75, 0.75)  # z, y, x mm
 
@@ -33,7 +33,7 @@ def out_dir(path: str | None, name: str) -> Path:
 def lits_volume(out: Path, slices: int, size: int, number: int = 0) -> Path:
     """A folder holding ``volume-N.nii.gz`` + ``segmentation-N.nii.gz``; generated once, then reused.
 
-    The 512x512x300 case takes ~25 s and ~3.7 GB to generate (ctprep.phantom works in
+    The 512x512x300 case takes ~25 s and ~3.7 GB to generate (ctprep.phantoms.nifti works in
     float64 on the whole grid); it is written to a temporary folder first so an
     interrupted generation is never reused.
     """
@@ -45,7 +45,7 @@ def lits_volume(out: Path, slices: int, size: int, number: int = 0) -> Path:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     # In a child process, so that this one does not keep the generator's gigabytes.
-    _python(f"from pathlib import Path; from ctprep.phantom import write_lits_case; "
+    _python(f"from pathlib import Path; from ctprep.phantoms.nifti import write_lits_case; "
             f"write_lits_case(Path({str(partial)!r}), {number}, shape=({slices}, {size}, {size}), "
             f"spacing={SPACING!r}, gz=True)")
     shutil.rmtree(folder, ignore_errors=True)

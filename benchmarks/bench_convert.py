@@ -114,7 +114,7 @@ def child_parts(input_dir: str, output: str) -> None:
     from isal import igzip
     from zarr.codecs import BytesCodec, ZstdCodec
 
-    from ctprep.nifti import read_nifti
+    from ctprep.formats.nifti import read_nifti
     from ctprep.sources import get_source
     from ctprep.store import _CHUNK_KEYS, ZSTD_LEVEL, SliceStore
     from ctprep.windowing import apply_windows, parse_window

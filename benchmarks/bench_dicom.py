@@ -1,4 +1,4 @@
-"""Reading a DICOM CT series: ctprep.dicom.read_ct_series against a plain pydicom read.
+"""Reading a DICOM CT series: ctprep.formats.dicom.read_ct_series against a plain pydicom read.
 
     python benchmarks/bench_dicom.py            # 300 slices 512x512, uncompressed (~1 min; first run +20 s)
     python benchmarks/bench_dicom.py --quick    # 60 slices
@@ -32,7 +32,7 @@ def series_folder(out: Path, slices: int, size: int) -> Path:
     if folder.is_dir() and len(list(folder.iterdir())) == slices:
         return folder
     print(f"generating a {slices}-slice {size}x{size} series (once; cached in {folder}) ...", flush=True)
-    from ctprep.dicom_phantom import write_ct_series
+    from ctprep.phantoms.dicom import write_ct_series
 
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -55,7 +55,7 @@ def plain_read(files: list[Path]) -> np.ndarray:
 
 
 def ctprep_read(files: list[Path]) -> np.ndarray:
-    from ctprep.dicom import read_ct_series
+    from ctprep.formats.dicom import read_ct_series
 
     return read_ct_series(files).hu
 
@@ -65,7 +65,7 @@ def convert_ratio(out: Path, slices: int, size: int, repeat: int) -> None:
     both lungs: read, rasterise, window, write, hash, index, manifest) against the plain read of
     its CT files. Reported, not a pass/fail target: rasterising and writing are extra work."""
     from ctprep.convert import ConvertConfig, convert_dataset
-    from ctprep.nsclc_phantom import write_nsclc_case
+    from ctprep.phantoms.nsclc import write_nsclc_case
 
     root = out / f"nsclc-{size}x{size}x{slices}"
     if not root.is_dir():
@@ -99,8 +99,8 @@ def convert_ratio(out: Path, slices: int, size: int, repeat: int) -> None:
 
 def convert_phases(root: Path) -> dict[str, float]:
     """Where a conversion's time goes: the source's steps timed one by one (one run each)."""
-    from ctprep.dicom import read_ct_series
-    from ctprep.rtstruct import rasterise_rois, roi_names
+    from ctprep.formats.dicom import read_ct_series
+    from ctprep.formats.rtstruct import rasterise_rois, roi_names
     from ctprep.sources.nsclc import NsclcSource
 
     source = NsclcSource()
@@ -148,7 +148,7 @@ def main() -> int:
     ratio = best["ctprep"] / best["plain"]
     print(f"{slices} slices {args.size}x{args.size}, uncompressed, best of {args.repeat}")
     for name, label in (("plain", "plain pydicom (dcmread, sort, stack pixel_array)"),
-                        ("ctprep", "ctprep.dicom.read_ct_series")):
+                        ("ctprep", "ctprep.formats.dicom.read_ct_series")):
         print(f"  {label:52s} {best[name]:7.3f} s  {slices / best[name]:8.0f} slices/s")
     status = "PASS" if ratio <= TARGET else "FAIL"
     print(f"ratio t(read_ct_series) / t(plain) = {ratio:.2f} (target <= {TARGET}): {status}")

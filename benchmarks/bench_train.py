@@ -39,7 +39,7 @@ CPU_OPTIONS = {
 def make_store(out: Path, size: int, slices: int) -> Path:
     """A phantom LiTS case converted into a store (generated once per size)."""
     from ctprep.convert import ConvertConfig, convert_dataset
-    from ctprep.phantom import write_lits_case
+    from ctprep.phantoms.nifti import write_lits_case
     from ctprep.windowing import PRESETS
 
     store = out / f"train-{size}x{size}x{slices}.zarr"

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ctprep.cliutil import EXIT_FAILED, fail_cleanly
+from lkbase.cli import EXIT_FAILED, fail_cleanly
 
 FROM_HELP = ("Evidence: recist (RECIST axes in the case annotations, e.g. DeepLesion), readers (LIDC "
              "reader masks: --intersection/--union) or mask (a binary label's connected components per slice).")

@@ -50,9 +50,9 @@ from ctlabel.trimap import (
     trimap_from_readers,
     trimap_from_recist,
 )
-from ctprep import __version__
+from lkbase import __version__
 from ctprep.errors import CaseNotFoundError, LesionkitError, StoreParameterError
-from ctprep.executor import dask_executor
+from lkbase.executor import dask_executor
 from ctprep.lookup import LazySlices
 from ctprep.store import SliceStore, check_shared
 

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ctprep.cliutil import EXIT_FAILED, fail_cleanly
+from lkbase.cli import EXIT_FAILED, fail_cleanly
 
 SOURCE_HELP = "Raw dataset layout: lits, kits19, nsclc, lidc or deeplesion."
 
@@ -138,7 +138,7 @@ def check(source, input_dir) -> None:
 
     Exits 1 when anything is off.
     """
-    from ctprep.check import check_download
+    from ctprep.commands.check import check_download
 
     report = check_download(source, input_dir)
     for line in report.lines():
@@ -155,7 +155,7 @@ def info(store, as_json) -> None:
     """Summarise a store: cases, slices, lesion slices, windows, labels, size and compression."""
     import dataclasses
 
-    from ctprep.info import store_info
+    from ctprep.commands.info import store_info
 
     summary = store_info(store)
     if as_json:
@@ -175,7 +175,7 @@ def info(store, as_json) -> None:
 @_fail_cleanly
 def preview(store, case_id, zs, channel, out) -> None:
     """Write a PNG of stored slices with the outline of every label."""
-    from ctprep.preview import write_preview
+    from ctprep.commands.preview import write_preview
 
     click.echo(f"wrote {write_preview(store, case_id, out, zs, channel)}")
 
@@ -192,7 +192,7 @@ def export(store, case_id, label, out) -> None:
     Undoes the canonical reorientation and any resampling (nearest neighbour for masks,
     linear for probabilities); slices left out by --slices are written as 0.
     """
-    from ctprep.export import export_label_nifti
+    from ctprep.commands.export import export_label_nifti
 
     for line in export_label_nifti(store, case_id, label, out).lines():
         click.echo(line)
@@ -209,7 +209,7 @@ def verify(store, quiet) -> None:
     conversion manifest, checks the slice index against the cases and the labels
     against the label map. Reports problems by case; exits 1 if there are any.
     """
-    from ctprep.verify import verify_store
+    from ctprep.commands.verify import verify_store
 
     report = verify_store(store, progress=not quiet)
     for line in report.lines():
@@ -230,7 +230,7 @@ def audit(store, extra) -> None:
     birth dates, e-mail addresses and telephone numbers in every JSON and text file.
     Exits 1 if anything is found.
     """
-    from ctprep.audit import audit_store
+    from ctprep.commands.audit import audit_store
 
     report = audit_store(store, list(extra))
     for line in report.lines():
@@ -254,40 +254,13 @@ def rebuild(manifest, input_dir, output, workers, quiet) -> None:
     with the same parameters, then compares every case's chunk checksums with the
     manifest's. Exits 1 unless every case is identical.
     """
-    from ctprep.rebuild import rebuild_store
+    from ctprep.commands.rebuild import rebuild_store
 
     report = rebuild_store(manifest, input_dir, output, workers=workers, progress=not quiet)
     for line in report.lines():
         click.echo(line)
     if not report.ok:
         sys.exit(EXIT_FAILED)
-
-
-@main.command()
-@click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--no-train", is_flag=True, help="Skip the short training run at the end.")
-@_fail_cleanly
-def demo(out_dir, workers, no_train) -> None:
-    """The whole product on phantom data, no download: fabricate LiTS, KiTS19, NSCLC, LIDC and
-    DeepLesion downloads in OUT_DIR, convert them, make soft masks (ctlabel), train a small
-    U-Net on the CPU and evaluate it (ctseg, when torch is installed).
-
-    About a minute on a laptop; everything lands in OUT_DIR.
-    """
-    from ctprep.demo import run_demo
-
-    result = run_demo(out_dir, workers=workers, train=not no_train)
-    for source, report in result.reports.items():
-        click.echo("")
-        for line in report.summary_lines():
-            click.echo(line)
-        for line in result.infos[source].lines():
-            click.echo(f"  {line}")
-    for line in ["", *result.labelling, "", *result.training, ""]:
-        click.echo(line)
-    for path in result.previews:
-        click.echo(f"preview: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,11 +25,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ctprep import __version__
+from lkbase import __version__
 from ctprep.case import CaseRecord, CaseRef
 from ctprep.datasets import SplitConfig, assign_split
 from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreWriteError
-from ctprep.executor import dask_executor as _dask_executor
+from lkbase.executor import dask_executor as _dask_executor
 from ctprep.sources import get_source
 from ctprep.store import SliceStore, check_shared, checksums_digest, is_url, store_lock, write_file_atomic
 from ctprep.lookup import LazySlices, nonzero_per_slice

@@ -1,6 +1,6 @@
-"""Project exceptions.
+"""ctprep's exceptions, under lesionkit's one root (:class:`lkbase.errors.LesionkitError`).
 
-Each one subclasses the builtin it refines, so callers may catch either
+Each one also subclasses the builtin it refines, so callers may catch either
 (a missing case is also a ``FileNotFoundError``). Messages name the file or
 field, what was expected and what was found; the CLI prints them as one line.
 """
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-class LesionkitError(Exception):
-    """Base class of every error lesionkit raises on purpose."""
+from lkbase.errors import LesionkitError
 
 
 class CaseInputError(LesionkitError, ValueError):

@@ -507,7 +507,7 @@ class SliceStore:
     def create(cls, path: str | Path, *, parameters: Mapping, created_by: str,
                overwrite: bool = False) -> "SliceStore":
         """Create an empty store; with ``overwrite`` an existing one at ``path`` is removed first."""
-        from ctprep import __version__
+        from lkbase import __version__
 
         files = _Files(path)
         if not files.is_empty():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ctprep.cliutil import fail_cleanly
+from lkbase.cli import fail_cleanly
 
 _fail_cleanly = fail_cleanly("ctseg")
 

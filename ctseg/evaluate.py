@@ -122,7 +122,7 @@ def truth_mask(values: np.ndarray) -> np.ndarray:
 
 def _on_grid(mask: np.ndarray, record) -> np.ndarray:
     """Stored rows at their true slice positions (slices not stored empty), for 3D distances."""
-    from ctprep.export import full_grid
+    from ctprep.commands.export import full_grid
 
     return full_grid(mask, record)[0]
 

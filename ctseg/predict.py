@@ -119,7 +119,7 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
     """Predict every (or the named) case of a store and write the results as labels; see the module doc.
 
     With ``export_nifti``, every written label is also exported to
-    ``<dir>/<case>_<label>.nii.gz`` on the case's original grid (ctprep.export).
+    ``<dir>/<case>_<label>.nii.gz`` on the case's original grid (ctprep.commands.export).
     """
     from tqdm import tqdm
 
@@ -161,7 +161,7 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
             labels += [stem, f"{stem}_mask"]
         written.append(PredictedCase(case_id=case_id, labels=tuple(labels), slices=image.shape[0]))
         if export_nifti is not None:
-            from ctprep.export import export_label_nifti
+            from ctprep.commands.export import export_label_nifti
 
             for label in labels:
                 export_label_nifti(store, case_id, label, Path(export_nifti) / f"{case_id}_{label}.nii.gz")

@@ -14,7 +14,7 @@ from ctprep.datasets import DatasetManifest, load_dataset_manifest
 from ctprep.errors import CaseInputError
 from ctprep.geometry import Geometry, canonicalize
 from ctprep.lookup import LazySlices
-from ctprep.nifti import NiftiHeader, NiftiVolume, hu_int16, label_uint8, read_nifti, read_nifti_header
+from ctprep.formats.nifti import NiftiHeader, NiftiVolume, hu_int16, label_uint8, read_nifti, read_nifti_header
 
 
 class Source(ABC):

@@ -10,10 +10,10 @@ one series (the resubmitted XML of LIDC-IDRI-0161), the one with the latest
 ResponseHeader DateService/TimeService is used (then the last by path), and
 the others are listed in the case's annotations as superseded.
 
-Loading parses the XML (ctprep.lidc), rasterises every reader's nodules >= 3 mm
+Loading parses the XML (ctprep.formats.lidc_xml), rasterises every reader's nodules >= 3 mm
 on the native slices (outline pixels are not nodule, ``inclusion=FALSE``
 outlines cut holes), groups the readers' outlines of one physical nodule
-(overlap, else centroid distance: ctprep.lidc.group_nodules) and stores:
+(overlap, else centroid distance: ctprep.formats.lidc_xml.group_nodules) and stores:
 
 * ``nodule_reader_1..4``: each reading session's nodules (session order;
   sessions are not linked to radiologists across scans), empty when absent;
@@ -57,7 +57,7 @@ def xml_header(path: Path) -> tuple[str, str | None, tuple[str, str]] | None:
     ``kind`` is ``"ct"`` for a ``LidcReadMessage`` and ``"malformed"`` for an XML that does not
     parse (kept, so that its case reports it). Reads only up to the first reading session.
     """
-    from ctprep.lidc import _local  # one rule for tag spellings (namespace, case)
+    from ctprep.formats.lidc_xml import _local  # one rule for tag spellings (namespace, case)
 
     found: dict[str, str] = {}
     root_tag = None
@@ -92,7 +92,7 @@ class LidcSource(DicomSource):
 
     # ---- discover ----------------------------------------------------------------------------
     def discover(self, root: Path) -> list[CaseRef]:
-        from ctprep.dicom import scan_dicom_folder
+        from ctprep.formats.dicom import scan_dicom_folder
 
         root = Path(root)
         inventory = scan_dicom_folder(root)
@@ -118,8 +118,8 @@ class LidcSource(DicomSource):
 
     # ---- load --------------------------------------------------------------------------------
     def load(self, ref: CaseRef) -> CaseVolume:
-        from ctprep.dicom import read_ct_series
-        from ctprep.lidc import group_nodules, parse_lidc_xml, reader_masks
+        from ctprep.formats.dicom import read_ct_series
+        from ctprep.formats.lidc_xml import group_nodules, parse_lidc_xml, reader_masks
 
         self.check_unreadable(ref)
         ct_files, xml = self._inputs(ref)
@@ -176,7 +176,7 @@ class LidcSource(DicomSource):
 
     def annotation_problem(self, path: Path) -> str | None:
         """The XML parses completely as an LIDC CT read message (no masks are drawn)."""
-        from ctprep.lidc import parse_lidc_xml
+        from ctprep.formats.lidc_xml import parse_lidc_xml
 
         try:
             parse_lidc_xml(path)
@@ -197,7 +197,7 @@ def _slab(mask: np.ndarray) -> slice | None:
 def _native_labels(masks, slabs, groups, readers: int, shape) -> dict[str, np.ndarray]:
     """Every label in the native layout. Volumes are written only where nodules are (np.zeros pages
     that are never written cost no memory), and consensus is computed on each group's slab."""
-    from ctprep.lidc import consensus, intersection
+    from ctprep.formats.lidc_xml import consensus, intersection
 
     out = {f"nodule_reader_{k}": np.zeros(shape, dtype=np.uint8) for k in range(1, readers + 1)}
     out["nodule_any"] = np.zeros(shape, dtype=np.uint8)
@@ -249,7 +249,7 @@ class CanonicalMapper:
 
 
 def _keyed_nodules(ann) -> dict:
-    """(reader_index, nodule id) -> Nodule, with ctprep.lidc.reader_masks' suffix for a reused id."""
+    """(reader_index, nodule id) -> Nodule, with ctprep.formats.lidc_xml.reader_masks' suffix for a reused id."""
     out: dict = {}
     for reader, nodule in ann.nodules:
         key = (reader, nodule.nodule_id)
@@ -289,7 +289,7 @@ def _group_record(group, nodules: dict, masks, slabs, mapper: CanonicalMapper) -
 
 
 def _point_records(ann, ct, mapper: CanonicalMapper) -> dict[str, list[dict]]:
-    from ctprep.lidc import SliceLocator
+    from ctprep.formats.lidc_xml import SliceLocator
 
     locator = SliceLocator(ct.native_sop_uids, ct.native_z_mm)
     out: dict[str, list[dict]] = {"small_nodules": [], "non_nodules": []}

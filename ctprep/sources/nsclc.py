@@ -2,14 +2,14 @@
 
 Cases are found as every DICOM source finds them (ctprep.sources.dicom_source:
 patient folder ``LUNG1-xxx`` = case id, RTSTRUCT paired by the SeriesInstanceUID
-it refers to). Loading reads the series (ctprep.dicom), rasterises the chosen
-ROIs with rt-utils (ctprep.rtstruct, which validates what rt-utils would get
+it refers to). Loading reads the series (ctprep.formats.dicom), rasterises the chosen
+ROIs with rt-utils (ctprep.formats.rtstruct, which validates what rt-utils would get
 wrong) and moves the masks onto the canonical grid exactly as the HU.
 
 Labels (options ``gtvs`` and ``rois``, the ``--gtvs`` and ``--roi`` flags):
 
 * The **tumour ROIs** are, by default, the numbered GTVs of the RTSTRUCT
-  (``GTV-1``, ``GTV-2``, ...; :func:`ctprep.rtstruct.find_gtvs`), else GTV-1
+  (``GTV-1``, ``GTV-2``, ...; :func:`ctprep.formats.rtstruct.find_gtvs`), else GTV-1
   or one of its aliases (``tumour_roi`` in data_manifests/nsclc.json). A
   ``--roi NAME`` (no ``=LABEL``, or ``=tumour``) replaces them by the ROIs named.
 * ``--gtvs merge``: label ``tumour`` = union of the tumour ROIs; ``separate``:
@@ -19,7 +19,7 @@ Labels (options ``gtvs`` and ``rois``, the ``--gtvs`` and ``--roi`` flags):
   (``--roi Lung-Left=lungs --roi Lung-Right=lungs``).
 
 ROI names match case-insensitively, ignoring spaces, ``_`` and ``-``
-(:func:`ctprep.rtstruct.match_roi`); a missing or empty ROI fails the case.
+(:func:`ctprep.formats.rtstruct.match_roi`); a missing or empty ROI fails the case.
 The case's annotations record which ROI went into which label.
 """
 
@@ -86,7 +86,7 @@ class NsclcSource(DicomSource):
 
     # ---- discover ----------------------------------------------------------------------------
     def discover(self, root: Path) -> list[CaseRef]:
-        from ctprep.dicom import scan_dicom_folder
+        from ctprep.formats.dicom import scan_dicom_folder
 
         root = Path(root)
         inventory = scan_dicom_folder(root)
@@ -104,8 +104,8 @@ class NsclcSource(DicomSource):
 
     # ---- load --------------------------------------------------------------------------------
     def load(self, ref: CaseRef) -> CaseVolume:
-        from ctprep.dicom import read_ct_series
-        from ctprep.rtstruct import rasterise_rois, roi_names
+        from ctprep.formats.dicom import read_ct_series
+        from ctprep.formats.rtstruct import rasterise_rois, roi_names
 
         self.check_unreadable(ref)
         ct_files, rtstruct = self._inputs(ref)
@@ -152,7 +152,7 @@ class NsclcSource(DicomSource):
 
     def label_plan(self, available: list[str], rtstruct: Path) -> dict[str, list[str]]:
         """Label name -> the ROI names (as written in the RTSTRUCT) whose union it is."""
-        from ctprep.rtstruct import find_gtvs, match_roi
+        from ctprep.formats.rtstruct import find_gtvs, match_roi
 
         def need(wanted: str, aliases=()) -> str:
             found = match_roi(available, wanted, aliases, path=rtstruct)
@@ -194,7 +194,7 @@ class NsclcSource(DicomSource):
         return LabelSpec(name=label, values=(1,), description=text)
 
     def annotation_problem(self, path: Path) -> str | None:
-        from ctprep.rtstruct import roi_names
+        from ctprep.formats.rtstruct import roi_names
 
         try:
             roi_names(path)

@@ -18,7 +18,7 @@ from ctlabel.cli import main
 from ctlabel.label import LabelConfig, label_store
 from ctprep.convert import ConvertConfig, convert_dataset
 from ctprep.store import SliceStore
-from ctprep.verify import verify_store
+from ctprep.commands.verify import verify_store
 
 distributed = pytest.importorskip("distributed")
 
@@ -34,8 +34,8 @@ def scheduler():
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> dict:
     """Unlabelled converted stores: {"recist": DeepLesion phantom, "mask": LiTS phantom (lesion slices)}."""
-    from ctprep.deeplesion_phantom import write_deeplesion_phantom
-    from ctprep.phantom import write_lits_case
+    from ctprep.phantoms.deeplesion import write_deeplesion_phantom
+    from ctprep.phantoms.nifti import write_lits_case
 
     root = tmp_path_factory.mktemp("dask-label")
     deeplesion = write_deeplesion_phantom(root / "DeepLesion").root

@@ -23,7 +23,7 @@ from ctlabel.cli import main
 from ctlabel.label import LabelConfig, label_store
 from ctprep.convert import ConvertConfig, convert_dataset
 from ctprep.store import SliceStore
-from ctprep.verify import verify_store
+from ctprep.commands.verify import verify_store
 
 LABELS = ("trimap_tumour", "soft_tumour")
 COMMAND = ["softmask", "--from", "mask", "--label", "tumour", "--quiet"]
@@ -52,7 +52,7 @@ RENAME_HOOK = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def unlabelled(tmp_path_factory):
     """8 converted LiTS phantom cases (lesion slices only): ~40 lesions, one too thin to label."""
-    from ctprep.phantom import write_lits_case
+    from ctprep.phantoms.nifti import write_lits_case
 
     root = tmp_path_factory.mktemp("label-kill")
     for number in range(8):

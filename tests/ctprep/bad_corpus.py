@@ -35,10 +35,10 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from ctprep.datasets import load_dataset_manifest
-from ctprep.deeplesion_phantom import numbers_text, write_dl_info, write_png16
-from ctprep.lidc_phantom import write_lidc_case
-from ctprep.nsclc_phantom import write_nsclc_case
-from ctprep.phantom import make_phantom, write_kits19_case, write_lits_case
+from ctprep.phantoms.deeplesion import numbers_text, write_dl_info, write_png16
+from ctprep.phantoms.lidc import write_lidc_case
+from ctprep.phantoms.nsclc import write_nsclc_case
+from ctprep.phantoms.nifti import make_phantom, write_kits19_case, write_lits_case
 
 SAME = "same as the skip reason"
 DEFECT_KINDS = ("truncated", "random-bytes", "empty-file", "empty-folder", "wrong-dtype", "wrong-size",
@@ -519,7 +519,7 @@ def _older_xml_beside(phantom, path: Path) -> None:
 
 def _remove_outlined_slice(phantom, path: Path) -> Path:
     """Delete an interior CT slice that a nodule outline lies on (the XML names it by SOP UID and z)."""
-    from ctprep.lidc import parse_lidc_xml
+    from ctprep.formats.lidc_xml import parse_lidc_xml
 
     outlined = {roi.sop_uid for _, nodule in parse_lidc_xml(phantom.xml).nodules for roi in nodule.rois}
     for f in phantom.ct_files[1:-1]:

@@ -1,6 +1,6 @@
 """Shared fixtures for the ctprep tests: small phantom downloads in the real raw layouts.
 
-Phantoms are generated on the canonical (z, y, x) grid (ctprep.phantom) and
+Phantoms are generated on the canonical (z, y, x) grid (ctprep.phantoms.nifti) and
 written in several NIfTI orientations, so every loaded case must land back
 on exactly the phantom's arrays whatever the orientation on disk.
 """
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from ctprep.datasets import load_dataset_manifest
-from ctprep.phantom import make_phantom, write_kits19_case, write_lits_case
+from ctprep.phantoms.nifti import make_phantom, write_kits19_case, write_lits_case
 
 SHAPE = (24, 64, 64)
 SPACING = (2.5, 0.8, 0.8)
-# ctprep.phantom.canonical_geometry's default origin (LPS mm of canonical voxel 0, 0, 0).
+# ctprep.phantoms.nifti.canonical_geometry's default origin (LPS mm of canonical voxel 0, 0, 0).
 ORIGIN = (-100.0, -120.0, -300.0)
 
 # LiTS phantoms: case number -> (sub folder, axcodes of the file's voxel axes, gzip).

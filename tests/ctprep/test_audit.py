@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ctprep.audit import PHI_ATTRIBUTES, audit_store, scan_json, scan_text
+from ctprep.commands.audit import PHI_ATTRIBUTES, audit_store, scan_json, scan_text
 from ctprep.cli import main
 from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from ctprep.cli import main
 from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.errors import CaseInputError
-from ctprep.phantom import canonical_geometry, make_phantom, to_nifti, write_kits19_case, write_lits_case
+from ctprep.phantoms.nifti import canonical_geometry, make_phantom, to_nifti, write_kits19_case, write_lits_case
 from ctprep.store import SliceStore
 
 SMALL = (12, 32, 32)

@@ -1,7 +1,7 @@
-"""ctprep.dicom: scanning folders and reading CT series onto the canonical grid.
+"""ctprep.formats.dicom: scanning folders and reading CT series onto the canonical grid.
 
 Real files from ../shared/data (skipped when absent) and series generated with
-ctprep.dicom_phantom (random file names, InstanceNumber deliberately reversed).
+ctprep.phantoms.dicom (random file names, InstanceNumber deliberately reversed).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctprep.dicom import AIR_HU, read_ct_series, scan_dicom_folder
-from ctprep.dicom_phantom import (FEET_FIRST_SUPINE, HEAD_FIRST_PRONE, HEAD_FIRST_SUPINE,
+from ctprep.formats.dicom import AIR_HU, read_ct_series, scan_dicom_folder
+from ctprep.phantoms.dicom import (FEET_FIRST_SUPINE, HEAD_FIRST_PRONE, HEAD_FIRST_SUPINE,
                                   IN_PLANE_ORIENTATIONS, write_ct_series)
 from ctprep.errors import CaseInputError
 from ctprep.geometry import canonicalize

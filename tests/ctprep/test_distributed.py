@@ -8,7 +8,7 @@ import pytest
 
 from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.store import SliceStore
-from ctprep.verify import verify_store
+from ctprep.commands.verify import verify_store
 
 pytest.importorskip("distributed")
 

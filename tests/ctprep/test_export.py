@@ -1,4 +1,4 @@
-"""Export of stored labels back onto each case's source grid (ctprep.export, ``ctprep export``).
+"""Export of stored labels back onto each case's source grid (ctprep.commands.export, ``ctprep export``).
 
 Every expectation is read from the source files with nibabel and mapped through
 the dataset's label values, independently of ctprep's reorientation code.
@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from ctprep.cli import main
 from ctprep.convert import ConvertConfig, convert_dataset
-from ctprep.export import export_label_nifti, label_on_source_grid
+from ctprep.commands.export import export_label_nifti, label_on_source_grid
 from ctprep.store import SliceStore
 
 

@@ -23,7 +23,7 @@ from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.errors import StoreError
 from ctprep.lookup import LazySlices
 from ctprep.store import _STAGING, SliceStore
-from ctprep.verify import verify_store
+from ctprep.commands.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))  # as tests/ctlabel/conftest.py
@@ -111,7 +111,7 @@ def test_a_memory_store_is_not_on_the_local_disk(stores):
 
 
 def test_verify_and_audit_a_memory_store_and_find_a_corrupt_chunk(stores, memory_folder):
-    from ctprep.audit import audit_store
+    from ctprep.commands.audit import audit_store
 
     url = stores["lits"]["memory"][0]
     assert verify_store(url).ok

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from nibabel import orientations
 
 from ctprep.geometry import Geometry, SourceGrid, canonicalize
-from ctprep.phantom import to_nifti
+from ctprep.phantoms.nifti import to_nifti
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 KITS_SEG = Path(__file__).resolve().parents[3] / "shared/data/kits19_seg/case_00002/segmentation.nii.gz"

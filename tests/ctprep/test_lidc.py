@@ -1,4 +1,4 @@
-"""ctprep.lidc: LIDC-IDRI XML parsing, per-reader masks, nodule groups and consensus.
+"""ctprep.formats.lidc_xml: LIDC-IDRI XML parsing, per-reader masks, nodule groups and consensus.
 
 Real XMLs (../shared/data/lidc_xml: 069.xml = LIDC-IDRI-0001, 071.xml =
 LIDC-IDRI-0002) are rasterised on a synthetic native grid built from the
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctprep.errors import CaseInputError, MissingInputError
-from ctprep.lidc import (LidcAnnotations, Point, Roi, consensus, group_consensus, group_nodules,
+from ctprep.formats.lidc_xml import (LidcAnnotations, Point, Roi, consensus, group_consensus, group_nodules,
                          intersection, parse_lidc_xml, reader_masks, union, votes_needed)
 
 LIDC_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lidc_xml"

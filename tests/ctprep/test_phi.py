@@ -22,9 +22,9 @@ import pydicom
 import pytest
 
 import phi_profile as phi
-from ctprep.dicom_phantom import write_ct_series
-from ctprep.lidc_phantom import make_nodule_phantom, outline_rois, write_lidc_xml
-from ctprep.nsclc_phantom import make_chest_phantom, write_rtstruct
+from ctprep.phantoms.dicom import write_ct_series
+from ctprep.phantoms.lidc import make_nodule_phantom, outline_rois, write_lidc_xml
+from ctprep.phantoms.nsclc import make_chest_phantom, write_rtstruct
 
 SHAPE, SPACING, ORIGIN = (12, 48, 48), (2.5, 0.8, 0.8), (-20.0, -20.0, -100.0)
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

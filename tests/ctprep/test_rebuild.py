@@ -8,7 +8,7 @@ import pytest
 
 from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.errors import ManifestError
-from ctprep.rebuild import rebuild_store
+from ctprep.commands.rebuild import rebuild_store
 
 
 @pytest.fixture

@@ -111,7 +111,7 @@ def assert_same_store(resumed: Path, clean: Path) -> None:
 @pytest.fixture(scope="module")
 def download(tmp_path_factory):
     folder = tmp_path_factory.mktemp("resume")
-    from ctprep.phantom import write_lits_case
+    from ctprep.phantoms.nifti import write_lits_case
 
     for number, (_, axcodes, gz) in CASES.items():
         write_lits_case(folder / "lits", number, shape=SHAPE, axcodes=axcodes, gz=gz)

@@ -1,4 +1,4 @@
-"""RTSTRUCT rasterisation (ctprep.rtstruct).
+"""RTSTRUCT rasterisation (ctprep.formats.rtstruct).
 
 Real RTSTRUCTs against an independent reference mask, rt-utils round trips of known masks, error paths.
 """
@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from rt_utils import RTStructBuilder
 
 from ctprep.errors import CaseInputError, MissingInputError
-from ctprep.rtstruct import find_gtvs, match_roi, rasterise_rois, roi_names
+from ctprep.formats.rtstruct import find_gtvs, match_roi, rasterise_rois, roi_names
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 VISIBLE_HUMAN = SHARED_DATA / "rtstruct_visible_human"

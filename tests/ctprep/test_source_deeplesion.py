@@ -17,7 +17,7 @@ import pytest
 
 from ctprep.case import CaseVolume
 from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
-from ctprep.deeplesion_phantom import write_deeplesion_phantom, write_dl_info, write_png16
+from ctprep.phantoms.deeplesion import write_deeplesion_phantom, write_dl_info, write_png16
 from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.sources import SOURCES, get_source
 from ctprep.sources.deeplesion import (COLUMNS, DeepLesionSource, case_fields, parse_lesion, parse_row,
@@ -371,7 +371,7 @@ def test_malformed_rows_are_reported_and_others_converted(tmp_path, real_rows, l
 def test_check_reads_png_headers(phantom, tmp_path):
     import cv2
 
-    from ctprep.check import check_download
+    from ctprep.commands.check import check_download
 
     root = tmp_path / "copy"
     shutil.copytree(phantom.root, root)
@@ -595,7 +595,7 @@ class TestDeepLesionContract(SourceContract):
 
 
 def test_check_reports_readability_only_since_the_manifest_cannot_list_every_key_slice(tmp_path):
-    from ctprep.check import check_download
+    from ctprep.commands.check import check_download
 
     phantom = write_deeplesion_phantom(tmp_path / "DeepLesion", size=96, spacing_xy=1.8)
     report = check_download("deeplesion", phantom.root)

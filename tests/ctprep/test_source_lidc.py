@@ -1,7 +1,7 @@
 """LIDC-IDRI source: the real XMLs (../shared/data/lidc_xml: 069.xml = LIDC-IDRI-0001, 071.xml =
 LIDC-IDRI-0002) on synthetic 512x512 CT series whose slices carry the XMLs' own SOP UIDs and z
 positions (with the real slice LIDC-IDRI-0001_000001.dcm in its place), phantom downloads in the
-TCIA layout (ctprep.lidc_phantom) for the contract and the download's quirks, end to end.
+TCIA layout (ctprep.phantoms.lidc) for the contract and the download's quirks, end to end.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import pydicom
 import pytest
 
 from ctprep.case import CaseVolume
-from ctprep.check import check_download
+from ctprep.commands.check import check_download
 from ctprep.convert import ConvertConfig, convert_dataset
 from ctprep.datasets import SplitConfig, assign_split
-from ctprep.dicom_phantom import FEET_FIRST_SUPINE, HEAD_FIRST_PRONE, write_ct_series
+from ctprep.phantoms.dicom import FEET_FIRST_SUPINE, HEAD_FIRST_PRONE, write_ct_series
 from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.geometry import Geometry
-from ctprep.lidc import parse_lidc_xml
-from ctprep.lidc_phantom import LidcPhantom, write_lidc_case, write_lidc_xml
+from ctprep.formats.lidc_xml import parse_lidc_xml
+from ctprep.phantoms.lidc import LidcPhantom, write_lidc_case, write_lidc_xml
 from ctprep.sources import SOURCES, get_source
 from ctprep.sources.lidc import LidcSource, adapt_positions, xml_header
 from ctprep.store import SliceStore

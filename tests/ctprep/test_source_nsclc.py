@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 from ctprep.case import CaseVolume
-from ctprep.check import check_download
+from ctprep.commands.check import check_download
 from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.datasets import SplitConfig, assign_split
-from ctprep.dicom_phantom import write_ct_series
+from ctprep.phantoms.dicom import write_ct_series
 from ctprep.errors import CaseInputError, MissingInputError
-from ctprep.nsclc_phantom import NsclcPhantom, write_nsclc_case, write_rtstruct
+from ctprep.phantoms.nsclc import NsclcPhantom, write_nsclc_case, write_rtstruct
 from ctprep.sources import SOURCES, get_source
 from ctprep.sources.nsclc import NsclcSource, parse_roi_option
 from ctprep.store import SliceStore
@@ -371,7 +371,7 @@ def test_rtstruct_referring_to_absent_slices_is_skipped(ct, tmp_path):
                                            "2.16.840.1.114362.1.11940992.23790159890.563423471.995.90")
     stored = SliceStore.open(tmp_path / "s.zarr").read_case("LUNG1-009").labels["tumour"]
     # Slices where the written mask has 1-2 pixels get a 1- or 2-point contour from rt-utils,
-    # which encloses no area and is dropped (ctprep.rtstruct); every other slice is exact.
+    # which encloses no area and is dropped (ctprep.formats.rtstruct); every other slice is exact.
     written = good.rois["ROI-1"]
     tiny = written.sum(axis=(1, 2)) < 3
     np.testing.assert_array_equal(stored[~tiny], written[~tiny])

@@ -166,7 +166,7 @@ class TestLitsSource(SourceContract):
         assert np.median(volume.hu[np.asarray(volume.labels["liver"]) == 1]) > 30
 
     def test_ids_sort_numerically(self, tmp_path, source):
-        from ctprep.phantom import write_lits_case
+        from ctprep.phantoms.nifti import write_lits_case
 
         for number in (10, 2, 1):
             write_lits_case(tmp_path / "d", number, shape=(4, 16, 16))
@@ -185,7 +185,7 @@ class TestLitsSource(SourceContract):
 
     def test_all_orientations_agree(self, dataset, source):
         # the same phantom written in RAS, LPS and ARI-like layouts loads identically
-        from ctprep.phantom import write_lits_case
+        from ctprep.phantoms.nifti import write_lits_case
 
         root = dataset.root / "same"
         arrays = []

@@ -32,7 +32,7 @@ from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.errors import StoreWriteError
 from ctprep.lookup import LazySlices
 from ctprep.store import SliceIndex, SliceStore
-from ctprep.verify import verify_store
+from ctprep.commands.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from ctprep.cli import main
 from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.errors import StoreFormatError
 from ctprep.store import SliceStore, array_checksums, chunk_checksum
-from ctprep.verify import compare_checksums, verify_store
+from ctprep.commands.verify import compare_checksums, verify_store
 
 
 @pytest.fixture(scope="module")

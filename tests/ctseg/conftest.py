@@ -1,6 +1,6 @@
 """Fixtures for the ctseg tests: small but real slice stores built in tmp with ctprep.
 
-* ``phantom_store``: three LiTS-layout phantom cases (ctprep.phantom, 16 x 64 x 64,
+* ``phantom_store``: three LiTS-layout phantom cases (ctprep.phantoms.nifti, 16 x 64 x 64,
   windows liver + abdomen) converted with ``convert_dataset``, with a split seed that
   puts one patient in each of train, val and test.
 * ``nodule_store``: the real chest CT and nodule mask of ../shared/data/pyradiomics_lung,
@@ -41,7 +41,7 @@ def convert(raw: Path, out: Path, windows: tuple[str, ...], split=None) -> Path:
 
 @pytest.fixture(scope="session")
 def phantom_store(tmp_path_factory) -> Path:
-    from ctprep.phantom import write_lits_case
+    from ctprep.phantoms.nifti import write_lits_case
 
     root = tmp_path_factory.mktemp("phantom")
     for number in range(3):

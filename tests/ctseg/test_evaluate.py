@@ -21,7 +21,7 @@ from ctprep.case import CaseRecord, LabelSpec
 from ctprep.convert import ConvertConfig, convert_dataset
 from ctprep.datasets import SplitConfig, assign_split
 from ctprep.geometry import Geometry, SourceGrid
-from ctprep.phantom import write_lits_case
+from ctprep.phantoms.nifti import write_lits_case
 from ctprep.store import SliceStore
 from ctprep.windowing import PRESETS
 from ctseg import metrics as m

@@ -8,7 +8,7 @@ slice by slice (``roi`` with ``imageZposition``, ``imageSOP_UID``,
 with one point and non-nodules with a ``locus``, as the real XMLs do.
 
 Outlines are traced around each reader's mask grown by one pixel, because LIDC
-readers drew just outside the nodule and ctprep.lidc removes the outline pixels.
+readers drew just outside the nodule and ctprep.formats.lidc_xml removes the outline pixels.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ctprep.dicom_phantom import HEAD_FIRST_SUPINE, _slice_image, write_ct_series
+from ctprep.phantoms.dicom import HEAD_FIRST_SUPINE, _slice_image, write_ct_series
 
 NAMESPACE = "http://www.nih.gov"
 SHAPE, SPACING = (16, 96, 96), (2.5, 0.7, 0.7)
@@ -149,7 +149,7 @@ def write_lidc_case(root: Path, number: int = 1, *, shape: tuple[int, int, int] 
 
     Each reader outlines the nodule (their own mask); reader 1 also marks a small nodule
     and reader 2 a non-nodule, as points. ``orientation`` is the in-plane orientation of
-    the slices (ctprep.dicom_phantom); ``suffix`` adds a second scan of the same patient
+    the slices (ctprep.phantoms.dicom); ``suffix`` adds a second scan of the same patient
     (another study); ``date_service`` goes into the XML header.
     """
     from pydicom.uid import generate_uid

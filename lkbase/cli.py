@@ -1,4 +1,4 @@
-"""What the three command lines (ctprep, ctlabel, ctseg) share: turning errors into one line."""
+"""What the command lines (ctprep, ctlabel, ctseg) share: every error as one line."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import functools
 import sys
 
 import click
+
+from lkbase.errors import LesionkitError
 
 EXIT_FAILED = 1
 
@@ -20,15 +22,17 @@ def fail_cleanly(program: str):
     def decorate(func):
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
-            from ctprep.errors import LesionkitError
-
             try:
                 return func(*args, **kwargs)
             except (LesionkitError, OSError, ValueError, LookupError) as exc:
-                plain_key = isinstance(exc, KeyError) and not isinstance(exc, LesionkitError) and exc.args
-                click.echo(f"{program}: error: {exc.args[0] if plain_key else exc}", err=True)
+                click.echo(f"{program}: error: {_message(exc)}", err=True)
                 sys.exit(EXIT_FAILED)
 
         return wrapper
 
     return decorate
+
+
+def _message(exc: BaseException) -> str:
+    plain_key = isinstance(exc, KeyError) and not isinstance(exc, LesionkitError) and exc.args
+    return " ".join(str(exc.args[0] if plain_key else exc).split())  # one line, whatever the message holds

@@ -2,7 +2,7 @@
 
 ``<root>/LUNG1-xxx/<study>/<series>/<random>.dcm``: a synthetic chest (body,
 two lungs, spine, a tumour in the right lung and optionally a second one in
-the left) written as a CT series with ctprep.dicom_phantom, and an RTSTRUCT
+the left) written as a CT series with ctprep.phantoms.dicom, and an RTSTRUCT
 written with rt-utils from the known masks (``GTV-1``, ``GTV-2``,
 ``Lung-Left``, ``Lung-Right``), so that a conversion can be checked voxel for
 voxel. Only synthetic, PHI-free header values are written.
@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ctprep.dicom_phantom import write_ct_series
+from ctprep.phantoms.dicom import write_ct_series
 
 AIR_HU, FAT_HU, BODY_HU, LUNG_HU, BONE_HU, TUMOUR_HU = -1000, -100, 40, -850, 700, 30
 SHAPE, SPACING = (20, 96, 96), (2.5, 0.8, 0.8)

@@ -66,7 +66,7 @@ from pydicom.errors import InvalidDicomError
 from rt_utils import RTStructBuilder
 from rt_utils import image_helper as rt_image
 
-from ctprep.dicom import GEOMETRY_TAGS
+from ctprep.formats.dicom import GEOMETRY_TAGS
 from ctprep.errors import CaseInputError, MissingInputError
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"

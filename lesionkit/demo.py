@@ -2,10 +2,10 @@
 summarised and previewed.
 
 Nothing is downloaded: the raw data are fabricated in the real layouts
-(ctprep.phantom for the NIfTI datasets, in several orientations, so the demo also
-shows that every orientation lands on the same canonical grid; ctprep.nsclc_phantom
-for CT series + RTSTRUCT written with rt-utils; ctprep.lidc_phantom for CT series +
-four readers' XML in the LIDC schema; ctprep.deeplesion_phantom for 16-bit PNGs with a
+(ctprep.phantoms.nifti for the NIfTI datasets, in several orientations, so the demo also
+shows that every orientation lands on the same canonical grid; ctprep.phantoms.nsclc
+for CT series + RTSTRUCT written with rt-utils; ctprep.phantoms.lidc for CT series +
+four readers' XML in the LIDC schema; ctprep.phantoms.deeplesion for 16-bit PNGs with a
 DL_info.csv). Then the demo runs the rest of the product on those stores: soft masks by
 matting from the DeepLesion RECIST axes and from the LIDC readers (ctlabel), and, when
 torch is installed, a short CPU training of the U-Net baseline on the LiTS store with
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctprep.convert import ConversionReport, ConvertConfig, convert_dataset
-from ctprep.deeplesion_phantom import write_deeplesion_phantom
-from ctprep.info import StoreInfo, store_info
-from ctprep.lidc_phantom import write_lidc_case
-from ctprep.nsclc_phantom import write_nsclc_case
-from ctprep.phantom import write_kits19_case, write_lits_case
-from ctprep.preview import write_preview
+from ctprep.phantoms.deeplesion import write_deeplesion_phantom
+from ctprep.commands.info import StoreInfo, store_info
+from ctprep.phantoms.lidc import write_lidc_case
+from ctprep.phantoms.nsclc import write_nsclc_case
+from ctprep.phantoms.nifti import write_kits19_case, write_lits_case
+from ctprep.commands.preview import write_preview
 from ctprep.store import SliceStore
 
 

@@ -57,7 +57,7 @@ _SCAN_TAG_NUMBERS = [Tag(keyword) for keyword in _SCAN_TAGS]  # read_partial wan
 _TECHNICAL_TAGS = ["Modality", "Manufacturer", "ManufacturerModelName", "ConvolutionKernel",
                    "SliceThickness", "KVP", "PixelSpacing", "RescaleType"]
 # The header attributes kept per slice (CtSeries.headers) so that RTSTRUCT rasterising
-# (ctprep.rtstruct) needs no second pass over the files.
+# (ctprep.formats.rtstruct) needs no second pass over the files.
 GEOMETRY_TAGS = ["SOPClassUID", "SOPInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
                  "PixelSpacing", "Rows", "Columns", "SliceThickness", "FrameOfReferenceUID"]
 _READ_TAGS = sorted(set(_TECHNICAL_TAGS) | set(GEOMETRY_TAGS) | {
@@ -225,7 +225,7 @@ class CtSeries:
     layout :meth:`to_canonical` expects. ``files`` and ``headers`` are the files of those
     slices, in that order, and their headers as read (the attributes ctprep uses,
     :data:`GEOMETRY_TAGS` among them; no pixel data): what
-    :func:`ctprep.rtstruct.rasterise_rois` needs, without reading the files again.
+    :func:`ctprep.formats.rtstruct.rasterise_rois` needs, without reading the files again.
     """
 
     hu: np.ndarray

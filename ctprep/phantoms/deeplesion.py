@@ -1,6 +1,6 @@
 """A phantom DeepLesion download (demo and tests): ``DL_info.csv`` + ``Images_png/`` in the real layout.
 
-Three fabricated series of the synthetic body (ctprep.phantom) with hypodense
+Three fabricated series of the synthetic body (ctprep.phantoms.nifti) with hypodense
 ellipsoid lesions whose RECIST axes are known exactly: their key-slice
 cross-section is an ellipse, so the long and short axes are its principal axes.
 The rows use the official 18 columns and cover what the source must handle:
@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ctprep.phantom import ORGAN_HU, TUMOUR_HU, make_phantom
+from ctprep.phantoms.nifti import ORGAN_HU, TUMOUR_HU, make_phantom
 from ctprep.sources.deeplesion import COLUMNS, IMAGES_DIR, INFO_NAME, PNG_OFFSET
 
 LESION_HU = 0  # hypodense against the phantom's liver (60 HU) and body (40 HU)
