@@ -116,7 +116,8 @@ def child_parts(input_dir: str, output: str) -> None:
 
     from ctprep.formats.nifti import read_nifti
     from ctprep.sources import get_source
-    from ctprep.store import _CHUNK_KEYS, ZSTD_LEVEL, SliceStore
+    from ctprep.store import SliceStore
+    from ctprep.store.layout import _CHUNK_KEYS, ZSTD_LEVEL
     from ctprep.windowing import apply_windows, parse_window
 
     def cpu() -> float:

@@ -12,7 +12,7 @@ in this process, median of --repeat runs:
   iterations; rectangle-initialised for comparison), ctlabel's GrabCut (around the axes,
   shrunk to 64 px), closed-form matting on the whole crop vs the unknown band's bounding box
   (checked identical);
-* RECIST -> trimap -> soft mask for one lesion (ctlabel.label.run_lesion_job, what the
+* RECIST -> trimap -> soft mask for one lesion (ctlabel.jobs.run_lesion_job, what the
   workers run), with its split between trimap and matting.
 
 Then lesions/s of ``label_store`` (RECIST soft masks, reading and writing the store
@@ -147,7 +147,7 @@ def whole_crop_grabcut(image, recist, spacing, iterations: int, rect: bool = Fal
 
 
 def crop_measurements(name: str, crop, repeat: int) -> dict:
-    from ctlabel.label import LesionJob, lesion_trimap
+    from ctlabel.jobs import LesionJob, lesion_trimap
     from ctlabel.matting import MattingParams, estimate_alpha, solve_region
     from ctlabel.trimap import TrimapParams, grabcut_from_recist, recist_from_mask, trimap_from_mask
 
@@ -170,7 +170,7 @@ def crop_measurements(name: str, crop, repeat: int) -> dict:
     row["matting_band"] = median_ms(lambda: estimate_alpha(image, trimap, params=full), repeat)
     row["matting_identical"] = bool(np.array_equal(row["matting_whole"][2], row["matting_band"][2]))
     row["matting_default"] = median_ms(lambda: estimate_alpha(image, trimap), repeat)
-    # One lesion as a worker runs it (ctlabel.label.run_lesion_job = lesion_trimap + estimate_alpha).
+    # One lesion as a worker runs it (ctlabel.jobs.run_lesion_job = lesion_trimap + estimate_alpha).
     job = LesionJob(case_id="bench", lesion_id=name, z=0, crop=(0, CROP, 0, CROP), image=image, spacing=spacing,
                     source="recist", recist=recist, trimap_params=TrimapParams(), matting_params=MattingParams())
     row["lesion_trimap"] = median_ms(lambda: lesion_trimap(job), repeat)
@@ -267,7 +267,7 @@ def main() -> int:
     cv2.setNumThreads(1)
     from importlib.metadata import version
 
-    from ctlabel.matting import configure_numba_cache
+    from ctlabel.numba_cache import configure_numba_cache
 
     print("libraries: " + ", ".join(f"{n} {version(n)}" for n in ("numpy", "opencv-python", "pymatting", "numba")))
     cache = configure_numba_cache()

@@ -3,7 +3,7 @@
     python benchmarks/bench_store.py            # 300 windowed 512x512 slices (~1.5 min; first run +30 s)
     python benchmarks/bench_store.py --quick    # 60 slices, ~30 s
 
-The store (ctprep/store.py) chunks every array one slice per chunk: the image
+The store (ctprep/store/) chunks every array one slice per chunk: the image
 (z, 1, 512, 512) uint8, one window, and each label (z, 512, 512) uint8 0/1. This
 script writes the same case's chunks with each candidate codec and measures
 
@@ -12,7 +12,7 @@ script writes the same case's chunks with each candidate codec and measures
 * compression ratio: uncompressed bytes / bytes of the chunk files;
 * random single-slice reads/s (image + every label, hot page cache), two ways:
   zarr ``arr[z]``, and the store's own path (open the chunk file, decode into the
-  output buffer; ctprep.store._ChunkFiles does this for zstd).
+  output buffer; ctprep.store.chunks._ChunkFiles does this for zstd).
 
 A codec is "clearly better" than zstd-1 if it is at least as good on size, direct
 reads and encoding, and 10% better on one of them; the check passes when none is.

@@ -53,7 +53,7 @@ def make_store(out: Path, size: int, slices: int) -> Path:
 
 
 def config_for(model: str, store: Path, size: int, options: dict | None = None, **extra):
-    from ctseg.config import build_config
+    from ctseg.build import build_config
 
     layer = {"store": str(store), "target": "tumour", "size": size, "batch_size": BATCH, "train_split": "all",
              "sampling": "balanced", "crop": "lesion", **extra}
@@ -83,7 +83,7 @@ def step_rate(model_name: str, store: Path, size: int, steps: int, device: str =
     import torch
 
     from ctseg.models.base import Amp, StepContext
-    from ctseg.predict import build_model
+    from ctseg.build import build_model
 
     config = config_for(model_name, store, size, options, device=device)
     dev = torch.device(device)
@@ -140,7 +140,7 @@ def kernel_share(model, batch, ctx, step_seconds: float, dev) -> float:
 def cpu_section(args, verdicts: common.Verdicts) -> None:
     import torch
 
-    from ctseg.models import MODELS
+    from ctseg.build import MODELS
 
     torch.set_num_threads(args.threads)
     store = make_store(args.out, args.size * 2, 24)
@@ -166,7 +166,7 @@ def cpu_section(args, verdicts: common.Verdicts) -> None:
 def gpu_section(args, verdicts: common.Verdicts) -> None:
     import torch
 
-    from ctseg.models import MODELS
+    from ctseg.build import MODELS
 
     device = args.gpu_device or ("cuda" if torch.cuda.is_available() else None)
     if device is None:

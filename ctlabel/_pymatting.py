@@ -12,7 +12,7 @@ imports it normally is unaffected. Should pymatting's layout change, the public 
 imported instead.
 
 Imported only inside ctlabel.matting's functions (and as a forkserver preload), after
-:func:`ctlabel.matting.configure_numba_cache`.
+:func:`ctlabel.numba_cache.configure_numba_cache`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ctlabel.matting import configure_numba_cache
+from ctlabel.numba_cache import configure_numba_cache
 
 CACHE_SUBFOLDER = "ctlabel-kernels"
 _FILES = {"cf_laplacian": "laplacian/cf_laplacian.py", "ichol": "preconditioner/ichol.py", "cg": "solver/cg.py"}

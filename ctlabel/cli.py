@@ -82,7 +82,7 @@ def _run_labelling(*, matting: bool, store, source, label, intersection, union, 
         cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None,
         workers=workers, dask=dask_scheduler, overwrite=overwrite)
     report = label_store(config, progress=not quiet)
-    for line in report.summary_lines():
+    for line in report.lines():
         click.echo(line)
     if not report.with_status("labelled") and not report.with_status("existing"):
         sys.exit(EXIT_FAILED)
@@ -141,7 +141,7 @@ def soften(store, soft, binary, threshold, name, cases) -> None:
     report = soften_store(SoftenConfig(
         store=store, soft=soft, binary=binary, threshold=threshold, name=name,
         cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None))
-    for line in report.summary_lines():
+    for line in report.lines():
         click.echo(line)
 
 

@@ -1,12 +1,18 @@
-"""ctlabel's exceptions: a lesion that cannot be labelled is skipped and reported, never fatal.
+"""ctlabel's exceptions, under lesionkit's one root (:class:`lkbase.errors.LesionkitError`).
 
-Both subclass :class:`ctprep.errors.LesionkitError` (so the CLI prints them as one line)
-and ``ValueError`` (so callers may catch the builtin).
+A lesion that cannot be labelled is skipped and reported, never fatal (:class:`LesionError`);
+a case whose stored evidence is unusable is skipped (:class:`LabelInputError`). Each also
+subclasses ``ValueError`` (so callers may catch the builtin); the CLI prints them as one
+line. Bad options and arguments raise :class:`lkbase.errors.ParameterError`.
 """
 
 from __future__ import annotations
 
-from ctprep.errors import LesionkitError
+from lkbase.errors import LesionkitError
+
+
+class LabelInputError(LesionkitError, ValueError):
+    """A stored label or annotation cannot serve as ctlabel's input (not binary, wrong dtype, malformed, absent)."""
 
 
 class LesionError(LesionkitError, ValueError):

@@ -1,6 +1,6 @@
 """Which lesions a case has: from RECIST annotations, or as connected components of a mask per slice.
 
-A :class:`Lesion` is one lesion on one stored slice, with its pixel box; :func:`crop_box`
+A :class:`SliceLesion` is one lesion on one stored slice, with its pixel box; :func:`crop_box`
 grows that box by a margin into the crop that trimaps and matting work on.
 """
 
@@ -21,7 +21,7 @@ ANNOTATION_KEY = "lesions"  # CaseRecord.annotations[...] written by the DeepLes
 
 
 @dataclass(frozen=True, kw_only=True)
-class Lesion:
+class SliceLesion:
     """One lesion on one stored slice ``z``: id unique in the case, box ``(x0, y0, x1, y1)`` (x1, y1 exclusive)."""
 
     lesion_id: str
@@ -36,7 +36,7 @@ class Lesion:
         return max(self.box[2] - self.box[0], self.box[3] - self.box[1])
 
 
-def recist_lesions(record: CaseRecord) -> tuple[list[Lesion], list[LesionError]]:
+def recist_lesions(record: CaseRecord) -> tuple[list[SliceLesion], list[LesionError]]:
     """The lesions of ``annotations["lesions"]`` (the DeepLesion schema), and one error per unusable entry.
 
     Raises ``LookupError`` when the case has no such annotations at all (not a RECIST case).
@@ -62,7 +62,7 @@ def recist_lesions(record: CaseRecord) -> tuple[list[Lesion], list[LesionError]]
     return lesions, problems
 
 
-def _recist_lesion(entry: object, number: int, num_slices: int, height: int, width: int) -> Lesion:
+def _recist_lesion(entry: object, number: int, num_slices: int, height: int, width: int) -> SliceLesion:
     if not isinstance(entry, Mapping):
         raise LesionError(f"lesion #{number}", f"expected a mapping, found {type(entry).__name__}")
     lesion_id = str(entry.get("lesion_id", f"#{number}"))
@@ -81,11 +81,11 @@ def _recist_lesion(entry: object, number: int, num_slices: int, height: int, wid
         raise LesionError(lesion_id, f"RECIST point {outside[0]} lies outside the {width}x{height} slice")
     x0, y0 = np.floor(points.min(axis=0) + 0.5).astype(int)
     x1, y1 = np.floor(points.max(axis=0) + 0.5).astype(int) + 1
-    return Lesion(lesion_id=lesion_id, z=int(z), recist=recist,
+    return SliceLesion(lesion_id=lesion_id, z=int(z), recist=recist,
                   box=(int(max(x0, 0)), int(max(y0, 0)), int(min(x1, width)), int(min(y1, height))))
 
 
-def component_lesions(mask: np.ndarray, zs: Sequence[int] | None = None) -> list[Lesion]:
+def component_lesions(mask: np.ndarray, zs: Sequence[int] | None = None) -> list[SliceLesion]:
     """One lesion per 8-connected component of each slice of a (n, y, x) mask.
 
     ``zs`` gives the stored slice index of each of the ``n`` slices (default ``0..n-1``).
@@ -100,7 +100,7 @@ def component_lesions(mask: np.ndarray, zs: Sequence[int] | None = None) -> list
         count, _, stats, _ = cv2.connectedComponentsWithStats(plane, connectivity=8)
         for k in range(1, count):
             x, y, w, h = (int(v) for v in stats[k, :4])
-            lesions.append(Lesion(lesion_id=f"z{z}-{k}", z=z, box=(x, y, x + w, y + h), component=k))
+            lesions.append(SliceLesion(lesion_id=f"z{z}-{k}", z=z, box=(x, y, x + w, y + h), component=k))
     return lesions
 
 

@@ -21,7 +21,7 @@ incomplete-Cholesky preconditioner) grows faster than the unknown count, and thi
 
 numba. pymatting compiles its kernels with numba when they are loaded and caches them on
 disk; ctlabel loads only the three closed-form ones (:mod:`ctlabel._pymatting`: ~15 s the
-first time on two cores, instead of ~75 s for ``import pymatting``). :func:`configure_numba_cache`
+first time on two cores, instead of ~75 s for ``import pymatting``). :func:`ctlabel.numba_cache.configure_numba_cache`
 points the cache at a persistent folder, ``~/.cache/lesionkit/numba`` (``$XDG_CACHE_HOME``
 respected), unless ``NUMBA_CACHE_DIR`` is already set, before numba is imported: the compile
 then happens once per machine (and pymatting version) instead of on every run. The kernels
@@ -31,15 +31,14 @@ are loaded inside functions only, so importing ctlabel stays instant.
 from __future__ import annotations
 
 import math
-import os
-import sys
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from ctlabel.errors import TrimapError
+from ctlabel.numba_cache import configure_numba_cache
+from lkbase.errors import ParameterError
 from ctlabel.trimap import BACKGROUND, FOREGROUND, UNKNOWN, require_foreground_and_background
 
 
@@ -53,11 +52,11 @@ class MattingParams:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"matting epsilon must be a number > 0, found {self.epsilon!r}")
+            raise ParameterError(f"matting epsilon must be a number > 0, found {self.epsilon!r}")
         if int(self.radius) != self.radius or self.radius < 1:
-            raise ValueError(f"matting radius must be an integer >= 1, found {self.radius!r}")
+            raise ParameterError(f"matting radius must be an integer >= 1, found {self.radius!r}")
         if int(self.max_unknown) != self.max_unknown or self.max_unknown < 0:
-            raise ValueError(f"matting max_unknown must be an integer >= 0, found {self.max_unknown!r}")
+            raise ParameterError(f"matting max_unknown must be an integer >= 0, found {self.max_unknown!r}")
 
     def factor(self, unknown: int) -> int:
         """The coarsening factor for ``unknown`` pixels: 1, or the integer bringing them under max_unknown."""
@@ -73,39 +72,15 @@ class MattingParams:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown matting parameters: {', '.join(unknown)}")
+            raise ParameterError(f"unknown matting parameters: {', '.join(unknown)}")
         return cls(**dict(data))
-
-
-def default_numba_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/lesionkit/numba``, else ``~/.cache/lesionkit/numba``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lesionkit" / "numba"
-
-
-def configure_numba_cache() -> Path:
-    """Make numba cache compiled code in a persistent folder; returns the folder in use.
-
-    Respects a ``NUMBA_CACHE_DIR`` already set. Must run before numba is imported to take
-    effect through the environment; if numba is already imported without a cache folder,
-    its configuration is updated too. Child processes inherit the setting.
-    """
-    folder = os.environ.get("NUMBA_CACHE_DIR")
-    if not folder:
-        folder = str(default_numba_cache_dir())
-        os.environ["NUMBA_CACHE_DIR"] = folder
-    config = sys.modules.get("numba.core.config")
-    if config is not None and not getattr(config, "CACHE_DIR", ""):
-        config.CACHE_DIR = folder
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return Path(folder)
 
 
 def load_pymatting():
     """pymatting's closed-form kernels (``cf_laplacian``, ``ichol``, ``cg``), compiled or loaded from the cache.
 
     Only the three files closed-form matting needs are loaded (see :mod:`ctlabel._pymatting`),
-    once the numba cache is configured.
+    once the numba cache is configured (:mod:`ctlabel.numba_cache`).
     """
     configure_numba_cache()
     from ctlabel import _pymatting
@@ -122,7 +97,7 @@ def matting_image(channels: np.ndarray) -> np.ndarray:
     if channels.ndim == 2:
         channels = channels[None]
     if channels.ndim != 3 or channels.shape[0] < 1 or channels.dtype != np.uint8:
-        raise ValueError(f"expected uint8 windows (channel, y, x), found {channels.dtype} {channels.shape}")
+        raise ParameterError(f"expected uint8 windows (channel, y, x), found {channels.dtype} {channels.shape}")
     order = [i % channels.shape[0] for i in range(3)]
     return np.ascontiguousarray(np.moveaxis(channels[order], 0, -1))
 
@@ -153,10 +128,11 @@ def estimate_alpha(image: np.ndarray, trimap: np.ndarray, *, params: MattingPara
     trimap = np.asarray(trimap)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != trimap.shape:
-        raise ValueError(f"matting needs a (y, x, 3) image of the trimap's shape {trimap.shape}, found {image.shape}")
+        raise ParameterError(f"matting needs a (y, x, 3) image of the trimap's shape {trimap.shape}, "
+                             f"found {image.shape}")
     invalid = ~np.isin(trimap, (BACKGROUND, UNKNOWN, FOREGROUND))
     if invalid.any():
-        raise ValueError(f"trimap values must be {BACKGROUND}, {UNKNOWN} or {FOREGROUND}, found "
+        raise ParameterError(f"trimap values must be {BACKGROUND}, {UNKNOWN} or {FOREGROUND}, found "
                          f"{sorted(set(np.unique(trimap[invalid]).tolist()))[:5]}")
     require_foreground_and_background(trimap, lesion)
     alpha = (trimap == FOREGROUND).astype(np.float32)

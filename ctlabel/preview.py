@@ -15,9 +15,12 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ctlabel.label import ATTRIBUTE_KEY
+from ctlabel.config import ATTRIBUTE_KEY
+from ctlabel.errors import LabelInputError
 from ctlabel.soften import DEFAULT_THRESHOLD
 from ctprep.store import SliceStore
+from ctprep.store.layout import soft_base, soft_label, trimap_label
+from lkbase.errors import ParameterError
 
 PANEL = 160  # pixels a side of each panel
 CAPTION = 18
@@ -27,19 +30,21 @@ RED, BLUE, GREEN, YELLOW, WHITE = (0, 0, 255), (255, 96, 0), (0, 220, 0), (0, 22
 
 def ctlabel_names(store: SliceStore, case_id: str) -> list[str]:
     """The ``<name>`` of every ``trimap_<name>`` label of the case."""
-    return sorted(n.removeprefix("trimap_") for n in store.label_names(case_id) if n.startswith("trimap_"))
+    prefix = trimap_label("")
+    return sorted(n.removeprefix(prefix) for n in store.label_names(case_id) if n.startswith(prefix))
 
 
 def _choose_name(store: SliceStore, case_id: str, name: str | None) -> str:
     names = ctlabel_names(store, case_id)
     if name is not None:
-        if name.removeprefix("soft_").removeprefix("trimap_") not in names:
-            raise ValueError(f"{store.path}: case {case_id!r} has no trimap_{name} "
-                             f"(ctlabel labels: {', '.join(names) or 'none'})")
-        return name.removeprefix("soft_").removeprefix("trimap_")
+        base = soft_base(name).removeprefix(trimap_label(""))  # NAME, soft_NAME or trimap_NAME
+        if base not in names:
+            raise LabelInputError(f"{store.path}: case {case_id!r} has no {trimap_label(name)} "
+                                  f"(ctlabel labels: {', '.join(names) or 'none'})")
+        return base
     if len(names) != 1:
-        raise ValueError(f"{store.path}: case {case_id!r} has "
-                         f"{'no ctlabel labels (run ctlabel softmask first)' if not names else 'several: ' + ', '.join(names) + '; choose one with --name'}")
+        raise LabelInputError(f"{store.path}: case {case_id!r} has "
+                              f"{'no ctlabel labels (run ctlabel softmask first)' if not names else 'several: ' + ', '.join(names) + '; choose one with --name'}")
     return names[0]
 
 
@@ -49,14 +54,14 @@ def render_lesion_preview(store: SliceStore, case_id: str, *, name: str | None =
     name = _choose_name(store, case_id, name)
     record = store.record(case_id)
     if not 0 <= channel < len(record.windows):
-        raise ValueError(f"channel {channel} out of range: the store has {len(record.windows)} windows")
-    info = store.label_attributes(case_id, f"trimap_{name}").get(ATTRIBUTE_KEY, {})
+        raise ParameterError(f"channel {channel} out of range: the store has {len(record.windows)} windows")
+    info = store.label_attributes(case_id, trimap_label(name)).get(ATTRIBUTE_KEY, {})
     lesions = [entry for entry in info.get("lesions", []) if entry.get("status") == "done" and entry.get("crop")]
     if not lesions:
-        raise ValueError(f"{store.path}: case {case_id!r} has no labelled lesion in trimap_{name}")
+        raise LabelInputError(f"{store.path}: case {case_id!r} has no labelled lesion in {trimap_label(name)}")
     lesions = lesions[:max_lesions]
     available = set(store.label_names(case_id))
-    labels = [f"trimap_{name}"] + [n for n in (f"soft_{name}",) if n in available]
+    labels = [trimap_label(name)] + [n for n in (soft_label(name),) if n in available]
     evidence = info.get("parameters", {}).get("evidence", {})
     outline = evidence.get("label") or evidence.get("union") or record.lesion_label  # RECIST: the store's mask
     if outline in available:
@@ -71,9 +76,9 @@ def render_lesion_preview(store: SliceStore, case_id: str, *, name: str | None =
         i = row[int(entry["z"])]
         y0, y1, x0, x1 = (int(v) for v in entry["crop"])
         crop = lambda array: array[i, y0:y1, x0:x1]  # noqa: E731
-        soft = crop(batch.labels[f"soft_{name}"]) if f"soft_{name}" in batch.labels else None
+        soft = crop(batch.labels[soft_label(name)]) if soft_label(name) in batch.labels else None
         tiles.append(_tile(
-            gray=batch.image[i, channel, y0:y1, x0:x1], trimap=crop(batch.labels[f"trimap_{name}"]), soft=soft,
+            gray=batch.image[i, channel, y0:y1, x0:x1], trimap=crop(batch.labels[trimap_label(name)]), soft=soft,
             outline=crop(batch.labels[outline]) if outline in batch.labels else None,
             recist=recists.get(str(entry["lesion_id"])), origin=(x0, y0), threshold=threshold,
             caption=f"{case_id} {entry['lesion_id']} z={entry['z']}"))

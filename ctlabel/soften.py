@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from ctprep.errors import CaseNotFoundError, LesionkitError
+from ctlabel.config import ATTRIBUTE_KEY
+from ctlabel.errors import LabelInputError
+from ctlabel.resume import selected_cases
 from ctprep.store import SliceStore
+from ctprep.store.layout import binary_label, soft_base, softened_label
+from lkbase.errors import LesionkitError, ParameterError
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -24,7 +27,7 @@ def softened(soft: np.ndarray, binary: np.ndarray) -> np.ndarray:
     """``max(soft, binary)`` as float32: 1 wherever the binary mask is, the soft value elsewhere."""
     soft, binary = np.asarray(soft), np.asarray(binary)
     if soft.shape != binary.shape:
-        raise ValueError(f"soft mask {soft.shape} and binary mask {binary.shape} differ in shape")
+        raise ParameterError(f"soft mask {soft.shape} and binary mask {binary.shape} differ in shape")
     return np.maximum(soft.astype(np.float32, copy=False), (binary != 0).astype(np.float32))
 
 
@@ -36,7 +39,7 @@ def binarised(soft: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndar
 
 def _check_threshold(threshold: float) -> None:
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and 0 < threshold <= 1):
-        raise ValueError(f"--threshold must be in (0, 1], found {threshold!r}")
+        raise ParameterError(f"--threshold must be in (0, 1], found {threshold!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +59,7 @@ class SoftenConfig:
 
     @property
     def base(self) -> str:
-        return self.name or self.soft.removeprefix("soft_")
+        return self.name or soft_base(self.soft)
 
     @property
     def effective_threshold(self) -> float | None:
@@ -66,8 +69,8 @@ class SoftenConfig:
         return None if self.binary else DEFAULT_THRESHOLD
 
     def outputs(self) -> tuple[str, ...]:
-        names = (f"softened_{self.base}",) if self.binary else ()
-        return names + ((f"binary_{self.base}",) if self.effective_threshold is not None else ())
+        names = (softened_label(self.base),) if self.binary else ()
+        return names + ((binary_label(self.base),) if self.effective_threshold is not None else ())
 
     def to_dict(self) -> dict:
         return {"store": self.store, "soft": self.soft, "binary": self.binary, "threshold": self.threshold,
@@ -88,7 +91,7 @@ class SoftenReport:
     skipped: tuple[tuple[str, str], ...]  # (case, reason)
     seconds: float
 
-    def summary_lines(self) -> list[str]:
+    def lines(self) -> list[str]:
         lines = [f"{self.store}: {', '.join(self.outputs)} written for {len(self.written)} cases, "
                  f"{len(self.skipped)} skipped in {self.seconds:.1f} s"]
         return lines + [f"  skipped case {case}: {reason}" for case, reason in self.skipped]
@@ -98,7 +101,7 @@ def soften_store(config: SoftenConfig) -> SoftenReport:
     """Write the softened and/or binarised labels for every case that has ``config.soft``."""
     started = time.perf_counter()
     store = SliceStore.open(config.store, mode="a")
-    case_ids = _selected(store, config.cases)
+    case_ids = selected_cases(store, config.cases)
     written, skipped = [], []
     for case_id in case_ids:
         try:
@@ -107,19 +110,9 @@ def soften_store(config: SoftenConfig) -> SoftenReport:
         except (LesionkitError, LookupError, ValueError, OSError) as exc:
             skipped.append((case_id, str(exc)))
     if not written and skipped:
-        raise ValueError(f"{store.path}: no case could be softened; first: {skipped[0][0]}: {skipped[0][1]}")
+        raise LabelInputError(f"{store.path}: no case could be softened; first: {skipped[0][0]}: {skipped[0][1]}")
     return SoftenReport(store=str(config.store), outputs=config.outputs(), written=tuple(written),
                         skipped=tuple(skipped), seconds=time.perf_counter() - started)
-
-
-def _selected(store: SliceStore, cases: Sequence[str] | None) -> list[str]:
-    case_ids = store.case_ids()
-    if cases:
-        unknown = sorted(set(cases) - set(case_ids))
-        if unknown:
-            raise CaseNotFoundError(f"{store.path}: no case {', '.join(map(repr, unknown))}")
-        case_ids = [c for c in case_ids if c in set(cases)]
-    return case_ids
 
 
 def _soften_case(store: SliceStore, case_id: str, config: SoftenConfig) -> None:
@@ -131,16 +124,16 @@ def _soften_case(store: SliceStore, case_id: str, config: SoftenConfig) -> None:
     data = store.read_case(case_id, labels=wanted)
     soft = data.labels[config.soft]
     if soft.dtype != np.float32:
-        raise ValueError(f"case {case_id}: {config.soft!r} is {soft.dtype}, expected a float32 soft mask")
+        raise LabelInputError(f"case {case_id}: {config.soft!r} is {soft.dtype}, expected a float32 soft mask")
     if config.binary:
         binary = data.labels[config.binary]
         if binary.dtype != np.uint8 or binary.max(initial=0) > 1:
-            raise ValueError(f"case {case_id}: {config.binary!r} is not a binary 0/1 mask")
-        store.write_label(case_id, f"softened_{config.base}", softened(soft, binary),
-                          attributes={"ctlabel": {"kind": "softened",
-                                                  "parameters": {"soft": config.soft, "binary": config.binary}}})
+            raise LabelInputError(f"case {case_id}: {config.binary!r} is not a binary 0/1 mask")
+        store.write_label(case_id, softened_label(config.base), softened(soft, binary),
+                          attributes={ATTRIBUTE_KEY: {"kind": "softened",
+                                                      "parameters": {"soft": config.soft, "binary": config.binary}}})
     threshold = config.effective_threshold
     if threshold is not None:
-        store.write_label(case_id, f"binary_{config.base}", binarised(soft, threshold),
-                          attributes={"ctlabel": {"kind": "binary",
-                                                  "parameters": {"soft": config.soft, "threshold": threshold}}})
+        store.write_label(case_id, binary_label(config.base), binarised(soft, threshold),
+                          attributes={ATTRIBUTE_KEY: {"kind": "binary",
+                                                      "parameters": {"soft": config.soft, "threshold": threshold}}})

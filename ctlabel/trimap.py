@@ -27,7 +27,10 @@ from typing import Mapping, Sequence
 import cv2  # ~0.3 s to import, and every function here uses it
 import numpy as np
 
-from ctlabel.errors import LesionError, TrimapError
+from ctlabel.errors import LabelInputError, LesionError, TrimapError
+from ctprep.errors import RecistAxesError
+from ctprep.formats.recist import CLAMPED, QuarterEllipse
+from lkbase.errors import ParameterError
 
 BACKGROUND, UNKNOWN, FOREGROUND = 0, 128, 255
 TRIMAP_VALUES = {"background": BACKGROUND, "unknown": UNKNOWN, "foreground": FOREGROUND}
@@ -63,16 +66,16 @@ class TrimapParams:
                      "min_box_margin_mm", "crop_margin_fraction", "min_crop_margin_mm"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"trimap parameter {name} must be a number >= 0, found {value!r}")
+                raise ParameterError(f"trimap parameter {name} must be a number >= 0, found {value!r}")
         if self.min_band_mm > self.max_band_mm:
-            raise ValueError(f"trimap parameters: min_band_mm {self.min_band_mm} > max_band_mm {self.max_band_mm}")
+            raise ParameterError(f"trimap parameters: min_band_mm {self.min_band_mm} > max_band_mm {self.max_band_mm}")
         if not 0 < self.seed_scale < 1:
-            raise ValueError(f"trimap parameter seed_scale must be in (0, 1), found {self.seed_scale}")
+            raise ParameterError(f"trimap parameter seed_scale must be in (0, 1), found {self.seed_scale}")
         if int(self.grabcut_iterations) != self.grabcut_iterations or self.grabcut_iterations < 1:
-            raise ValueError(f"trimap parameter grabcut_iterations must be an integer >= 1, "
+            raise ParameterError(f"trimap parameter grabcut_iterations must be an integer >= 1, "
                              f"found {self.grabcut_iterations!r}")
         if int(self.grabcut_max_side) != self.grabcut_max_side or self.grabcut_max_side < 16:
-            raise ValueError(f"trimap parameter grabcut_max_side must be an integer >= 16, "
+            raise ParameterError(f"trimap parameter grabcut_max_side must be an integer >= 16, "
                              f"found {self.grabcut_max_side!r}")
 
     def to_dict(self) -> dict:
@@ -83,7 +86,7 @@ class TrimapParams:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown trimap parameters: {', '.join(unknown)}")
+            raise ParameterError(f"unknown trimap parameters: {', '.join(unknown)}")
         return cls(**dict(data))
 
 
@@ -91,7 +94,7 @@ class TrimapParams:
 def _spacing(spacing: Spacing) -> tuple[float, float]:
     sy, sx = (float(v) for v in spacing)
     if not (sy > 0 and sx > 0 and math.isfinite(sy) and math.isfinite(sx)):
-        raise ValueError(f"in-plane spacing must be two positive numbers (y, x) mm, found {tuple(spacing)}")
+        raise ParameterError(f"in-plane spacing must be two positive numbers (y, x) mm, found {tuple(spacing)}")
     return sy, sx
 
 
@@ -128,7 +131,7 @@ def _mean_spacing(spacing: Spacing) -> float:
 def _as_mask(mask: np.ndarray, what: str) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D slice, found shape {mask.shape}")
+        raise ParameterError(f"{what} must be a 2-D slice, found shape {mask.shape}")
     return (mask != 0).astype(np.uint8)
 
 
@@ -158,7 +161,7 @@ def trimap_from_readers(intersection: np.ndarray, union: np.ndarray, spacing: Sp
     inter = _as_mask(intersection, "intersection")
     uni = _as_mask(union, "union")
     if inter.shape != uni.shape:
-        raise ValueError(f"intersection {inter.shape} and union {uni.shape} differ in shape")
+        raise ParameterError(f"intersection {inter.shape} and union {uni.shape} differ in shape")
     uni |= inter
     trimap = np.full(inter.shape, UNKNOWN, dtype=np.uint8)
     trimap[cv2.dilate(uni, kernel(margin_mm, spacing)) == 0] = BACKGROUND
@@ -190,7 +193,7 @@ class Recist:
     def __post_init__(self) -> None:
         points = np.asarray([*self.long, *self.short], dtype=float)
         if points.shape != (4, 2) or not np.all(np.isfinite(points)):
-            raise ValueError(f"RECIST axes need 2 finite (x, y) points each, found long={self.long} "
+            raise LabelInputError(f"RECIST axes need 2 finite (x, y) points each, found long={self.long} "
                              f"short={self.short}")
 
     @classmethod
@@ -202,7 +205,7 @@ class Recist:
     def from_dict(cls, data: Mapping) -> "Recist":
         """From the annotation schema's ``{"long": [[x1, y1], [x2, y2]], "short": [...]}``."""
         if not isinstance(data, Mapping) or "long" not in data or "short" not in data:
-            raise ValueError(f"RECIST must be a mapping with 'long' and 'short', found {data!r}")
+            raise LabelInputError(f"RECIST must be a mapping with 'long' and 'short', found {data!r}")
         return cls.from_axes(data["long"], data["short"])
 
     def to_dict(self) -> dict:
@@ -229,52 +232,23 @@ class Recist:
         return tuple(math.hypot((b[0] - a[0]) * sx, (b[1] - a[1]) * sy)  # type: ignore[return-value]
                      for a, b in (self.long, self.short))
 
-    def frame(self, lesion: str = "lesion") -> "_Frame":
-        """The axes' own frame: centre where they cross, unit vectors, and the four half-lengths."""
-        p1, p2 = (np.asarray(p, dtype=float) for p in self.long)
-        q1, q2 = (np.asarray(p, dtype=float) for p in self.short)
-        length = float(np.linalg.norm(p2 - p1))
-        if length < 1.0:
-            raise LesionError(lesion, f"RECIST long axis is {length:.2f} pixels long; expected at least 1")
-        u = (p2 - p1) / length
-        v = np.array([-u[1], u[0]])
-        short_dir = q2 - q1
-        if np.linalg.norm(short_dir) < 0.5:
-            raise LesionError(lesion, "RECIST short axis has zero length")
-        # Where the short axis (as a line) crosses the long one; clamped onto the long axis so
-        # that a sloppy annotation still gives an ellipse through its end points.
-        denom = float(np.dot(short_dir, v))
-        t = float(np.dot(q1 - p1, v)) / denom if abs(denom) > 1e-9 else 0.5
-        q_at = q1 - t * short_dir
-        along = float(np.clip(np.dot(q_at - p1, u), 0.1 * length, 0.9 * length))
-        centre = p1 + along * u
-        vs = [float(np.dot(q - centre, v)) for q in (q1, q2)]
-        return _Frame(centre=centre, u=u, v=v, u_pos=length - along, u_neg=along,
-                      v_pos=max(max(vs), 0.5), v_neg=max(-min(vs), 0.5))
+    def frame(self, lesion: str = "lesion") -> QuarterEllipse:
+        """The axes' own frame: centre where they cross (clamped onto the long axis), unit vectors,
+        and the four half-lengths (ctprep.formats.recist, rule CLAMPED)."""
+        try:
+            return QuarterEllipse.from_axes(self.long, self.short, CLAMPED)
+        except RecistAxesError as exc:
+            raise LesionError(lesion, str(exc)) from None
 
 
 def _segment(points: Sequence[Point], what: str) -> tuple[tuple[float, float], tuple[float, float]]:
     try:
         array = np.asarray(points, dtype=float)
     except (TypeError, ValueError):
-        raise ValueError(f"RECIST {what}: expected [[x1, y1], [x2, y2]], found {points!r}") from None
+        raise LabelInputError(f"RECIST {what}: expected [[x1, y1], [x2, y2]], found {points!r}") from None
     if array.shape != (2, 2) or not np.all(np.isfinite(array)):
-        raise ValueError(f"RECIST {what}: expected [[x1, y1], [x2, y2]] of finite numbers, found {points!r}")
+        raise LabelInputError(f"RECIST {what}: expected [[x1, y1], [x2, y2]] of finite numbers, found {points!r}")
     return (float(array[0, 0]), float(array[0, 1])), (float(array[1, 0]), float(array[1, 1]))
-
-
-@dataclass(frozen=True)
-class _Frame:
-    centre: np.ndarray
-    u: np.ndarray  # along the long axis
-    v: np.ndarray  # perpendicular to it
-    u_pos: float  # half-lengths from the centre: along +u, -u, +v, -v (pixels)
-    u_neg: float
-    v_pos: float
-    v_neg: float
-
-    def to_pixels(self, uv: np.ndarray) -> np.ndarray:
-        return self.centre + uv[:, :1] * self.u + uv[:, 1:] * self.v
 
 
 def recist_ellipse(recist: Recist, *, scale: float = 1.0, points: int = 64, lesion: str = "lesion") -> np.ndarray:
@@ -284,12 +258,7 @@ def recist_ellipse(recist: Recist, *, scale: float = 1.0, points: int = 64, lesi
     the axes bounding it, so the curve passes exactly through the four RECIST end points even
     when the axes do not cross at their middles. ``scale`` shrinks it about the crossing.
     """
-    frame = recist.frame(lesion)
-    theta = np.linspace(0.0, 2 * np.pi, points, endpoint=False)
-    cos, sin = np.cos(theta), np.sin(theta)
-    a = np.where(cos >= 0, frame.u_pos, frame.u_neg)
-    b = np.where(sin >= 0, frame.v_pos, frame.v_neg)
-    return frame.to_pixels(scale * np.stack([a * cos, b * sin], axis=1))
+    return recist.frame(lesion).outline(scale=scale, points=points)
 
 
 def recist_box(recist: Recist, margin_px: float, lesion: str = "lesion") -> np.ndarray:
@@ -347,7 +316,7 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"GrabCut needs a uint8 (y, x) or (y, x, 3) image, found {image.dtype} {image.shape}")
+        raise ParameterError(f"GrabCut needs a uint8 (y, x) or (y, x, 3) image, found {image.dtype} {image.shape}")
     return np.ascontiguousarray(image)
 
 

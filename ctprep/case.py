@@ -19,6 +19,7 @@ import numpy as np
 from ctprep.geometry import Geometry, SourceGrid
 from ctprep.lookup import LazySlices
 from ctprep.windowing import Window
+from lkbase.errors import ParameterError
 
 SPLITS = ("train", "val", "test")
 
@@ -108,15 +109,15 @@ class CaseVolume:
 
     def __post_init__(self) -> None:
         if self.hu.dtype != np.int16 or self.hu.shape != self.geometry.shape:
-            raise ValueError(f"case {self.ref.case_id}: hu must be int16 of shape {self.geometry.shape}, "
-                             f"found {self.hu.dtype} {self.hu.shape}")
+            raise ParameterError(f"case {self.ref.case_id}: hu must be int16 of shape {self.geometry.shape}, "
+                                 f"found {self.hu.dtype} {self.hu.shape}")
         if set(self.labels) != {spec.name for spec in self.label_specs}:
-            raise ValueError(f"case {self.ref.case_id}: labels {sorted(self.labels)} differ from their specs "
-                             f"{sorted(spec.name for spec in self.label_specs)}")
+            raise ParameterError(f"case {self.ref.case_id}: labels {sorted(self.labels)} differ from their specs "
+                                 f"{sorted(spec.name for spec in self.label_specs)}")
         for name, label in self.labels.items():
             if label.shape != self.hu.shape or label.dtype != np.uint8:
-                raise ValueError(f"case {self.ref.case_id}: label {name!r} must be uint8 of shape "
-                                 f"{self.hu.shape}, found {label.dtype} {label.shape}")
+                raise ParameterError(f"case {self.ref.case_id}: label {name!r} must be uint8 of shape "
+                                     f"{self.hu.shape}, found {label.dtype} {label.shape}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,11 +151,11 @@ class CaseRecord:
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
-            raise ValueError(f"case {self.case_id}: split must be one of {SPLITS}, found {self.split!r}")
+            raise ParameterError(f"case {self.case_id}: split must be one of {SPLITS}, found {self.split!r}")
         n = len(self.slice_indices)
         if len(self.z_positions) != n or len(self.lesion_pixels) != n:
-            raise ValueError(f"case {self.case_id}: slice_indices, z_positions and lesion_pixels "
-                             f"must have one entry per stored slice ({n})")
+            raise ParameterError(f"case {self.case_id}: slice_indices, z_positions and lesion_pixels "
+                                 f"must have one entry per stored slice ({n})")
 
     @property
     def num_slices(self) -> int:

@@ -115,7 +115,7 @@ def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, 
                                         dicom_window=dicom_window),
     )
     report = convert_dataset(config, progress=not quiet)
-    for line in report.summary_lines():
+    for line in report.lines():
         click.echo(line)
     click.echo(f"manifest: {manifest_path(output)}")
     done = report.with_status("converted") + report.with_status("existing")

@@ -9,15 +9,12 @@ ones redone. The slice index and manifest are consolidated once at the end.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import dataclasses
+import functools
 import json
 import logging
-import multiprocessing
-import os
 import re
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +22,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from lkbase import __version__
 from ctprep.case import CaseRecord, CaseRef
 from ctprep.datasets import SplitConfig, assign_split
 from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreWriteError
-from lkbase.executor import dask_executor as _dask_executor
+from ctprep.lookup import LazySlices, nonzero_per_slice
 from ctprep.sources import get_source
 from ctprep.store import SliceStore, check_shared, checksums_digest, is_url, store_lock, write_file_atomic
-from ctprep.lookup import LazySlices, nonzero_per_slice
 from ctprep.windowing import Window, windowed_slices
+from lkbase import __version__
+from lkbase.errors import ParameterError
+from lkbase.runner import CaseOutcome, case_pool, run_cases, run_guarded
 
 log = logging.getLogger("ctprep")
 
@@ -61,10 +59,10 @@ class ConvertConfig:
     def __post_init__(self) -> None:
         parse_slice_mode(self.slices)
         if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, found {self.workers}")
+            raise ParameterError(f"workers must be >= 1, found {self.workers}")
         names = [w.name for w in self.windows]
         if len(set(names)) != len(names):
-            raise ValueError(f"window names must be unique, found {names}")
+            raise ParameterError(f"window names must be unique, found {names}")
 
     def content_parameters(self) -> dict:
         """The parameters that shape the stored data (not which cases, nor how many workers)."""
@@ -104,32 +102,34 @@ def parse_slice_mode(mode: str) -> tuple[str, int]:
         return "all", 0
     if m := re.fullmatch(r"lesion(?:\+(\d+))?", mode):
         return "lesion", int(m[1] or 0)
-    raise ValueError(f"--slices {mode!r}: expected all, lesion or lesion+K")
+    raise ParameterError(f"--slices {mode!r}: expected all, lesion or lesion+K")
+
+
+_MANIFEST_ENTRY_KEYS = ("case_id", "status", "reason", "slices", "bytes_written", "seconds", "quirks", "inputs",
+                       "split")
 
 
 @dataclass(frozen=True, kw_only=True)
-class CaseOutcome:
-    """What happened to one case in a run."""
+class ConversionOutcome(CaseOutcome):
+    """What happened to one case in a run; ``status``: converted | existing | skipped."""
 
-    case_id: str
-    status: str  # converted | existing | skipped
-    reason: str = ""
     slices: int = 0
     bytes_written: int = 0
-    seconds: float = 0.0
     quirks: tuple[str, ...] = ()
     inputs: tuple[dict, ...] = ()
     split: str = ""
 
     @classmethod
-    def from_store(cls, record: CaseRecord, status: str, split: str | None = None) -> "CaseOutcome":
+    def from_store(cls, record: CaseRecord, status: str, split: str | None = None) -> "ConversionOutcome":
         """The outcome of a case found complete in the store, from its own record."""
         return cls(case_id=record.case_id, status=status, slices=record.num_slices,
                    split=split or record.split, quirks=tuple(record.quirks),
                    inputs=tuple(f.to_dict() for f in record.inputs))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"quirks": list(self.quirks), "inputs": list(self.inputs)}
+        """The manifest entry, in its key order (the base class's fields came first before it was shared)."""
+        data = dataclasses.asdict(self) | {"quirks": list(self.quirks), "inputs": list(self.inputs)}
+        return {key: data[key] for key in _MANIFEST_ENTRY_KEYS}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,10 +137,10 @@ class ConversionReport:
     """The end-of-run summary."""
 
     store: str
-    outcomes: tuple[CaseOutcome, ...]
+    outcomes: tuple[ConversionOutcome, ...]
     seconds: float
 
-    def with_status(self, status: str) -> list[CaseOutcome]:
+    def with_status(self, status: str) -> list[ConversionOutcome]:
         return [o for o in self.outcomes if o.status == status]
 
     @property
@@ -151,7 +151,7 @@ class ConversionReport:
     def bytes_written(self) -> int:
         return sum(o.bytes_written for o in self.with_status("converted"))
 
-    def summary_lines(self) -> list[str]:
+    def lines(self) -> list[str]:
         converted, existing, skipped = (self.with_status(s) for s in ("converted", "existing", "skipped"))
         rate = self.slices_written / self.seconds if self.seconds > 0 else 0.0
         lines = [f"{self.store}: {len(converted)} converted, {len(existing)} already complete, "
@@ -175,7 +175,7 @@ def _select_slices(nz: int, lesion_per_slice: np.ndarray | None, mode: str, case
     return np.flatnonzero(keep)
 
 
-def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...]) -> CaseOutcome:
+def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...]) -> ConversionOutcome:
     """Load, resample, window and store one case. Raises CaseInputError for unusable input."""
     started = time.perf_counter()
     source = get_source(config.source, config.source_options)
@@ -216,32 +216,34 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
     store = SliceStore.open(config.output, mode="a")
     # The windowed image is computed slice by slice inside the store's writer threads.
     written = store.write_case(record, windowed_slices(hu, windows), labels, hu=hu if config.keep_hu else None)
-    return CaseOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
-                       seconds=time.perf_counter() - started, quirks=quirks, split=split,
-                       inputs=tuple(f.to_dict() for f in volume.inputs))
+    return ConversionOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
+                             seconds=time.perf_counter() - started, quirks=quirks, split=split,
+                             inputs=tuple(f.to_dict() for f in volume.inputs))
 
 
 def _take_slices(label, indices: np.ndarray):
     return label.take(indices) if isinstance(label, LazySlices) else label[indices]
 
 
-def _convert_guarded(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...]) -> CaseOutcome:
-    """convert_case, with every failure of this case turned into a 'skipped' outcome."""
-    try:
-        return convert_case(ref, config, split, windows)
-    except StoreWriteError:  # the store is full or read-only: not this case's fault, and fatal to the run
-        raise
-    except (CaseInputError, ValueError, OSError, MemoryError) as exc:
-        reason = str(exc) if isinstance(exc, LesionkitError) else f"{type(exc).__name__}: {exc}"
-        return CaseOutcome(case_id=ref.case_id, status="skipped", reason=reason, split=split)
-    except LesionkitError:  # a store problem: not this case's
-        raise
-    except Exception as exc:  # noqa: BLE001 - a bug met on this case's input: it alone is skipped, saying so
-        log.debug("unexpected error converting %s", ref.case_id, exc_info=True)
-        where = Path(ref.root) / ref.files[0][1] if ref.files else ref.case_id
-        return CaseOutcome(case_id=ref.case_id, status="skipped", split=split,
-                           reason=f"{where}: unexpected {type(exc).__name__} ({exc}); a bug in ctprep, "
-                                  "please report it with this line")
+def _convert_guarded(job: tuple[CaseRef, str], config: ConvertConfig) -> ConversionOutcome:
+    """convert_case of ``job`` (the case and its split), with a failure of this case as a 'skipped' outcome.
+
+    A full or read-only store (StoreWriteError) is raised: fatal to the run. Other
+    errors of ours that are not about the case's input (a store problem) are raised too.
+    """
+    ref, split = job
+    return run_guarded(lambda: convert_case(ref, config, split, config.windows),
+                       lambda reason: ConversionOutcome(case_id=ref.case_id, status="skipped", reason=reason,
+                                                        split=split),
+                       skip=(CaseInputError, ValueError, OSError, MemoryError), fatal=(StoreWriteError,),
+                       bug=functools.partial(_bug_reason, ref))
+
+
+def _bug_reason(ref: CaseRef, exc: BaseException) -> str:
+    if isinstance(exc, LesionkitError):  # a store problem: not this case's
+        raise exc
+    where = Path(ref.root) / ref.files[0][1] if ref.files else ref.case_id
+    return f"{where}: unexpected {type(exc).__name__} ({exc}); a bug in ctprep, please report it with this line"
 
 
 def _open_store(config: ConvertConfig, created_by: str) -> SliceStore:
@@ -257,7 +259,7 @@ def _open_store(config: ConvertConfig, created_by: str) -> SliceStore:
 
 def convert_dataset(config: ConvertConfig, *, progress: bool = True,
                     created_by: str | None = None,
-                    on_outcome: Callable[[CaseOutcome], None] | None = None) -> ConversionReport:
+                    on_outcome: Callable[[ConversionOutcome], None] | None = None) -> ConversionReport:
     """Convert ``config.input_dir`` into the store ``config.output``; see the module docstring."""
     started = time.perf_counter()
     source = get_source(config.source, config.source_options)
@@ -279,17 +281,22 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
     if config.dask or config.workers > 1:
         check_shared(config.output, f"--dask {config.dask}" if config.dask else f"--workers {config.workers}")
     fatal: StoreWriteError | None = None
-    with _executor(config) as pool:  # first: local workers fork before zarr starts threads
+    # Where cases run (first: local workers fork before zarr starts threads). On dask each
+    # case is one task; workers write their case straight into the store (a path every
+    # worker can reach) and this process consolidates index and manifest at the end, as
+    # with the local pool. A task whose worker dies is retried by the scheduler on another
+    # worker; its half-written case stays invisible and is rewritten.
+    with case_pool(config.workers, config.dask, preload=["ctprep.convert"]) as pool:
         store = _open_store(config, created_by or _command_line())
         splits = {r.case_id: r.split or assign_split(r.patient_id, config.split, source.manifest.official_split)
                   for r in refs}
         complete = set(store.case_ids())
-        outcomes: dict[str, CaseOutcome] = {}
+        outcomes: dict[str, ConversionOutcome] = {}
         previous = store.manifest().get("cases", {})
         for ref in refs:
             if ref.case_id in complete:
                 # The case's own record, not the previous manifest: a killed run never wrote a manifest.
-                outcomes[ref.case_id] = CaseOutcome.from_store(store.record(ref.case_id), "existing",
+                outcomes[ref.case_id] = ConversionOutcome.from_store(store.record(ref.case_id), "existing",
                                                                splits[ref.case_id])
         todo = [r for r in refs if r.case_id not in complete]
         try:
@@ -311,83 +318,27 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
     _stop_on_full_store(fatal, store, config, source, report, previous)
 
 
-def _executor(config: ConvertConfig):
-    """Where cases run: a dask.distributed cluster (``--dask``), a local process pool, or here.
-
-    On dask each case is one task; workers write their case straight into the store (a
-    path every worker can reach) and this process consolidates index and manifest at the
-    end, as with the local pool. A task whose worker dies is retried by the scheduler on
-    another worker; its half-written case stays invisible and is rewritten.
-    """
-    return _dask_executor(config.dask) if config.dask else _worker_pool(config.workers)
-
-
-@contextlib.contextmanager
-def _worker_pool(workers: int):
-    """A process pool for ``workers`` > 1 (else None), its workers started before this returns.
-
-    Workers are forked while this process still has a single thread (call this before
-    any zarr use: zarr starts an I/O thread), which starts them in milliseconds with
-    everything imported. If threads already run, fork is unsafe and a forkserver that
-    imports the converter once is used instead.
-    """
-    if workers <= 1:
-        yield None
-        return
-    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("fork")
-    else:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["ctprep.convert"])
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for future in [pool.submit(os.getpid) for _ in range(workers)]:
-            future.result()  # make every worker exist now, while forking is safe
-        yield pool
-
-
 def _run(todo: Sequence[CaseRef], config: ConvertConfig, splits: dict[str, str], progress: bool,
          pool: cf.Executor | None):
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo), unit="case", desc=f"converting {config.source}", disable=not progress or None,
-               file=sys.stderr)
-    try:
-        if pool is None:
-            for ref in todo:
-                bar.set_postfix_str(ref.case_id)
-                yield _convert_guarded(ref, config, splits[ref.case_id], config.windows)
-                bar.update()
-            return
-        futures = {pool.submit(_convert_guarded, ref, config, splits[ref.case_id], config.windows): ref
-                   for ref in todo}
-        for future in cf.as_completed(futures):
-            ref = futures[future]
-            try:
-                outcome = future.result()
-            except StoreWriteError:  # fatal to the run: the cases not started yet are not started
-                for other in futures:
-                    other.cancel()
-                raise
-            except Exception as exc:  # a worker died (e.g. killed for memory) more often than retried
-                outcome = _lost_result(ref, config, splits[ref.case_id], exc)
-            bar.update()
-            yield outcome
-    finally:
-        bar.close()
+    jobs = [(ref, splits[ref.case_id]) for ref in todo]
+    return run_cases(jobs, functools.partial(_convert_guarded, config=config), pool=pool,
+                     lost=functools.partial(_lost_result, config), name=lambda job: job[0].case_id,
+                     fatal=(StoreWriteError,), progress=progress, desc=f"converting {config.source}")
 
 
-def _lost_result(ref: CaseRef, config: ConvertConfig, split: str, exc: Exception) -> CaseOutcome:
+def _lost_result(config: ConvertConfig, job: tuple[CaseRef, str], exc: BaseException) -> ConversionOutcome:
     """The outcome of a case whose worker failed: converted if the case reached the store
     complete (when a process pool breaks, a healthy worker's finished case loses only its
     result), otherwise skipped with the reason."""
+    ref, split = job
     try:
         store = SliceStore.open(config.output)
         if ref.case_id in store:
-            return CaseOutcome.from_store(store.record(ref.case_id), "converted", split)
+            return ConversionOutcome.from_store(store.record(ref.case_id), "converted", split)
     except (OSError, StoreError):
         pass
-    return CaseOutcome(case_id=ref.case_id, status="skipped", split=split,
-                       reason=f"worker failed: {type(exc).__name__}: {exc}")
+    return ConversionOutcome(case_id=ref.case_id, status="skipped", split=split,
+                             reason=f"worker failed: {type(exc).__name__}: {exc}")
 
 
 def _stop_on_full_store(fatal: StoreWriteError, store: SliceStore, config: ConvertConfig, source,
@@ -442,7 +393,7 @@ def build_manifest(store: SliceStore, config: ConvertConfig, source, report: Con
         cases[outcome.case_id] = entry
     complete = set(store.case_ids())
     for case_id in sorted(complete - set(cases)):  # from a concurrent run whose manifest entry is not written yet
-        cases[case_id] = CaseOutcome.from_store(store.record(case_id), "converted").to_dict()
+        cases[case_id] = ConversionOutcome.from_store(store.record(case_id), "converted").to_dict()
     for case_id, entry in cases.items():  # a case that failed now but exists from before stays listed as such
         if case_id in complete and entry.get("status") == "skipped":
             entry["status"] = "converted"
@@ -481,7 +432,7 @@ def library_versions() -> dict:
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    """A local path (temporary file, then rename) or a URL (one whole-object write)."""
+    """A local path (lkbase.atomic) or a URL (one whole-object write)."""
     write_file_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
@@ -490,5 +441,5 @@ def _command_line() -> str:
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-__all__ = ["ConvertConfig", "ConversionReport", "CaseOutcome", "convert_dataset", "convert_case",
+__all__ = ["ConvertConfig", "ConversionReport", "ConversionOutcome", "convert_dataset", "convert_case",
            "manifest_path", "StoreError"]

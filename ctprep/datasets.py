@@ -17,6 +17,7 @@ from typing import Mapping
 from ctprep.case import SPLITS, LabelSpec
 from ctprep.errors import ManifestError
 from ctprep.windowing import Window, parse_window
+from lkbase.errors import ParameterError
 
 MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
 
@@ -99,7 +100,7 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         if len(self.fractions) != 3 or min(self.fractions) < 0 or abs(sum(self.fractions) - 1) > 1e-6:
-            raise ValueError(f"split fractions must be 3 non-negative numbers summing to 1, found {self.fractions}")
+            raise ParameterError(f"split fractions must be 3 non-negative numbers summing to 1, found {self.fractions}")
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "fractions": list(self.fractions)}

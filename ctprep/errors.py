@@ -60,3 +60,11 @@ class CaseNotFoundError(StoreError, FileNotFoundError, KeyError):
 
 class ManifestError(LesionkitError, ValueError):
     """A dataset manifest in data_manifests/ is malformed or unknown."""
+
+
+class RecistAxesError(LesionkitError, ValueError):
+    """RECIST axes that span no region (a long axis under a pixel, a short axis of zero length)."""
+
+
+class GeometryError(LesionkitError, ValueError):
+    """A voxel grid or affine that describes no usable volume (zero, non-finite or singular)."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from nibabel import orientations
 
+from ctprep.errors import GeometryError
+
 # Array axes (x, y, z) point to L, P, S; nibabel names axes by the RAS end they point to.
 CANONICAL_AXCODES = ("L", "P", "S")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -48,11 +50,11 @@ class Geometry:
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or min(self.shape) < 1:
-            raise ValueError(f"geometry shape must be 3 positive sizes (z, y, x), found {self.shape}")
+            raise GeometryError(f"geometry shape must be 3 positive sizes (z, y, x), found {self.shape}")
         if len(self.spacing) != 3 or not all(np.isfinite(self.spacing)) or min(self.spacing) <= 0:
-            raise ValueError(f"geometry spacing must be 3 positive finite mm values, found {self.spacing}")
+            raise GeometryError(f"geometry spacing must be 3 positive finite mm values, found {self.spacing}")
         if len(self.direction) != 9:
-            raise ValueError(f"geometry direction must have 9 values, found {len(self.direction)}")
+            raise GeometryError(f"geometry direction must have 9 values, found {len(self.direction)}")
 
     @property
     def direction_matrix(self) -> np.ndarray:
@@ -77,7 +79,7 @@ class Geometry:
         columns = np.asarray(affine, dtype=np.float64)[:3, :3]
         spacing_xyz = np.linalg.norm(columns, axis=0)
         if np.any(spacing_xyz <= 0) or not np.all(np.isfinite(spacing_xyz)):
-            raise ValueError(f"affine has a zero or non-finite voxel size: {spacing_xyz.tolist()}")
+            raise GeometryError(f"affine has a zero or non-finite voxel size: {spacing_xyz.tolist()}")
         direction = columns / spacing_xyz
         return cls(
             shape=tuple(int(s) for s in shape_zyx),  # type: ignore[arg-type]
@@ -139,12 +141,12 @@ def canonicalize(array: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray,
     Returns a ``(z, y, x)`` view of ``array`` (no copy), its geometry and the source grid.
     """
     if array.ndim != 3:
-        raise ValueError(f"expected a 3-D volume, found shape {array.shape}")
+        raise GeometryError(f"expected a 3-D volume, found shape {array.shape}")
     affine_ras = np.asarray(affine_ras, dtype=np.float64)
     if affine_ras.shape != (4, 4) or not np.all(np.isfinite(affine_ras)):
-        raise ValueError("affine must be a finite 4x4 matrix")
+        raise GeometryError("affine must be a finite 4x4 matrix")
     if abs(np.linalg.det(affine_ras[:3, :3])) < 1e-12:
-        raise ValueError("affine is singular (a voxel axis has no direction)")
+        raise GeometryError("affine is singular (a voxel axis has no direction)")
     source_ornt = orientations.io_orientation(affine_ras)
     transform = orientations.ornt_transform(source_ornt, orientations.axcodes2ornt(CANONICAL_AXCODES))
     xyz = orientations.apply_orientation(array, transform)

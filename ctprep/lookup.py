@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from lkbase.errors import ParameterError
+
 # Voxels looked up per np.take call (its intp index buffer is 8x this in bytes: cache-sized).
 _BLOCK_VOXELS = 1 << 18
 
@@ -25,7 +27,7 @@ def lookup(table: np.ndarray, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
     if keys.dtype.kind != "u":
         raise TypeError(f"lookup keys must be unsigned integers, found {keys.dtype}")
     if out.shape != keys.shape:
-        raise ValueError(f"lookup: out has shape {out.shape}, keys {keys.shape}")
+        raise ParameterError(f"lookup: out has shape {out.shape}, keys {keys.shape}")
     rows = _BLOCK_VOXELS // max(1, int(np.prod(keys.shape[1:], dtype=np.int64))) if keys.ndim > 1 else 0
     if rows < 1 or rows >= keys.shape[0]:
         _take(table, keys, out)

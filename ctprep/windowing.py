@@ -20,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from ctprep.lookup import LazySlices, lookup
+from lkbase.errors import ParameterError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,9 +33,9 @@ class Window:
 
     def __post_init__(self) -> None:
         if not self.width > 0:
-            raise ValueError(f"window {self.name!r}: width must be > 0, found {self.width}")
+            raise ParameterError(f"window {self.name!r}: width must be > 0, found {self.width}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise ValueError(f"window name {self.name!r}: use letters, digits, '_', '.', '-'")
+            raise ParameterError(f"window name {self.name!r}: use letters, digits, '_', '.', '-'")
 
     @property
     def lo(self) -> float:
@@ -95,10 +96,10 @@ def parse_window(text: str) -> Window:
     if m := re.fullmatch(rf"({_NUMBER})\s*:\s*({_NUMBER})", spec):
         lo, hi = float(m[1]), float(m[2])
         if not hi > lo:
-            raise ValueError(f"window {text!r}: max must exceed min")
+            raise ParameterError(f"window {text!r}: max must exceed min")
         return Window.from_range(name or f"w{m[1].lstrip('+')}_{m[2].lstrip('+')}", lo, hi)
-    raise ValueError(
-        f"window {text!r}: expected a preset ({', '.join(PRESETS)}), 'level,width' or 'min:max'"
+    raise ParameterError(
+                         f"window {text!r}: expected a preset ({', '.join(PRESETS)}), 'level,width' or 'min:max'"
     )
 
 
@@ -126,7 +127,7 @@ def apply_window(hu: np.ndarray, window: Window, out: np.ndarray | None = None) 
     if out is None:
         out = np.empty(hu.shape, dtype=np.uint8)
     if out.shape != hu.shape:
-        raise ValueError(f"apply_window: out has shape {out.shape}, hu {hu.shape}")
+        raise ParameterError(f"apply_window: out has shape {out.shape}, hu {hu.shape}")
     return lookup(window_lookup_table(window), hu.view(np.uint16), out)
 
 
@@ -138,7 +139,7 @@ def apply_windows(hu: np.ndarray, windows: tuple[Window, ...] | list[Window],
     windows; the blocks are windowed in parallel threads (np.take releases the GIL).
     """
     if hu.ndim != 3:
-        raise ValueError(f"apply_windows expects a (z, y, x) volume, found shape {hu.shape}")
+        raise ParameterError(f"apply_windows expects a (z, y, x) volume, found shape {hu.shape}")
     nz = hu.shape[0]
     image = np.empty((nz, len(windows), *hu.shape[1:]), dtype=np.uint8)
 
@@ -161,7 +162,7 @@ def apply_windows(hu: np.ndarray, windows: tuple[Window, ...] | list[Window],
 def windowed_slices(hu: np.ndarray, windows: tuple[Window, ...] | list[Window]) -> LazySlices:
     """Like :func:`apply_windows`, but each (channel, y, x) slice is computed when it is read."""
     if hu.ndim != 3:
-        raise ValueError(f"windowed_slices expects a (z, y, x) volume, found shape {hu.shape}")
+        raise ParameterError(f"windowed_slices expects a (z, y, x) volume, found shape {hu.shape}")
     tables = [window_lookup_table(w) for w in windows]
     bits = hu.view(np.uint16)
 

@@ -1,90 +1,53 @@
-"""Checkpoints: written atomically, read back with ``weights_only`` (no arbitrary pickles).
+"""The checkpoint file format: written atomically, read back with ``weights_only`` (no arbitrary pickles).
 
 A checkpoint is a dict: ``format``, ``version``, the resolved ``config`` (dict), ``model``,
 ``in_channels``, every network's, optimiser's, scheduler's and GradScaler's state, the
 model's extra state, the loop counters (epoch, batch within the epoch, step), best-model
 tracking, the history, and the RNG states (python, numpy, torch, CUDA) of every rank.
+
+This module knows the file only (writing, reading, checking, RNG states); building a
+model from a checkpoint is ctseg.build's. Files are put in place with lkbase.atomic,
+whose temporaries (``.lk-tmp-*``) a resumed run clears with
+``lkbase.atomic.remove_temporaries``. torch is imported inside the functions, so the
+CLI can check a checkpoint path without it.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 
+from ctseg.errors import CheckpointError
+from lkbase.atomic import atomic_write
+
 FORMAT = "ctseg-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable ctseg checkpoint (names the file and what is wrong)."""
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, fsync it, then os.replace it into place:
-    a reader sees the old or the new file, never a torn one; a failure leaves no temporary."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    _write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save ``obj`` to ``path`` atomically."""
     import torch
 
-    _write_atomic(path, lambda handle: torch.save(obj, handle))
+    with atomic_write(path) as handle:
+        torch.save(obj, handle)
 
 
-def copy_atomic(source: Path, path: Path) -> None:
-    """Copy a file to ``path`` atomically."""
-    import shutil
-
-    def copy(handle: BinaryIO) -> None:
-        with open(source, "rb") as original:
-            shutil.copyfileobj(original, handle)
-
-    _write_atomic(path, copy)
-
-
-RUN_FILES = ("last.pt", "best.pt", "history.json", "config.yaml")  # what a run writes atomically
-
-
-def remove_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the temporary files a killed run left in ``run_dir`` (torn writes of RUN_FILES); returns them.
-
-    Only for the process that owns the run (a resume): another process writing into the
-    same folder would lose its temporary file.
-    """
-    stale = [p for name in RUN_FILES for p in run_dir.glob(f".{name}.*.tmp")] + list(run_dir.glob(".best.pt.tmp"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+def require_file(path: str | Path) -> Path:
+    """``path`` as a Path, or FileNotFoundError naming it when there is no file there."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    return path
 
 
 def load(path: str | Path, map_location: str = "cpu") -> dict:
     """Read a checkpoint, checking its format and version."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+    path = require_file(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a foreign or truncated file
@@ -120,21 +83,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---- pretrained parts from other runs -------------------------------------------------------------
-def load_pretrained(path: str | Path, *, models: tuple[str, ...], role: str):
-    """A trained model from another run's checkpoint (eval mode, on the CPU) to use as a frozen part.
-
-    For models built on another run's networks: CasGAN's super-resolution stage (a
-    ``srgan`` run), a soft-mask prior (a ``softgan``/``casgan`` run). ``role`` names the
-    option that asked for it, for the error when the checkpoint is of another model.
-    """
-    from ctseg.predict import load_model
-
-    path = Path(path)
-    model, config, _ = load_model(path, device="cpu")
-    if config.model not in models:
-        raise CheckpointError(f"{path}: {role} needs a checkpoint of {' or '.join(models)}, "
-                              f"found one of {config.model!r}")
-    return model

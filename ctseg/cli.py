@@ -1,4 +1,12 @@
-"""The ``ctseg`` command line: thin wrappers over ctseg.train / ctseg.predict (torch imported inside commands)."""
+"""The ``ctseg`` command line: thin wrappers over ctseg.train / ctseg.predict / ctseg.evaluate.
+
+Convention: every command checks what it can of its arguments before torch is imported
+(torch takes seconds to import): ``--help``, ``ctseg models`` (the torch-free catalogue
+of ctseg.models.registry), a missing model, store or target (ctseg.config.require_keys,
+ctseg.models.registry.check_name) and a missing checkpoint file
+(ctseg.checkpoint.require_file) answer at once; tests/ctseg/test_cli_speed.py checks
+that they do not import torch.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +62,9 @@ def train(model, store, target, out, config_file, preset, resume, assignments, n
     """Train a model from a store (one loop for every model; DDP under torchrun)."""
     from pathlib import Path
 
-    from ctseg.config import ConfigError, build_config, load_yaml, parse_assignment
+    from ctseg.config import load_yaml, merge_layers, parse_assignment, require_keys
+    from ctseg.errors import ConfigError
+    from ctseg.models.registry import check_name
 
     layers: list[dict] = []
     if resume:
@@ -72,6 +82,10 @@ def train(model, store, target, out, config_file, preset, resume, assignments, n
     model = model or next((layer["model"] for layer in layers if "model" in layer), None)
     if not model:
         raise ConfigError("--model is required (or a config file naming one)")
+    require_keys(merge_layers([{"model": check_name(model)}, *layers]))  # before torch is imported
+
+    from ctseg.build import build_config
+
     config = build_config(model=model, layers=layers, preset=preset)
 
     from ctseg.train import train as run_training
@@ -96,6 +110,9 @@ def train(model, store, target, out, config_file, preset, resume, assignments, n
 @_fail_cleanly
 def predict(checkpoint, store, cases, name, threshold, device, batch_size, export_nifti, no_progress) -> None:
     """Predict cases slice by slice; writes pred_<run> (probabilities) and pred_<run>_mask into the store."""
+    from ctseg.checkpoint import require_file
+
+    require_file(checkpoint)  # before torch is imported
     from ctseg.predict import predict_store
 
     wanted = [c.strip() for text in cases for c in text.split(",") if c.strip()] or None
@@ -133,11 +150,11 @@ def evaluate(run_dir, store, split, checkpoint, threshold, device, no_progress) 
 @main.command("models")
 def list_models() -> None:
     """List the registered models."""
-    from ctseg.models import MODELS
+    from ctseg.models.registry import CATALOGUE
 
-    width = max(len(n) for n in MODELS)
-    for name in sorted(MODELS):
-        click.echo(f"{name.ljust(width)}  {MODELS[name].description}")
+    width = max(len(n) for n in CATALOGUE)
+    for name in sorted(CATALOGUE):
+        click.echo(f"{name.ljust(width)}  {CATALOGUE[name]}")
 
 
 if __name__ == "__main__":  # torchrun -m ctseg.cli train ...

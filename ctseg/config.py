@@ -7,7 +7,9 @@ dicts, e.g. ``--set optimizers.d.lr=1e-4`` or ``--set model_options.loss=dice``)
 The resolved configuration is written to ``RUN_DIR/config.yaml`` and into every
 checkpoint, so a run can be repeated or resumed from either.
 
-No torch here: the CLI imports this module for ``--help``.
+This module is a leaf of dataclasses and layer helpers (it imports ctseg.errors and
+lkbase only, no torch: the CLI checks its arguments with it before torch is imported);
+the model's layers are applied by ``ctseg.build.build_config``, above the models.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+from ctseg.errors import ConfigError
+from lkbase.atomic import write_text_atomic
 
 CROP_MODES = ("lesion", "random", "resize", "center")
 SAMPLING_MODES = ("all", "lesion_only", "balanced")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adadelta")
 DECAYS = ("constant", "linear")
-
-
-class ConfigError(ValueError):
-    """A configuration value or file that cannot be used (names the key and what was expected)."""
+REQUIRED_KEYS = ("model", "store", "target")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,9 +230,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping) -> "TrainConfig":
         data = _known(cls, data, "config")
-        for key in ("model", "store", "target"):
-            if key not in data or data[key] in (None, "", []):
-                raise ConfigError(f"config: {key!r} is required")
+        require_keys(data)
         target = data["target"]
         data["target"] = tuple(t.strip() for t in target.split(",")) if isinstance(target, str) else tuple(target)
         for key in ("channels", "cases"):
@@ -259,9 +259,14 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the config as YAML, atomically."""
-        from ctseg.checkpoint import write_text_atomic
-
         write_text_atomic(Path(path), self.to_yaml())
+
+
+def require_keys(data: Mapping) -> None:
+    """Refuse a config mapping without a model, a store or a target (checked before anything is built)."""
+    for key in REQUIRED_KEYS:
+        if key not in data or data[key] in (None, "", []):
+            raise ConfigError(f"config: {key!r} is required")
 
 
 def _known(cls, data: Mapping, where: str) -> dict:
@@ -311,6 +316,14 @@ def deep_merge(base: Mapping, override: Mapping) -> dict:
     return merged
 
 
+def merge_layers(layers: Sequence[Mapping]) -> dict:
+    """The layers merged in order with :func:`deep_merge` (later ones win)."""
+    merged: dict = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    return merged
+
+
 def parse_assignment(text: str) -> dict:
     """``a.b=value`` -> {"a": {"b": value}}; the value is parsed as YAML (numbers, lists, true ...)."""
     import yaml
@@ -344,26 +357,3 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of config keys, found {type(data).__name__}")
     return data
-
-
-def build_config(*, model: str, layers: list[Mapping], preset: str | None = None) -> TrainConfig:
-    """Resolve a config: dataclass defaults < model defaults < preset < ``layers`` in order.
-
-    ``layers`` are dicts (a YAML file, then flags, then ``--set`` assignments).
-    """
-    from ctseg.models import get_model
-
-    model_cls = get_model(model)
-    data: dict = {"model": model}
-    data = deep_merge(data, model_cls.defaults())
-    if preset is not None:
-        presets = model_cls.presets()
-        if preset not in presets:
-            raise ConfigError(f"model {model!r} has no preset {preset!r}; it has: {', '.join(sorted(presets)) or 'none'}")
-        data = deep_merge(data, presets[preset])
-    for layer in layers:
-        data = deep_merge(data, layer)
-    if data.get("model", model) != model:
-        raise ConfigError(f"config names model {data['model']!r} but {model!r} was asked")
-    data["model"] = model
-    return TrainConfig.from_dict(data)

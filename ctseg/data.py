@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from ctprep.store import SliceIndex, SliceStore, is_url
-from ctseg.config import AugmentConfig, ConfigError, TrainConfig
+from ctseg.config import AugmentConfig, TrainConfig
+from ctseg.errors import ConfigError
 
 ItemKey = tuple[int, tuple[int, ...]]  # (dataset index, augmentation seed words)
 
@@ -465,3 +466,17 @@ def validation_cases(config: TrainConfig) -> list[str]:
     store = SliceStore.open(config.store)
     index = select_index(store, split=config.val_split, cases=config.cases, targets=config.target)
     return sorted(set(index.rows["case"].tolist()))
+
+
+def held_out_crops(config: TrainConfig, cases: Sequence[str]) -> SliceDataset:
+    """One crop per stored slice of ``cases``: the training crop mode, no jitter, no augmentation (deterministic).
+
+    What a model's own validation scores (SegModel.validation; srgan's PSNR/SSIM).
+    """
+    index = select_index(SliceStore.open(config.store), split="all", cases=list(cases), targets=config.target)
+    if len(index) == 0:
+        raise ConfigError(f"{config.store}: no slices with label(s) {', '.join(config.target)} in cases "
+                          f"{', '.join(cases) or '(none)'}")
+    return SliceDataset(config.store, index, targets=config.target, size=config.size, crop=config.crop,
+                        channels=config.channels, context=config.context, augment=None, lesion_jitter=0.0,
+                        seed=config.seed)

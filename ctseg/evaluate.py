@@ -25,8 +25,6 @@ import dataclasses
 import io
 import json
 import math
-import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,17 +32,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ctprep.errors import LesionkitError
 from ctprep.store import SliceStore
+from ctprep.store.layout import prediction_labels
 from ctseg import metrics as m
+from ctseg.errors import EvaluationError
+from lkbase.atomic import write_text_atomic
 
 CASE_COLUMNS = ("case", "split", "truth_label", "slices", "truth_voxels", "pred_voxels", "truth_ml", "pred_ml", "empty",
                 *m.METRIC_KEYS, "overlay_z")
 SLICE_COLUMNS = ("case", "z", "slice_index", "z_mm", "truth_voxels", "pred_voxels", "empty", *m.METRIC_KEYS)
-
-
-class EvaluationError(LesionkitError, ValueError):
-    """Nothing could be evaluated as asked (no cases, no prediction label, bad threshold)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,18 +104,6 @@ class EvaluationOutput:
 
 
 # ---- reading one case -------------------------------------------------------------------------
-def binarise(values: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """(mask, scores): float labels are probabilities (>= threshold is foreground), uint8 are masks."""
-    if values.dtype.kind == "f":
-        return values >= threshold, values
-    return values != 0, None
-
-
-def truth_mask(values: np.ndarray) -> np.ndarray:
-    """A stored truth label as a mask: uint8 non-zero, or a float (soft) label >= 0.5."""
-    return values >= 0.5 if values.dtype.kind == "f" else values != 0
-
-
 def _on_grid(mask: np.ndarray, record) -> np.ndarray:
     """Stored rows at their true slice positions (slices not stored empty), for 3D distances."""
     from ctprep.commands.export import full_grid
@@ -139,8 +123,8 @@ def case_row(store: SliceStore, case_id: str, prediction_label: str, truth_label
              threshold: float) -> tuple[dict, list[dict], tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Per-case row, per-slice rows, and (pred, truth, scores) of one case."""
     record = store.record(case_id)
-    pred, scores = binarise(store.read_label(case_id, prediction_label), threshold)
-    truth = truth_mask(store.read_label(case_id, truth_label))
+    pred, scores = m.binarise(store.read_label(case_id, prediction_label), threshold)
+    truth = m.truth_mask(store.read_label(case_id, truth_label))
     spacing = record.geometry.spacing
     c = m.confusion(pred, truth)
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -217,11 +201,6 @@ def split_cases(store: SliceStore, split: str) -> list[str]:
     return cases
 
 
-def _label_base(name: str) -> str:
-    # ctseg.predict.label_base's rule (not imported: that module belongs to the torch side).
-    return "pred_" + re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
-
-
 def run_prediction_labels(store: SliceStore, case_id: str, run_dir: str | Path) -> list[str]:
     """Probability labels ``ctseg predict`` wrote for ``run_dir`` into a case (by their attributes)."""
     run_dir = Path(run_dir).resolve()
@@ -233,8 +212,9 @@ def run_prediction_labels(store: SliceStore, case_id: str, run_dir: str | Path) 
         run = attrs.get("run")
         if run is not None and Path(run).resolve() == run_dir:
             found.append(name)
-    if not found and _label_base(run_dir.name) in store.label_names(case_id):
-        found.append(_label_base(run_dir.name))
+    probabilities, _ = prediction_labels(run_dir.name)
+    if not found and probabilities in store.label_names(case_id):
+        found.append(probabilities)
     return found
 
 
@@ -313,31 +293,21 @@ def _csv_value(value):
     return value
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
-
-
 def write_evaluation(evaluation: Evaluation, folder: str | Path, *, store: SliceStore | None = None) -> EvaluationOutput:
     """Write the CSV/JSON files (and, given the store for the overlays, report.html) into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = [
-        _write_atomic(folder / "per_case.csv", _csv_text(evaluation.per_case, CASE_COLUMNS)),
-        _write_atomic(folder / "per_case.json",
+        write_text_atomic(folder / "per_case.csv", _csv_text(evaluation.per_case, CASE_COLUMNS)),
+        write_text_atomic(folder / "per_case.json",
                       json.dumps(_json_ready(list(evaluation.per_case)), indent=1, allow_nan=False) + "\n"),
-        _write_atomic(folder / "per_slice.csv", _csv_text(evaluation.per_slice, SLICE_COLUMNS)),
-        _write_atomic(folder / "summary.json", json.dumps(evaluation.summary(), indent=1, allow_nan=False) + "\n"),
+        write_text_atomic(folder / "per_slice.csv", _csv_text(evaluation.per_slice, SLICE_COLUMNS)),
+        write_text_atomic(folder / "summary.json", json.dumps(evaluation.summary(), indent=1, allow_nan=False) + "\n"),
     ]
     if store is not None:
         from ctseg.report import render_report
 
-        files.append(_write_atomic(folder / "report.html", render_report(evaluation, store)))
+        files.append(write_text_atomic(folder / "report.html", render_report(evaluation, store)))
     else:
         (folder / "report.html").unlink(missing_ok=True)  # a report of an earlier evaluation would mislead
     return EvaluationOutput(evaluation=evaluation, folder=folder, files=tuple(files))

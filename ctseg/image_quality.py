@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lkbase.errors import ParameterError
+
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5  # 3.5 sigma: an 11-tap window at sigma 1.5, as in the paper
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -27,9 +29,9 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+        raise ParameterError(f"images differ in shape: {a.shape} vs {b.shape}")
     if a.ndim < 2:
-        raise ValueError(f"images must be (..., H, W), found shape {a.shape}")
+        raise ParameterError(f"images must be (..., H, W), found shape {a.shape}")
     return a, b
 
 
@@ -69,5 +71,5 @@ def ssim(image: np.ndarray, reference: np.ndarray, data_range: float = 1.0) -> f
     pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # the window's radius (5)
     h, w = smap.shape[-2:]
     if h <= 2 * pad or w <= 2 * pad:
-        raise ValueError(f"SSIM needs images larger than {2 * pad + 1}x{2 * pad + 1}, found {h}x{w}")
+        raise ParameterError(f"SSIM needs images larger than {2 * pad + 1}x{2 * pad + 1}, found {h}x{w}")
     return _scalar_or_array(smap[..., pad:h - pad, pad:w - pad].mean(axis=(-2, -1)))

@@ -44,6 +44,13 @@ Empty masks (the policy)
 * :func:`summarise` leaves non-finite values (inf, NaN) out of mean, std and
   median and counts them in ``n_empty``, so they are reported, never hidden.
 
+Stored labels
+-------------
+:func:`binarise` reads a stored prediction (float probabilities are foreground at
+``>= threshold``; uint8 masks are non-zero), :func:`truth_mask` a stored truth
+(uint8 non-zero, a float soft label ``>= 0.5``): the one rule for ctseg.evaluate and
+ctseg.report.
+
 Levels
 ------
 per case (3D, :func:`case_metrics`), per slice (2D with in-plane spacing,
@@ -61,6 +68,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from lkbase.errors import ParameterError
+
 Spacing = Sequence[float]
 
 OVERLAP_KEYS = ("dice", "jaccard", "precision", "recall", "specificity", "f1", "accuracy", "voe", "rvd")
@@ -71,6 +80,19 @@ HIGHER_IS_BETTER = ("dice", "jaccard", "precision", "recall", "specificity", "f1
 
 AUC_BINS = 1 << 20  # score levels of the pooled (global) AUC histogram
 _BLOCK = 1 << 22  # voxels handled at once by the AUC code (bounds its temporary arrays)
+
+
+# ---- stored labels as masks --------------------------------------------------------------------
+def binarise(values: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mask, scores): float labels are probabilities (>= threshold is foreground), uint8 are masks."""
+    if values.dtype.kind == "f":
+        return values >= threshold, values
+    return values != 0, None
+
+
+def truth_mask(values: np.ndarray) -> np.ndarray:
+    """A stored truth label as a mask: uint8 non-zero, or a float (soft) label >= 0.5."""
+    return values >= 0.5 if values.dtype.kind == "f" else values != 0
 
 
 # ---- confusion counts -------------------------------------------------------------------------
@@ -103,7 +125,7 @@ def _binary(mask: np.ndarray) -> np.ndarray:
 def _check_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, truth = _binary(pred), _binary(truth)
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+        raise ParameterError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
     return pred, truth
 
 
@@ -213,7 +235,7 @@ def auc(scores: np.ndarray, truth: np.ndarray, block: int = _BLOCK) -> float:
     scores = np.asarray(scores)
     truth = _binary(truth)
     if scores.shape != truth.shape:
-        raise ValueError(f"scores shape {scores.shape} differs from truth shape {truth.shape}")
+        raise ParameterError(f"scores shape {scores.shape} differs from truth shape {truth.shape}")
     scores, truth = scores.reshape(-1), truth.reshape(-1)
     n_pos = int(np.count_nonzero(truth))
     n_neg = truth.size - n_pos
@@ -271,7 +293,7 @@ def _distance_to(mask: np.ndarray, spacing: Spacing) -> np.ndarray:
 def _check_spacing(spacing: Spacing, ndim: int) -> tuple[float, ...]:
     values = tuple(float(s) for s in spacing)
     if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing must be {ndim} positive mm values (one per array axis), found {spacing}")
+        raise ParameterError(f"spacing must be {ndim} positive mm values (one per array axis), found {spacing}")
     return values
 
 
@@ -280,7 +302,7 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Spacing) -> np.ndar
     a, b = _check_pair(a, b)
     spacing = _check_spacing(spacing, a.ndim)
     if not a.any() or not b.any():
-        raise ValueError("surface distances need two non-empty masks")
+        raise ParameterError("surface distances need two non-empty masks")
     a, b = _crop_pair(a, b)
     return _distance_to(surface(b), spacing)[surface(a)]
 
@@ -290,7 +312,7 @@ def directed_hausdorff(a: np.ndarray, b: np.ndarray, spacing: Spacing) -> float:
     a, b = _check_pair(a, b)
     spacing = _check_spacing(spacing, a.ndim)
     if not a.any() or not b.any():
-        raise ValueError("directed Hausdorff distance needs two non-empty masks")
+        raise ParameterError("directed Hausdorff distance needs two non-empty masks")
     a, b = _crop_pair(a, b)
     return float(_distance_to(b, spacing)[a].max())
 
@@ -419,7 +441,7 @@ class PooledCounts:
         if scores is not None:
             scores = np.asarray(scores)
             if scores.shape != truth.shape:
-                raise ValueError(f"scores shape {scores.shape} differs from truth shape {truth.shape}")
+                raise ParameterError(f"scores shape {scores.shape} differs from truth shape {truth.shape}")
             flat_scores, flat_truth = scores.reshape(-1), truth.reshape(-1)
             for start in range(0, flat_truth.size, _BLOCK):  # bounded memory on whole CT volumes
                 # float32 holds 24 bits: every one of the 2^20 levels of a score in [0, 1] exactly

@@ -4,21 +4,22 @@
 gets the inputs the model was trained on (windows, ``context`` neighbours clamped at
 the ends), is padded to a multiple of the model's down-sampling (or resized to the
 model size when the run trained on resized slices), and the probabilities are put
-back on the stored grid. :func:`predict_store` writes ``pred_<run>`` (float32
-probabilities) and ``pred_<run>_mask`` (uint8, probabilities >= threshold) per case
-with ``SliceStore.write_label`` (atomic), with attributes saying how they were made.
+back on the stored grid (models are built and loaded by ctseg.build). :func:`predict_store`
+writes ``pred_<run>`` (float32 probabilities) and ``pred_<run>_mask`` (uint8, probabilities
+>= threshold; the names are ctprep.store.layout.prediction_labels') per case with
+``SliceStore.write_label`` (atomic), with attributes saying how they were made.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ctseg.config import ConfigError, TrainConfig
+from ctseg.config import TrainConfig
+from ctseg.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,18 +27,6 @@ class PredictedCase:
     case_id: str
     labels: tuple[str, ...]  # label arrays written
     slices: int
-
-
-def select_device(name: str = "auto", local_rank: int = 0):
-    """``auto``: CUDA (this rank's GPU) when available, else the CPU."""
-    import torch
-
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked but CUDA is not available")
-    return device
 
 
 def case_inputs(image: np.ndarray, rows: Sequence[int], channels: Sequence[int] | None, context: int) -> np.ndarray:
@@ -84,32 +73,17 @@ def _null():
     return contextlib.nullcontext()
 
 
-def build_model(config: TrainConfig, in_channels: int):
-    from ctseg.models import get_model
+def run_labels(run: str, targets: Sequence[str]) -> list[tuple[str, str]]:
+    """(probabilities, mask) label names per target of run ``run``: ctprep.store.layout's rule, with
+    ``_<target>`` after the run when there are several targets."""
+    from ctprep.store.layout import prediction_labels, run_label_stem
 
-    return get_model(config.model)(config, in_channels)
-
-
-def load_model(checkpoint: str | Path, device: str = "auto"):
-    """(model in eval mode on the device, its TrainConfig, the checkpoint dict) from a checkpoint file."""
-    from ctseg import checkpoint as ckpt
-
-    data = ckpt.load(checkpoint)
-    config = TrainConfig.from_dict(data["config"])
-    model = build_model(config, int(data["in_channels"]))
-    for name, state in data["networks"].items():
-        model.nets[name].load_state_dict(state)
-    model.to(select_device(device))
-    model.load_extra_state(data.get("model_state", {}))
-    return model.eval(), config, data
-
-
-def label_base(name: str) -> str:
-    """A store label name from a run name: letters, digits, '-' and '_' only."""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
-    if not cleaned:
-        raise ConfigError(f"run name {name!r} gives an empty label name; pass --name")
-    return f"pred_{cleaned}"
+    stem = run_label_stem(run)
+    if not stem:
+        raise ConfigError(f"run name {run!r} gives an empty label name; pass --name")
+    if len(targets) == 1:
+        return [prediction_labels(stem)]
+    return [prediction_labels(f"{stem}_{target}") for target in targets]
 
 
 def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequence[str] | None = None,
@@ -124,6 +98,7 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
     from tqdm import tqdm
 
     from ctprep.store import SliceStore
+    from ctseg.build import load_model
 
     checkpoint = Path(checkpoint)
     model, config, data = load_model(checkpoint, device)
@@ -138,7 +113,7 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
     unknown = sorted(set(wanted) - set(store.case_ids()))
     if unknown:
         raise ConfigError(f"{store_path}: cases not in the store: {', '.join(unknown)}")
-    base = label_base(name or checkpoint.resolve().parent.name)
+    names = run_labels(name or checkpoint.resolve().parent.name, config.target)
     written = []
     for case_id in tqdm(wanted, desc="predicting", unit="case", disable=not progress or None):
         image = store.read_case(case_id, labels=[]).image
@@ -149,16 +124,15 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
                               f"the model was trained on {expected}")
         prob = predict_volume(model, image, config, batch_size=batch_size)
         labels = []
-        for i, target in enumerate(config.target):
-            stem = base if len(config.target) == 1 else f"{base}_{target}"
+        for i, (target, (stem, mask_label)) in enumerate(zip(config.target, names)):
             attributes = {"kind": "prediction", "model": config.model, "target": target,
                           "checkpoint": str(checkpoint), "run": str(Path(config.out)), "step": int(data["step"]),
                           "epoch": int(data["epoch"]), "threshold": threshold}
             store.write_label(case_id, stem, np.ascontiguousarray(prob[i]),
                               attributes={**attributes, "values": "probability"})
-            store.write_label(case_id, f"{stem}_mask", (prob[i] >= threshold).astype(np.uint8),
+            store.write_label(case_id, mask_label, (prob[i] >= threshold).astype(np.uint8),
                               attributes={**attributes, "values": "binary"})
-            labels += [stem, f"{stem}_mask"]
+            labels += [stem, mask_label]
         written.append(PredictedCase(case_id=case_id, labels=tuple(labels), slices=image.shape[0]))
         if export_nifti is not None:
             from ctprep.commands.export import export_label_nifti

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ctseg import metrics as m
+from lkbase.errors import ParameterError
 
 TRUTH_BGR = (60, 200, 60)
 PRED_BGR = (60, 60, 240)
@@ -32,7 +33,7 @@ def png_data_uri(image: np.ndarray) -> str:
 
     ok, encoded = cv2.imencode(".png", image)
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
-        raise ValueError("could not encode the image as PNG")
+        raise ParameterError("could not encode the image as PNG")
     return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
@@ -220,12 +221,10 @@ def _case_table(rows: Sequence[Mapping]) -> str:
 
 
 def _overlay_figure(store, row: Mapping, prediction_label: str, threshold: float, heading: str) -> str:
-    from ctseg.evaluate import binarise, truth_mask
-
     z = int(row["overlay_z"])
     batch = store.read_slices([(row["case"], z)], labels=[row["truth_label"], prediction_label])
-    pred, _ = binarise(batch.labels[prediction_label][0], threshold)
-    truth = truth_mask(batch.labels[row["truth_label"]][0])
+    pred, _ = m.binarise(batch.labels[prediction_label][0], threshold)
+    truth = m.truth_mask(batch.labels[row["truth_label"]][0])
     uri = png_data_uri(overlay(batch.image[0, 0], truth, pred))
     caption = (f"{heading}: {html.escape(row['case'])}, stored slice {z} &mdash; Dice {_fmt(row['dice'])}, "
                f"HD95 {_fmt(row['hd95'], 2)} mm")

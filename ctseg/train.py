@@ -26,11 +26,14 @@ import numpy as np
 import torch
 
 from ctseg import checkpoint as ckpt
-from ctseg.config import ConfigError, TrainConfig
-from ctseg.data import training_data, validation_cases
+from ctseg.build import build_model, select_device
+from ctseg.config import TrainConfig
+from ctseg.data import held_out_crops, training_data, validation_cases
+from ctseg.errors import ConfigError
 from ctseg.models.base import Amp, SegModel, StepContext
 from ctseg.models.blocks import has_batch_norm
-from ctseg.predict import build_model, predict_volume, select_device
+from ctseg.predict import predict_volume
+from lkbase.atomic import copy_atomic, remove_temporaries, write_text_atomic
 
 
 @dataclass
@@ -159,11 +162,12 @@ def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
 def validate(model: SegModel, config: TrainConfig, cases: list[str], amp: Amp) -> dict:
     """Per-case Dice (3D, slices re-stacked) for each target; ``dice`` is their mean over cases.
 
-    A model with its own ``validation`` (SegModel.validation) is validated by it instead.
+    A model with its own ``validation`` (SegModel.validation) is validated by it instead,
+    on the held-out crops of ``cases`` (made only if it asks).
     """
     from ctprep.store import SliceStore
 
-    custom = model.validation(config, cases, amp)
+    custom = model.validation(config, lambda: held_out_crops(config, cases), amp)
     if custom is not None:
         return custom
     store = SliceStore.open(config.store)
@@ -282,7 +286,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         saved = ckpt.load(last)
         check_resumable(config, saved["config"], last)
         if dist.main:
-            ckpt.remove_temporaries(run_dir)  # torn checkpoint writes of the run that was killed
+            remove_temporaries(run_dir)  # torn writes (checkpoints, history, config) of the run that was killed
     elif last.exists():
         raise ConfigError(f"{last}: a run is already there; use --resume to continue it or another --out")
 
@@ -375,11 +379,11 @@ def end_epoch(model: SegModel, config: TrainConfig, state: LoopState, scheds: di
     # has them (written after it, a kill in between lost the best model for good).
     out = Path(config.out)
     if dist.main:
-        ckpt.write_text_atomic(out / "history.json", json.dumps(state.history, indent=1))
+        write_text_atomic(out / "history.json", json.dumps(state.history, indent=1))
     if improved:
         save(out / "best.pt")
         if dist.main:
-            ckpt.copy_atomic(out / "best.pt", out / "last.pt")
+            copy_atomic(out / "best.pt", out / "last.pt")
     else:
         save(out / "last.pt")
     if config.early_stopping and state.bad_epochs >= config.early_stopping:

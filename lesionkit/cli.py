@@ -29,7 +29,7 @@ def demo(out_dir, workers, no_train) -> None:
     result = run_demo(out_dir, workers=workers, train=not no_train)
     for source, report in result.reports.items():
         click.echo("")
-        for line in report.summary_lines():
+        for line in report.lines():
             click.echo(line)
         for line in result.infos[source].lines():
             click.echo(f"  {line}")

@@ -85,7 +85,7 @@ def demo_soft_masks(out_dir: Path, previews: list[Path], progress: bool) -> list
     for source, evidence in (("deeplesion", "recist"), ("lidc", "readers")):
         store_path = out_dir / f"{source}.zarr"
         report = label_store(LabelConfig(store=str(store_path), source=evidence, overwrite=True), progress=progress)
-        lines += report.summary_lines()
+        lines += report.lines()
         labelled = [o.case_id for o in report.with_status("labelled")]
         if labelled:
             previews.append(write_lesion_preview(store_path, labelled[0],
@@ -99,7 +99,7 @@ def demo_training(out_dir: Path, progress: bool) -> list[str]:
         import torch  # noqa: F401
     except ImportError:
         return ["training skipped: torch is not installed (pip install -e '.[train]')"]
-    from ctseg.config import build_config
+    from ctseg.build import build_config
     from ctseg.predict import evaluate_checkpoint_run
     from ctseg.train import train
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from lkbase.errors import ParameterError
+
 # Identity-bearing attributes of the Basic Application Level Confidentiality Profile
 # (DICOM PS3.15 Annex E, table E.1-1): keyword -> tag. UIDs and dates of the study are
 # in the profile too but lesionkit keeps no DICOM UIDs or study dates, so their keywords
@@ -164,7 +166,7 @@ def _store_documents(store_path: str | Path) -> list[tuple[str, str]]:
     try:
         fs, root = fsspec.core.url_to_fs(base)
     except (ValueError, ImportError) as exc:  # "Protocol not known: foo", "Install s3fs to access S3"
-        raise ValueError(f"{store_path}: cannot open the storage ({exc})") from None
+        raise ParameterError(f"{store_path}: cannot open the storage ({exc})") from None
     if not fs.isdir(root):
         raise FileNotFoundError(f"{store_path}: store folder not found")
     names = sorted(n for n in fs.find(root) if PurePosixPath(n).suffix.lower() in TEXT_SUFFIXES)

@@ -20,7 +20,6 @@ of the source segmentation mapped through the label's values. No torch.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,8 @@ import numpy as np
 
 from ctprep.case import CaseRecord
 from ctprep.store import SliceStore
+from lkbase.atomic import atomic_path
+from lkbase.errors import FileFormatError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ def full_grid(stored: np.ndarray, record: CaseRecord) -> tuple[np.ndarray, int]:
     """
     shape = record.geometry.shape
     if stored.shape != (record.num_slices, *shape[1:]):
-        raise ValueError(f"case {record.case_id}: label shape {stored.shape} does not match the record's "
-                         f"{record.num_slices} stored slices of {shape[1]}x{shape[2]}")
+        raise FileFormatError(f"case {record.case_id}: label shape {stored.shape} does not match the record's "
+                              f"{record.num_slices} stored slices of {shape[1]}x{shape[2]}")
     if record.num_slices == shape[0]:
         return stored, 0
     grid = np.zeros(shape, dtype=stored.dtype)
@@ -102,8 +103,8 @@ def to_source_layout(canonical: np.ndarray, record: CaseRecord) -> np.ndarray:
     """Undo the canonical reorientation: the array in the source file's axis order and directions."""
     source = record.source_grid.to_source(canonical)
     if tuple(source.shape) != tuple(record.source_grid.shape):
-        raise ValueError(f"case {record.case_id}: reoriented label has shape {source.shape}, "
-                         f"the source grid is {tuple(record.source_grid.shape)}")
+        raise FileFormatError(f"case {record.case_id}: reoriented label has shape {source.shape}, "
+                              f"the source grid is {tuple(record.source_grid.shape)}")
     return source
 
 
@@ -124,19 +125,14 @@ def write_nifti(array: np.ndarray, affine_ras: np.ndarray, out_path: str | Path)
     out_path = Path(out_path)
     suffix = ".nii.gz" if out_path.name.endswith(".nii.gz") else out_path.suffix
     if suffix not in NIFTI_SUFFIXES:
-        raise ValueError(f"{out_path}: expected a .nii or .nii.gz file name, found {suffix or 'no suffix'!r}")
+        raise ParameterError(f"{out_path}: expected a .nii or .nii.gz file name, found {suffix or 'no suffix'!r}")
     image = nib.Nifti1Image(np.asarray(array), affine_ras)
     image.header.set_data_dtype(array.dtype)
     image.header.set_xyzt_units("mm")
     image.set_sform(affine_ras, code=1)
     image.set_qform(affine_ras, code=1)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(f".{out_path.name[:-len(suffix)]}.{os.getpid()}.partial{suffix}")
-    try:
-        nib.save(image, partial)
-        os.replace(partial, out_path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(out_path) as tmp:
+        nib.save(image, tmp)
     return out_path
 
 

@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 
 from ctprep.store import SliceStore
+from lkbase.atomic import atomic_path
+from lkbase.errors import ParameterError
 
 # BGR colours of label contours, in label order.
 MIN_TILE = 384
@@ -30,12 +32,12 @@ def render_preview(store: SliceStore, case_id: str, zs: Sequence[int] = (), chan
     zs = list(zs) or [default_slice(store, case_id)]
     for z in zs:  # a ValueError naming the store, so the CLI reports it as one line
         if not 0 <= z < record.num_slices:
-            raise ValueError(f"{store.path}: case {case_id!r} has {record.num_slices} stored slices "
-                             f"(z 0..{record.num_slices - 1}), asked z={z}")
+            raise ParameterError(f"{store.path}: case {case_id!r} has {record.num_slices} stored slices "
+                                 f"(z 0..{record.num_slices - 1}), asked z={z}")
     names = list(labels) if labels is not None else store.label_names(case_id)
     batch = store.read_slices([(case_id, z) for z in zs], labels=names)
     if not 0 <= channel < batch.image.shape[1]:
-        raise ValueError(f"channel {channel} out of range: the store has {batch.image.shape[1]} windows")
+        raise ParameterError(f"channel {channel} out of range: the store has {batch.image.shape[1]} windows")
     scale = max(1, MIN_TILE // max(batch.image.shape[2:]))
     tiles = []
     for i, z in enumerate(zs):
@@ -68,7 +70,7 @@ def write_preview(store_path: str | Path, case_id: str, out: str | Path, zs: Seq
 
     image = render_preview(SliceStore.open(store_path), case_id, zs, channel)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), image):
-        raise OSError(f"{out}: OpenCV could not write the PNG")
+    with atomic_path(out) as tmp:
+        if not cv2.imwrite(str(tmp), image):
+            raise OSError(f"{out}: OpenCV could not write the PNG")
     return out

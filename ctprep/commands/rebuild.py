@@ -30,7 +30,7 @@ class RebuildReport:
         return not self.different
 
     def lines(self) -> list[str]:
-        lines = self.conversion.summary_lines()
+        lines = self.conversion.lines()
         lines += [f"  differs {case}: {why}" for case, why in self.different]
         lines.append(f"rebuilt {len(self.identical)} case(s) identical to the manifest's checksums"
                      + (f", {len(self.different)} different" if self.different else ""))

@@ -1,15 +1,13 @@
 """Reading DICOM CT series (shared by the NSCLC-Radiomics and LIDC-IDRI sources).
 
-* :func:`scan_dicom_folder` walks any folder layout (file names mean nothing) and
-  groups CT Image Storage files by SeriesInstanceUID, lists RTSTRUCTs and the
-  files it could not read. Headers only.
+* finding the series in a folder: :func:`ctprep.formats.dicom_scan.scan_dicom_folder`;
 * :func:`read_ct_series` reads one series onto the canonical ``(z, y, x)`` grid
   (ctprep.geometry): slices sorted by ImagePositionPatient projected on the slice
   normal (never by file name or InstanceNumber), modality LUT to int16 HU,
   padding replaced by air, duplicates dropped, irregular spacing and gantry tilt
   resampled (or refused).
 
-Privacy: only the tags named in ``_SCAN_TAGS`` / ``_READ_TAGS`` are parsed
+Privacy: only the tags named in ``_READ_TAGS`` (and dicom_scan's ``_SCAN_TAGS``) are parsed
 (pydicom's ``specific_tags``), and only PatientID (the dataset's public id) and
 the allowlisted technical attributes are kept.
 
@@ -29,14 +27,12 @@ from typing import Sequence
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
-from pydicom.tag import Tag
-from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                         RTStructureSetStorage)
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ctprep.errors import CaseInputError, MissingInputError
+from ctprep.formats import dicom_scan
 from ctprep.geometry import Geometry, SourceGrid, canonicalize
+from lkbase.errors import ParameterError
 
 AIR_HU = -1024
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -50,10 +46,6 @@ _STEP_REL_TOL = 0.01
 # In-plane drift of the slice origins, as a fraction of a pixel, above which a series is tilted.
 _TILT_PIXEL_TOL = 0.05
 
-_SERIES_UID_TAG = 0x0020000E
-_SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "PatientID", "Modality",
-              "ReferencedFrameOfReferenceSequence"]
-_SCAN_TAG_NUMBERS = [Tag(keyword) for keyword in _SCAN_TAGS]  # read_partial wants tags, not keywords
 _TECHNICAL_TAGS = ["Modality", "Manufacturer", "ManufacturerModelName", "ConvolutionKernel",
                    "SliceThickness", "KVP", "PixelSpacing", "RescaleType"]
 # The header attributes kept per slice (CtSeries.headers) so that RTSTRUCT rasterising
@@ -68,140 +60,6 @@ _READ_TAGS = sorted(set(_TECHNICAL_TAGS) | set(GEOMETRY_TAGS) | {
     "PixelPaddingRangeLimit", "PixelData"})
 _NATIVE_SYNTAXES = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 IRREGULAR_MODES = ("resample", "refuse")
-
-
-# ---- scanning a folder ---------------------------------------------------------------------------
-
-@dataclass(frozen=True, kw_only=True)
-class SeriesFiles:
-    """One CT series found on disk.
-
-    ``series_uid`` is the SeriesInstanceUID; files whose header has an empty one
-    (some anonymised exports) are grouped by folder under ``"no-series-uid:<folder>"``.
-    """
-
-    series_uid: str
-    patient_id: str
-    files: tuple[Path, ...]
-
-
-@dataclass(frozen=True, kw_only=True)
-class RtStructFile:
-    path: Path
-    referenced_series_uid: str | None
-    patient_id: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class DicomInventory:
-    series: dict[str, SeriesFiles]
-    rtstructs: tuple[RtStructFile, ...]
-    unreadable: tuple[tuple[Path, str], ...]
-
-
-def _read_header(path: Path, tags: list[str], stop_before_pixels: bool) -> pydicom.Dataset:
-    """dcmread limited to ``tags``; raises OSError / InvalidDicomError / other parse errors."""
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=tags)
-    except InvalidDicomError:
-        # No 'DICM' preamble: accept a raw dataset only if it looks like an image or RT object.
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=tags, force=True)
-        if not ds.get("SOPClassUID") and not ds.get("Modality"):
-            raise InvalidDicomError("not a DICOM file (no preamble and no SOPClassUID)") from None
-        return ds
-
-
-def _sop_class(ds: pydicom.Dataset) -> str:
-    value = str(ds.get("SOPClassUID", "") or "")
-    if not value and getattr(ds, "file_meta", None) is not None:
-        value = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
-    return value
-
-
-def _sop_instance(ds: pydicom.Dataset) -> str:
-    value = str(ds.get("SOPInstanceUID", "") or "")
-    if not value and getattr(ds, "file_meta", None) is not None:
-        value = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
-    return value
-
-
-def _referenced_series(ds: pydicom.Dataset) -> str | None:
-    for frame in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
-        for study in frame.get("RTReferencedStudySequence", []) or []:
-            for series in study.get("RTReferencedSeriesSequence", []) or []:
-                uid = str(series.get("SeriesInstanceUID", "") or "")
-                if uid:
-                    return uid
-    return None
-
-
-def _stop_after_series_uid(tag, vr, length) -> bool:
-    return tag > _SERIES_UID_TAG
-
-
-def _scan_one(path: Path) -> tuple[str, object]:
-    try:
-        # Scanning stops after SeriesInstanceUID (0020,000E): for a CT file the rest of the
-        # header is not needed here, and skipping it made scanning ~1.5x faster.
-        with open(path, "rb") as handle:
-            ds = read_partial(handle, stop_when=_stop_after_series_uid, specific_tags=_SCAN_TAG_NUMBERS)
-    except InvalidDicomError:
-        try:
-            ds = _read_header(path, _SCAN_TAGS, stop_before_pixels=True)  # no preamble: raw data set
-        except Exception as exc:  # pydicom raises many types for a broken file
-            return "unreadable", f"{type(exc).__name__}: {exc}"
-    except Exception as exc:
-        return "unreadable", f"{type(exc).__name__}: {exc}"
-    if len(ds) == 0:
-        return "unreadable", "no data set after the file meta information (truncated?)"
-    sop_class = _sop_class(ds)
-    if sop_class == RTStructureSetStorage:  # its referenced series lies beyond the stop
-        try:
-            ds = _read_header(path, _SCAN_TAGS, stop_before_pixels=True)
-        except Exception as exc:
-            return "unreadable", f"{type(exc).__name__}: {exc}"
-    patient = str(ds.get("PatientID", "") or "")
-    if not sop_class:
-        return "unreadable", "DICOM header without a SOP Class UID (truncated?)"
-    if sop_class == CTImageStorage:
-        return "ct", (str(ds.get("SeriesInstanceUID", "") or ""), patient)
-    if sop_class == RTStructureSetStorage:
-        return "rtstruct", (_referenced_series(ds), patient)
-    return "other", sop_class
-
-
-def scan_dicom_folder(root: Path) -> DicomInventory:
-    """Find the CT series and RTSTRUCTs under ``root`` (any layout; headers only).
-
-    Files that are not DICOM or cannot be parsed are listed in ``unreadable``;
-    DICOM objects of other kinds (SEG, SR, DICOMDIR, ...) are skipped.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingInputError(root, "DICOM folder not found")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    # Serial: parsing holds the GIL, and a thread pool measured 2-2.5x slower on hot files.
-    results = [_scan_one(path) for path in paths]
-    groups: dict[str, list[tuple[Path, str]]] = {}
-    rtstructs: list[RtStructFile] = []
-    unreadable: list[tuple[Path, str]] = []
-    for path, (kind, info) in zip(paths, results):
-        if kind == "unreadable":
-            unreadable.append((path, str(info)))
-        elif kind == "ct":
-            uid, patient = info  # type: ignore[misc]
-            if not uid:
-                uid = f"no-series-uid:{path.parent.relative_to(root).as_posix()}"
-            groups.setdefault(uid, []).append((path, patient))
-        elif kind == "rtstruct":
-            ref, patient = info  # type: ignore[misc]
-            rtstructs.append(RtStructFile(path=path, referenced_series_uid=ref, patient_id=patient))
-    series = {}
-    for uid, members in sorted(groups.items()):
-        patients = sorted({p for _, p in members if p})
-        series[uid] = SeriesFiles(series_uid=uid, patient_id=patients[0] if patients else "",
-                                  files=tuple(p for p, _ in members))
-    return DicomInventory(series=series, rtstructs=tuple(rtstructs), unreadable=tuple(unreadable))
 
 
 # ---- reading a series ----------------------------------------------------------------------------
@@ -252,7 +110,7 @@ class CtSeries:
         """
         native = np.asarray(native)
         if native.shape != self.native_shape:
-            raise ValueError(f"expected a native stack of shape {self.native_shape}, found {native.shape}")
+            raise ParameterError(f"expected a native stack of shape {self.native_shape}, found {native.shape}")
         if self._resampling is not None:
             native = _apply_resampling(native, self._resampling, linear=native.dtype.kind in "fc",
                                        fill=0)
@@ -378,14 +236,14 @@ def _to_hu(path: Path, raw: np.ndarray, slope: float, inter: float,
 def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
     path = Path(path)
     try:
-        ds = _read_header(path, _READ_TAGS, stop_before_pixels=False)
+        ds = dicom_scan.read_header(path, _READ_TAGS, stop_before_pixels=False)
     except FileNotFoundError as exc:
         raise MissingInputError(path, "file not found") from exc
     except CaseInputError:
         raise
     except Exception as exc:
         raise CaseInputError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
-    sop_class = _sop_class(ds)
+    sop_class = dicom_scan.sop_class(ds)
     if sop_class != CTImageStorage:
         name = getattr(pydicom.uid.UID(sop_class), "name", sop_class) if sop_class else "no SOP class"
         raise CaseInputError(path, f"not a CT Image Storage object ({name})")
@@ -415,7 +273,7 @@ def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
                 technical[key] = _technical_value(value)
     technical["TransferSyntaxUID"] = str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else ""
     del ds["PixelData"]  # the header stays (CtSeries.headers); the pixels now live in ``hu``
-    return _Slice(header=ds, path=path, sop_uid=_sop_instance(ds), series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+    return _Slice(header=ds, path=path, sop_uid=dicom_scan.sop_instance(ds), series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
                   position=position, orientation=orientation, spacing=spacing,  # type: ignore[arg-type]
                   shape=(int(ds.Rows), int(ds.Columns)), hu=hu, padded=padded, technical=technical)
 
@@ -531,7 +389,7 @@ def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtS
     ``notes``); ``"refuse"`` raises :class:`CaseInputError` for them instead.
     """
     if irregular not in IRREGULAR_MODES:
-        raise ValueError(f"irregular must be one of {IRREGULAR_MODES}, not {irregular!r}")
+        raise ParameterError(f"irregular must be one of {IRREGULAR_MODES}, not {irregular!r}")
     files = [Path(f) for f in files]
     if not files:
         raise CaseInputError("<empty series>", "no DICOM files given")

@@ -68,6 +68,7 @@ from rt_utils import image_helper as rt_image
 
 from ctprep.formats.dicom import GEOMETRY_TAGS
 from ctprep.errors import CaseInputError, MissingInputError
+from lkbase.errors import ParameterError
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
@@ -157,7 +158,7 @@ def rasterise_rois(series_files: Sequence[str | Path], rtstruct_path: str | Path
     ds = _read_rtstruct(rtstruct_path)
     files = [Path(f) for f in series_files]
     if headers and len(headers) != len(files):
-        raise ValueError(f"{len(headers)} headers given for {len(files)} series files")
+        raise ParameterError(f"{len(headers)} headers given for {len(files)} series files")
     series = _check_series(files, list(headers) or _read_series(files), rtstruct_path)
     # rt-utils' own slice order (ascending along the normal; get_slice_position, vectorised
     # since _check_series made every slice share the orientation) and its patient-to-pixel transform.

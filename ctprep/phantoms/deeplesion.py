@@ -12,7 +12,6 @@ key slice whose only lesion is noisy, and all three official splits.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,7 +19,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ctprep.phantoms.nifti import ORGAN_HU, TUMOUR_HU, make_phantom
-from ctprep.sources.deeplesion import COLUMNS, IMAGES_DIR, INFO_NAME, PNG_OFFSET
+from ctprep.formats.deeplesion import COLUMNS, IMAGES_DIR, INFO_NAME, PNG_OFFSET
+from lkbase.atomic import atomic_path
+from lkbase.errors import ParameterError
 
 LESION_HU = 0  # hypodense against the phantom's liver (60 HU) and body (40 HU)
 
@@ -126,29 +127,24 @@ def write_png16(path: str | Path, hu: np.ndarray) -> Path:
 
     hu = np.asarray(hu)
     if hu.dtype != np.int16 or hu.ndim != 2:
-        raise ValueError(f"write_png16 expects a 2-D int16 HU slice, found {hu.dtype} {hu.shape}")
+        raise ParameterError(f"write_png16 expects a 2-D int16 HU slice, found {hu.dtype} {hu.shape}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # HU + 32768 as uint16 is the int16's bit pattern with its top bit flipped.
     values = hu.view(np.uint16) ^ np.uint16(PNG_OFFSET)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    if not cv2.imwrite(str(tmp), values):
-        raise OSError(f"{path}: OpenCV could not write the PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), values):
+            raise OSError(f"{path}: OpenCV could not write the PNG")
     return path
 
 
 def write_dl_info(path: str | Path, rows: Sequence[Mapping[str, object] | Sequence[object]]) -> Path:
     """Write rows (dicts by column name, or 18 values in order) as DL_info.csv with the official header."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)
         for row in rows:
             writer.writerow([row.get(c, "") for c in COLUMNS] if isinstance(row, Mapping) else list(row))
-    os.replace(tmp, path)
     return path
 
 

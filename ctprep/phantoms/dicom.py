@@ -18,6 +18,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
                          JPEG2000Lossless, JPEGLosslessSV1, RLELossless, generate_uid)
 
+from lkbase.errors import ParameterError
+
 # The 8 axis-aligned in-plane orientations: (row cosine, column cosine) in LPS.
 _AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0)}
 IN_PLANE_ORIENTATIONS = tuple((r, c) for r in _AXES for c in _AXES if r[1] != c[1])
@@ -59,15 +61,15 @@ def write_ct_series(folder: Path, hu_volume: np.ndarray, spacing: Sequence[float
     folder.mkdir(parents=True, exist_ok=True)
     row, col = orientation
     if (row, col) not in IN_PLANE_ORIENTATIONS:
-        raise ValueError(f"orientation must be one of {IN_PLANE_ORIENTATIONS}, not {orientation}")
+        raise ParameterError(f"orientation must be one of {IN_PLANE_ORIENTATIONS}, not {orientation}")
     nz, ny, nx = hu_volume.shape
     if sop_uids is not None and len(sop_uids) != nz:
-        raise ValueError(f"{len(sop_uids)} SOP instance UIDs for {nz} slices")
+        raise ParameterError(f"{len(sop_uids)} SOP instance UIDs for {nz} slices")
     sz, sy, sx = (float(v) for v in spacing)
     row_vec, col_vec = np.array(_AXES[row], float), np.array(_AXES[col], float)
     stored = (np.asarray(hu_volume, dtype=np.float64) - intercept) / slope
     if not np.allclose(stored, np.rint(stored)):
-        raise ValueError("hu_volume is not representable with this slope/intercept")
+        raise ParameterError("hu_volume is not representable with this slope/intercept")
     stored = np.rint(stored)
     if padding_mask is not None:
         stored[padding_mask] = padding_value

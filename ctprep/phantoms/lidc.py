@@ -8,7 +8,7 @@ slice by slice (``roi`` with ``imageZposition``, ``imageSOP_UID``,
 with one point and non-nodules with a ``locus``, as the real XMLs do.
 
 Outlines are traced around each reader's mask grown by one pixel, because LIDC
-readers drew just outside the nodule and ctprep.formats.lidc_xml removes the outline pixels.
+readers drew just outside the nodule and ctprep.formats.lidc_readers removes the outline pixels.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ctprep.phantoms.dicom import HEAD_FIRST_SUPINE, _slice_image, write_ct_series
+from lkbase.atomic import atomic_path
 
 NAMESPACE = "http://www.nih.gov"
 SHAPE, SPACING = (16, 96, 96), (2.5, 0.7, 0.7)
@@ -100,8 +101,8 @@ def write_lidc_xml(path: Path, series_uid: str, study_uid: str, sessions: Sequen
             locus = sub(node, "locus")
             sub(locus, "xCoord", point["x"])
             sub(locus, "yCoord", point["y"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(root).write(path, encoding="UTF-8", xml_declaration=True)
+    with atomic_path(path) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="UTF-8", xml_declaration=True)
     return path
 
 

@@ -16,6 +16,8 @@ import numpy as np
 from nibabel import orientations
 
 from ctprep.geometry import CANONICAL_AXCODES, Geometry
+from lkbase.atomic import atomic_path
+from lkbase.errors import ParameterError
 
 BODY_HU, FAT_HU, AIR_HU, BONE_HU = 40, -100, -1000, 700
 ORGAN_HU = {"liver": 60, "kidney": 150}
@@ -43,7 +45,7 @@ def make_phantom(shape: tuple[int, int, int] = (40, 128, 128), spacing: tuple[fl
             organ_mask |= ((x - side * 0.35) / 0.13) ** 2 + ((y - 0.3) / 0.18) ** 2 + (z / 0.7) ** 2 <= 1
         centres = [(-0.37, 0.3, 0.2)]
     else:
-        raise ValueError(f"organ must be 'liver' or 'kidney', found {organ!r}")
+        raise ParameterError(f"organ must be 'liver' or 'kidney', found {organ!r}")
     seg[organ_mask] = 1
     hu[organ_mask] = ORGAN_HU[organ]
     for cx, cy, cz in centres:
@@ -86,8 +88,8 @@ def write_lits_case(folder: Path, number: int, shape=(40, 128, 128), spacing=(2.
     suffix = ".nii.gz" if gz else ".nii"
     folder.mkdir(parents=True, exist_ok=True)
     image_path, label_path = folder / f"volume-{number}{suffix}", folder / f"segmentation-{number}{suffix}"
-    nib.save(to_nifti(hu, geometry, axcodes), image_path)
-    nib.save(to_nifti(seg, geometry, axcodes), label_path)
+    _save(to_nifti(hu, geometry, axcodes), image_path)
+    _save(to_nifti(seg, geometry, axcodes), label_path)
     return image_path, label_path
 
 
@@ -99,6 +101,11 @@ def write_kits19_case(root: Path, number: int, shape=(40, 128, 128), spacing=(2.
     folder = root / f"case_{number:05d}"
     folder.mkdir(parents=True, exist_ok=True)
     # KiTS19's own files: axis 0 runs inferior, axis 1 posterior, axis 2 to the left ("IPL").
-    nib.save(to_nifti(hu, geometry, ("I", "P", "L")), folder / "imaging.nii.gz")
-    nib.save(to_nifti(seg, geometry, ("I", "P", "L")), folder / "segmentation.nii.gz")
+    _save(to_nifti(hu, geometry, ("I", "P", "L")), folder / "imaging.nii.gz")
+    _save(to_nifti(seg, geometry, ("I", "P", "L")), folder / "segmentation.nii.gz")
     return folder
+
+
+def _save(image: nib.Nifti1Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)

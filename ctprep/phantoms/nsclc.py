@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ctprep.phantoms.dicom import write_ct_series
+from lkbase.atomic import atomic_path
 
 AIR_HU, FAT_HU, BODY_HU, LUNG_HU, BONE_HU, TUMOUR_HU = -1000, -100, 40, -850, 700, 30
 SHAPE, SPACING = (20, 96, 96), (2.5, 0.8, 0.8)
@@ -88,8 +89,8 @@ def write_rtstruct(series_files: Sequence[Path], rois: Mapping[str, np.ndarray],
         rt.add_roi(mask=np.ascontiguousarray(np.asarray(mask, dtype=bool).transpose(1, 2, 0)), name=name)
     for name in empty:
         rt.add_roi(mask=np.zeros((int(series[0].Rows), int(series[0].Columns), len(series)), bool), name=name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rt.ds.save_as(path)  # what RTStruct.save does, without its print to stdout
+    with atomic_path(path) as tmp:
+        rt.ds.save_as(tmp)  # what RTStruct.save does, without its print to stdout
     return path
 
 

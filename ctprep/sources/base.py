@@ -15,6 +15,7 @@ from ctprep.errors import CaseInputError
 from ctprep.geometry import Geometry, canonicalize
 from ctprep.lookup import LazySlices
 from ctprep.formats.nifti import NiftiHeader, NiftiVolume, hu_int16, label_uint8, read_nifti, read_nifti_header
+from lkbase.errors import ParameterError
 
 
 class Source(ABC):
@@ -31,8 +32,8 @@ class Source(ABC):
         unknown = sorted(set(self.options) - set(self.options_help))
         if unknown:
             takes = ", ".join(sorted(self.options_help)) or "none"
-            raise ValueError(f"source {self.name!r} does not take the option(s) {', '.join(unknown)} "
-                             f"(it takes: {takes})")
+            raise ParameterError(f"source {self.name!r} does not take the option(s) {', '.join(unknown)} "
+                                 f"(it takes: {takes})")
 
     @abstractmethod
     def discover(self, root: Path) -> list[CaseRef]:

@@ -100,7 +100,7 @@ def looks_like_dicom(path: Path) -> bool:
 
 
 def find_cases(root: Path, inventory, annotations: Sequence[Annotation], pattern: re.Pattern) -> list[FoundCase]:
-    """Pair the CT series of ``inventory`` (ctprep.formats.dicom.DicomInventory) with ``annotations``; see the module doc."""
+    """Pair the CT series of ``inventory`` (ctprep.formats.dicom_scan.DicomInventory) with ``annotations``; see the module doc."""
     root = Path(root)
     series_patient = {uid: _series_patient(s.files, root, pattern, s.patient_id)
                       for uid, s in inventory.series.items()}
@@ -228,7 +228,7 @@ class DicomSource(Source):
 
     def header_problem(self, ref: CaseRef) -> str | None:
         """Headers only (no pixels): every file there and parseable, the pairing complete."""
-        from ctprep.formats.dicom import _read_header
+        from ctprep.formats.dicom_scan import read_header
 
         for path in ref.paths(ROLE_UNREADABLE):
             return f"{path}: unreadable DICOM file ({_why_unreadable(path)})"
@@ -241,7 +241,7 @@ class DicomSource(Source):
             return f"{ct[0].parent}: no {self.annotation_kind} {self.annotation_verb} this CT series"
         for path in ct:
             try:
-                _read_header(path, ["SOPClassUID", "SeriesInstanceUID"], stop_before_pixels=True)
+                read_header(path, ["SOPClassUID", "SeriesInstanceUID"], stop_before_pixels=True)
             except Exception as exc:  # pydicom raises many types
                 return f"{path}: {type(exc).__name__}: {exc}"
         for path in annotations:
@@ -256,9 +256,9 @@ class DicomSource(Source):
 
 
 def _why_unreadable(path: Path) -> str:
-    from ctprep.formats.dicom import _scan_one
+    from ctprep.formats.dicom_scan import scan_one
 
-    kind, info = _scan_one(path)
+    kind, info = scan_one(path)
     return str(info) if kind == "unreadable" else "readable now; it was not when the folder was scanned"
 
 

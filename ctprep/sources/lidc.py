@@ -13,7 +13,7 @@ the others are listed in the case's annotations as superseded.
 Loading parses the XML (ctprep.formats.lidc_xml), rasterises every reader's nodules >= 3 mm
 on the native slices (outline pixels are not nodule, ``inclusion=FALSE``
 outlines cut holes), groups the readers' outlines of one physical nodule
-(overlap, else centroid distance: ctprep.formats.lidc_xml.group_nodules) and stores:
+(overlap, else centroid distance: ctprep.formats.lidc_readers.group_nodules) and stores:
 
 * ``nodule_reader_1..4``: each reading session's nodules (session order;
   sessions are not linked to radiologists across scans), empty when absent;
@@ -92,7 +92,7 @@ class LidcSource(DicomSource):
 
     # ---- discover ----------------------------------------------------------------------------
     def discover(self, root: Path) -> list[CaseRef]:
-        from ctprep.formats.dicom import scan_dicom_folder
+        from ctprep.formats.dicom_scan import scan_dicom_folder
 
         root = Path(root)
         inventory = scan_dicom_folder(root)
@@ -119,7 +119,8 @@ class LidcSource(DicomSource):
     # ---- load --------------------------------------------------------------------------------
     def load(self, ref: CaseRef) -> CaseVolume:
         from ctprep.formats.dicom import read_ct_series
-        from ctprep.formats.lidc_xml import group_nodules, parse_lidc_xml, reader_masks
+        from ctprep.formats.lidc_readers import group_nodules, reader_masks
+        from ctprep.formats.lidc_xml import parse_lidc_xml
 
         self.check_unreadable(ref)
         ct_files, xml = self._inputs(ref)
@@ -197,7 +198,7 @@ def _slab(mask: np.ndarray) -> slice | None:
 def _native_labels(masks, slabs, groups, readers: int, shape) -> dict[str, np.ndarray]:
     """Every label in the native layout. Volumes are written only where nodules are (np.zeros pages
     that are never written cost no memory), and consensus is computed on each group's slab."""
-    from ctprep.formats.lidc_xml import consensus, intersection
+    from ctprep.formats.lidc_readers import consensus, intersection
 
     out = {f"nodule_reader_{k}": np.zeros(shape, dtype=np.uint8) for k in range(1, readers + 1)}
     out["nodule_any"] = np.zeros(shape, dtype=np.uint8)
@@ -249,7 +250,7 @@ class CanonicalMapper:
 
 
 def _keyed_nodules(ann) -> dict:
-    """(reader_index, nodule id) -> Nodule, with ctprep.formats.lidc_xml.reader_masks' suffix for a reused id."""
+    """(reader_index, nodule id) -> Nodule, with ctprep.formats.lidc_readers.reader_masks' suffix for a reused id."""
     out: dict = {}
     for reader, nodule in ann.nodules:
         key = (reader, nodule.nodule_id)
@@ -289,7 +290,7 @@ def _group_record(group, nodules: dict, masks, slabs, mapper: CanonicalMapper) -
 
 
 def _point_records(ann, ct, mapper: CanonicalMapper) -> dict[str, list[dict]]:
-    from ctprep.formats.lidc_xml import SliceLocator
+    from ctprep.formats.lidc_readers import SliceLocator
 
     locator = SliceLocator(ct.native_sop_uids, ct.native_z_mm)
     out: dict[str, list[dict]] = {"small_nodules": [], "non_nodules": []}

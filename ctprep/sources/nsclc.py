@@ -38,6 +38,7 @@ from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.sources.dicom_source import (ROLE_CT, ROLE_UNREADABLE, Annotation, DicomSource, HashInBackground,
                                          file_input, find_cases, patient_of, relative, series_input,
                                          stack_native)
+from lkbase.errors import ParameterError
 
 ROLE_RTSTRUCT = "rtstruct"
 GTV_MODES = ("merge", "separate", "both")
@@ -51,11 +52,11 @@ def parse_roi_option(value: str) -> tuple[str, str | None]:
     name, sep, label = str(value).rpartition("=") if "=" in str(value) else (str(value), "", "")
     name, label = name.strip(), label.strip()
     if not name or (sep and not label):
-        raise ValueError(f"--roi {value!r}: expected ROI or ROI=LABEL")
+        raise ParameterError(f"--roi {value!r}: expected ROI or ROI=LABEL")
     if sep and not _LABEL_NAME.fullmatch(label):
-        raise ValueError(f"--roi {value!r}: label {label!r} must be letters, digits, '_', '-' or '.'")
+        raise ParameterError(f"--roi {value!r}: label {label!r} must be letters, digits, '_', '-' or '.'")
     if sep and _RESERVED.fullmatch(label):
-        raise ValueError(f"--roi {value!r}: label names gtv_N and roi_* are reserved for the tumour ROIs")
+        raise ParameterError(f"--roi {value!r}: label names gtv_N and roi_* are reserved for the tumour ROIs")
     return name, (label or None)
 
 
@@ -76,7 +77,7 @@ class NsclcSource(DicomSource):
         super().__init__(manifest, options)
         gtvs = self.options.get("gtvs") or "both"
         if gtvs not in GTV_MODES:
-            raise ValueError(f"gtvs must be one of {', '.join(GTV_MODES)}, found {gtvs!r}")
+            raise ParameterError(f"gtvs must be one of {', '.join(GTV_MODES)}, found {gtvs!r}")
         self.gtvs = gtvs
         rois = self.options.get("rois") or []
         self.rois = [parse_roi_option(r) for r in ([rois] if isinstance(rois, str) else rois)]
@@ -86,7 +87,7 @@ class NsclcSource(DicomSource):
 
     # ---- discover ----------------------------------------------------------------------------
     def discover(self, root: Path) -> list[CaseRef]:
-        from ctprep.formats.dicom import scan_dicom_folder
+        from ctprep.formats.dicom_scan import scan_dicom_folder
 
         root = Path(root)
         inventory = scan_dicom_folder(root)

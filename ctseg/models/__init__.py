@@ -1,17 +1,12 @@
-"""Segmentation models, one file each, registered by name (``MODELS``).
+"""Segmentation models, one file per registered name (``ctseg/models/<name>.py``, '-' as '_').
 
-Adding a model: write ``ctseg/models/<name>.py`` with a ``SegModel`` subclass decorated
-``@register("<name>")`` and add its module to the import below. The training loop,
-checkpoints, AMP and DDP need nothing else.
+Adding a model: add its name and one-line description to ``registry.CATALOGUE``, write
+``ctseg/models/<name>.py`` with a ``SegModel`` subclass decorated ``@register("<name>")``
+and import the file in ``ctseg.build`` (``MODEL_MODULES``). The training loop,
+checkpoints, AMP and DDP need nothing else. Shared pieces live in files that register
+nothing: ``base`` (the interface), ``blocks``, ``losses``, ``prior``, and ``lgan`` (the
+five LGAN critics' common model).
+
+This package's ``__init__`` imports nothing, so the torch-free ``registry`` (the
+catalogue ``ctseg models`` prints) can be imported without torch.
 """
-
-from ctseg.models.registry import MODELS, get_model, register
-
-# Every model module, imported explicitly so that each registers itself (no reflection).
-from ctseg.models import ctumorgan, segan, unet  # noqa: E402
-from ctseg.models import crgan, lgan  # noqa: E402
-from ctseg.models import srgan, softgan  # noqa: E402
-
-MODEL_MODULES = (unet, ctumorgan, segan, crgan, lgan, srgan, softgan)
-
-__all__ = ["MODELS", "MODEL_MODULES", "get_model", "register"]

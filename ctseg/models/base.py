@@ -9,7 +9,14 @@ A model (one file under ``ctseg/models/``) subclasses :class:`SegModel` and says
   (e.g. discriminator on detached fakes, then generator with the discriminator frozen;
   several critic steps; three networks in turn), returning scalars to log;
 * ``predict(image)`` — probabilities in [0, 1], (B, labels, H, W);
-* ``defaults()`` / ``paper_preset()`` — config layers (see ctseg.config).
+* ``defaults()`` / ``paper_preset()`` — config layers (see ctseg.config);
+* ``validation(config, crops, amp)`` — optional, for a model whose output is not a mask.
+
+What a model needs from outside the models is handed to it, so that no model file imports
+the data, checkpoint or prediction modules above it: ctseg.build, when imported, provides
+the loader of other runs' trained models (:func:`provide_pretrained_loader`; a model calls
+``self.pretrained(...)``: CasGAN's SR stage, a soft-mask prior), and the loop gives
+``validation`` a callable returning the validation crops.
 
 Inside ``train_step`` a model calls ``self.net(name)`` for a network it trains (the DDP
 wrapper under torchrun), ``with self.frozen(name) as d:`` for one it only differentiates
@@ -22,12 +29,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from ctseg.config import ConfigError, OptimizerConfig, TrainConfig
+from ctseg.config import OptimizerConfig, TrainConfig
+from ctseg.errors import ConfigError
 
 
 # ---- mixed precision -----------------------------------------------------------------------------
@@ -131,6 +139,19 @@ def build_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown optimizer {name!r}")
 
 
+# ---- other runs' models ------------------------------------------------------------------------------
+_PRETRAINED_LOADER: list[Callable[..., "SegModel"]] = []  # the one loader, provided by ctseg.build
+
+
+def provide_pretrained_loader(load: Callable[..., "SegModel"]) -> None:
+    """Install ``load(path, models=..., role=...)``, how models load another run's trained model.
+
+    ctseg.build calls it when imported (with its ``load_pretrained``), as ``@register``
+    fills the registry: the model files never import the checkpoint-loading code above them.
+    """
+    _PRETRAINED_LOADER[:] = [load]
+
+
 # ---- the model interface ---------------------------------------------------------------------------
 class SegModel:
     """Base class of every registered model; see the module docstring."""
@@ -191,14 +212,27 @@ class SegModel:
     def load_extra_state(self, state: Mapping) -> None:
         pass
 
-    def validation(self, config: TrainConfig, cases: list[str], amp: "Amp") -> dict | None:
+    def validation(self, config: TrainConfig, crops: Callable[[], Sequence[Mapping[str, torch.Tensor]]],
+                   amp: "Amp | None") -> dict | None:
         """Validation metrics replacing the loop's per-case Dice (None, the default: Dice).
 
-        For models whose output is not a mask (``srgan``: PSNR/SSIM against bicubic). The
+        For models whose output is not a mask (``srgan``: PSNR/SSIM against bicubic).
+        ``crops()`` gives the validation cases' held-out crops (the training crop mode, no
+        jitter, no augmentation; ctseg.data.held_out_crops), made only when called. The
         dict's ``score`` (higher is better) is tracked for best.pt and early stopping as
         ``dice`` is; its numbers are logged as ``val/<key>``.
         """
         return None
+
+    def pretrained(self, path, *, models: tuple[str, ...], role: str) -> "SegModel":
+        """Another run's trained model (eval, CPU) to use as a frozen part, by the loader ctseg.build provides.
+
+        ``models`` are the model names accepted, ``role`` the option that asked (for errors).
+        """
+        if not _PRETRAINED_LOADER:
+            raise ConfigError(f"model {self.name}: {role} needs another run's model; import ctseg.build, "
+                              "which provides the loader")
+        return _PRETRAINED_LOADER[0](path, models=models, role=role)
 
     # ---- used by the loop ---------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:

@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ctseg.errors import ConfigError
+
 NORMS = ("batch", "instance", "none")
 
 
@@ -29,7 +31,7 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
         return nn.InstanceNorm2d(channels, affine=True)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be one of {NORMS}, found {kind!r}")
+    raise ConfigError(f"norm must be one of {NORMS}, found {kind!r}")
 
 
 def act_layer(kind: str) -> nn.Module:
@@ -41,7 +43,7 @@ def act_layer(kind: str) -> nn.Module:
         return nn.Tanh()
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"activation must be relu, lrelu, tanh or none, found {kind!r}")
+    raise ConfigError(f"activation must be relu, lrelu, tanh or none, found {kind!r}")
 
 
 def conv_norm_act(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, padding: int | None = None,
@@ -65,7 +67,7 @@ class Up(nn.Module):
             self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                     nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=bias))
         else:
-            raise ValueError(f"up mode must be deconv or resize, found {mode!r}")
+            raise ConfigError(f"up mode must be deconv or resize, found {mode!r}")
         self.post = nn.Sequential(norm_layer(norm, out_ch), act_layer(act),
                                   nn.Dropout(dropout) if dropout else nn.Identity())
 
@@ -81,7 +83,7 @@ def output_activation(kind: str, x: torch.Tensor) -> torch.Tensor:
         return (torch.tanh(x) + 1) / 2
     if kind == "none":
         return x
-    raise ValueError(f"output activation must be sigmoid, tanh01 or none, found {kind!r}")
+    raise ConfigError(f"output activation must be sigmoid, tanh01 or none, found {kind!r}")
 
 
 class StridedUNet(nn.Module):

@@ -64,7 +64,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ctseg.config import ConfigError
+from ctseg.errors import ConfigError
 from ctseg.models.base import SegModel, StepContext, scalar
 from ctseg.models.blocks import PatchDiscriminator, PixelDiscriminator, StridedUNet, init_weights
 from ctseg.models.losses import gan_loss, soft_dice, weighted_bce
@@ -156,7 +156,7 @@ class BiConvLSTM(nn.Module):
     def forward(self, x: torch.Tensor, sequences: int = 1) -> torch.Tensor:
         b, c, h, w = x.shape
         if b % sequences:
-            raise ValueError(f"a batch of {b} cannot hold {sequences} equal sequences")
+            raise ConfigError(f"a batch of {b} cannot hold {sequences} equal sequences")
         seq = x.reshape(sequences, b // sequences, c, h, w)
         ahead = self.forward_cell.run(seq)
         behind = self.backward_cell.run(seq.flip(1)).flip(1)
@@ -230,8 +230,6 @@ def refinement_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torc
 
 @register("crgan")
 class CRGAN(SegModel):
-    description = ("Conditional generative refinement GAN: U-Net G, pixel/Patch D on (CT, mask), refinement R "
-                   "predicting FP/FN maps; patient-wise batch norm; optional bidirectional ConvLSTM")
     options_defaults = {"features": [64, 128, 256, 512, 512, 512, 512, 512], "r_features": None, "norm": "patient",
                         "d_features": 64, "d_patch": 1, "gan_loss": "bce", "r_loss": "weighted_bce", "recurrent": False,
                         "lstm_hidden": None, "lstm_kernel": 3, "predict": "final"}

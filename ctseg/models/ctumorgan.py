@@ -56,7 +56,6 @@ class NoiseBottleneck(nn.Module):
 
 @register("ctumorgan")
 class CTumorGAN(SegModel):
-    description = "CTumorGAN: strided U-Net generator with noise z, PatchGAN on (CT, mask) incl. wrong-mask pairs"
     options_defaults = {"features": [64, 128, 256, 512, 512, 512, 512, 512], "z_dim": 100, "norm": "batch",
                         "d_features": 64, "d_layers": 3, "gan_loss": "bce", "wrong_pairs": True,
                         "predict_noise": "zero"}

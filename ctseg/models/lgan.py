@@ -1,4 +1,4 @@
-"""``lgan-basic``, ``lgan-product``, ``lgan-ef``, ``lgan-lf``, ``lgan-regression``: LGAN (Tan, Jing,
+"""What the five LGAN models share (this file registers none): LGAN (Tan, Jing,
 Huo, Tian and Akin, "LGAN: Lung segmentation in CT scans using generative adversarial network",
 Computerized Medical Imaging and Graphics 87, 2021; arXiv:1901.03473), a Wasserstein GAN
 whose generator segments and whose critic comes in five designs (one generator, five critics).
@@ -12,7 +12,8 @@ BCE is computed from logits).
 Critic ``d`` (3x3 stride-2 convolutions with leaky ReLU, ``critic_features``, then an
 adaptive average pooling to ``pool`` x ``pool`` so any crop size works — ``pool: null``
 flattens the last map of a ``size`` input as the paper does — then FC 1024, leaky ReLU,
-FC 1). What it sees, per registered name:
+FC 1). What it sees, per registered name (one file each, ``lgan_<design>.py``, a
+subclass of :class:`LGAN` setting ``design``):
 
 * ``lgan-basic``: the mask alone;
 * ``lgan-product``: the mask times the CT (each window channel times each label);
@@ -66,11 +67,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ctseg.config import ConfigError
+from ctseg.errors import ConfigError
 from ctseg.models.base import SegModel, StepContext, scalar
 from ctseg.models.blocks import PoolUNet, conv_norm_act
 from ctseg.models.losses import soft_dice
-from ctseg.models.registry import register
 
 DESIGNS = ("basic", "product", "ef", "lf", "regression")
 LIPSCHITZ = ("gp", "clip")
@@ -284,38 +284,3 @@ def gradient_penalty(scores: torch.Tensor, inputs: torch.Tensor, scaler=None) ->
     (grad,) = torch.autograd.grad(outputs, inputs, create_graph=True)
     grad = grad.float() / scale
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
-
-
-# ---- the five registered designs ----------------------------------------------------------------------
-@register("lgan-basic")
-class LGANBasic(LGAN):
-    description = "LGAN (WGAN lung segmentation), critic on the mask alone"
-    design = "basic"
-
-
-@register("lgan-product")
-class LGANProduct(LGAN):
-    description = "LGAN, critic on mask * CT"
-    design = "product"
-
-
-@register("lgan-ef")
-class LGANEarlyFusion(LGAN):
-    description = "LGAN, early-fusion critic on (CT, mask) as channels"
-    design = "ef"
-
-
-@register("lgan-lf")
-class LGANLateFusion(LGAN):
-    description = "LGAN, late-fusion critic: CT and mask branches concatenated before the common layers"
-    design = "lf"
-
-
-@register("lgan-regression")
-class LGANRegression(LGAN):
-    description = "LGAN, two-branch regression critic on (prediction, truth) estimating the EM distance"
-    design = "regression"
-    options_defaults = {**LGAN.options_defaults, "anchor": True}
-
-    def anchored(self) -> bool:
-        return bool(self.options["anchor"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ctseg.errors import ConfigError
+
 
 def soft_dice(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Soft Dice over each sample and channel, averaged: 2|P.T| / (|P| + |T|), smoothed by ``eps``.
@@ -44,4 +46,4 @@ def gan_loss(logits: torch.Tensor, real: bool, kind: str = "bce") -> torch.Tenso
         return F.binary_cross_entropy_with_logits(logits, label)
     if kind == "lsgan":
         return F.mse_loss(logits, label)
-    raise ValueError(f"gan loss must be bce or lsgan, found {kind!r}")
+    raise ConfigError(f"gan loss must be bce or lsgan, found {kind!r}")

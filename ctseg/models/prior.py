@@ -13,11 +13,12 @@ architecture). A model opts in with a ``prior_checkpoint`` option (``unet`` has 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from ctseg.config import ConfigError
+from ctseg.errors import ConfigError
 
 PRIOR_MODELS = ("softgan", "casgan")
 
@@ -46,11 +47,12 @@ class WithPrior(nn.Module):
         return self.net(torch.cat([image, self.prior(image)], dim=1), **kwargs)
 
 
-def load_prior(path: str | Path, in_channels: int, config) -> object:
-    """The trained soft-mask model of ``path`` (eval, CPU), checked to take this run's inputs."""
-    from ctseg.checkpoint import load_pretrained
+def load_prior(pretrained: Callable[..., object], path: str | Path, in_channels: int, config) -> object:
+    """The trained soft-mask model of ``path`` (eval, CPU), checked to take this run's inputs.
 
-    prior = load_pretrained(path, models=PRIOR_MODELS, role="prior_checkpoint")
+    ``pretrained`` is the building model's :meth:`SegModel.pretrained` (the loader ctseg.build provides).
+    """
+    prior = pretrained(path, models=PRIOR_MODELS, role="prior_checkpoint")
     theirs = prior.config
     if prior.in_channels != in_channels or (theirs.channels, theirs.context) != (config.channels, config.context):
         raise ConfigError(f"{path}: the prior takes {prior.in_channels} input channels (channels {theirs.channels}, "

@@ -37,7 +37,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from ctseg.config import ConfigError
+from ctseg.errors import ConfigError
 from ctseg.models.base import SegModel, StepContext, scalar
 from ctseg.models.blocks import StridedUNet, conv_norm_act, init_weights
 from ctseg.models.losses import dice_loss, soft_dice
@@ -77,7 +77,6 @@ def multiscale_l1(fake: list[torch.Tensor], real: list[torch.Tensor], single: bo
 
 @register("segan")
 class SegAN(SegModel):
-    description = "SegAN: strided encoder + resize decoder segmentor, critic with multi-scale L1 loss (S1-1C/S3-1C/S3-3C)"
     options_defaults = {"variant": "S3-1C", "features": [64, 128, 256, 512], "critic_features": [64, 128, 256],
                         "norm": "batch", "clip": 0.01, "dice_weight": 1.0}
 

@@ -1,4 +1,4 @@
-"""``softgan`` and ``casgan``: soft lesion masks (Wang, Xu, Xu, Meng, Xiao, Peng and Zhang, "Accurate 2D
+"""``softgan``: soft lesion masks (Wang, Xu, Xu, Meng, Xiao, Peng and Zhang, "Accurate 2D
 soft segmentation of medical image via SoftGAN network", arXiv:2007.14556, 2020).
 
 The paper's cascade (CasGAN) super-resolves a lesion crop x4 with an SRGAN (``srgan``),
@@ -25,20 +25,9 @@ itself at the model's resolution (scale 1), so the input is the crop twice; the 
 and the discriminator are the same as in the cascade, so a softgan run shows what the
 segmentor does without super-resolution.
 
-``casgan``: a trained ``srgan`` run (``model_options.sr_checkpoint``) feeds the segmentor.
-The crop (``size``) is super-resolved by the SR network's ``scale`` (x4) and also
-bilinearly up-sampled; the segmentor works at ``scale * size``; the soft target is
-bilinearly up-sampled to that grid (``loss_resolution: high``, the paper's setting of
-masks on the super-resolved crop) or the prediction is averaged back to the stored grid
-(``native``). ``predict`` returns the mask averaged over each ``scale`` x ``scale`` block,
-i.e. on the stored grid, so validation, ``ctseg predict`` and ``ctseg evaluate`` work
-unchanged. The SR network is frozen (``freeze_sr: true``, eval mode, no gradients) by
-default; with ``freeze_sr: false`` it is fine-tuned end to end by the segmentor's loss
-with the segmentor's optimiser. Its weights are part of ``g`` and so of every casgan
-checkpoint; the srgan checkpoint is read when the model is built (its architecture).
-Whole-slice prediction costs ``scale``^2 times a crop's: casgan is meant for lesion crops.
+``casgan`` (ctseg.models.casgan) is this model fed by a trained ``srgan`` run.
 
-Evaluation (:func:`evaluate_soft`): binarised at 0.5 (the paper's 128/255) for Dice, and
+Evaluation (ctseg.score.evaluate_soft): binarised at 0.5 (the paper's 128/255) for Dice, and
 soft metrics against the soft truth: MSE, SAD (sum of absolute differences, in pixels;
 matting papers often print SAD / 1000) and AUC (ctseg.metrics.auc, truth >= 0.5).
 
@@ -50,20 +39,18 @@ Ambiguities resolved: the paper's segmentor is pix2pix's U-Net generator with le
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ctseg.config import ConfigError
+from ctseg.errors import ConfigError
 from ctseg.models.base import SegModel, StepContext, scalar
 from ctseg.models.blocks import PixelDiscriminator, StridedUNet, init_weights
 from ctseg.models.losses import gan_loss
 from ctseg.models.registry import register
 
-LOSS_RESOLUTIONS = ("high", "native")
 PIX2PIX_256 = (64, 128, 256, 512, 512, 512, 512, 512)  # pix2pix's U-Net-256: 8 levels down to 1x1
 
 
@@ -105,7 +92,6 @@ class SoftNet(nn.Module):
 
 @register("softgan")
 class SoftGAN(SegModel):
-    description = "SoftGAN: strided encoder-decoder (no pooling) for soft masks, pixel discriminator, MSE + 100 L1"
     options_defaults = {"features": [64, 128, 256, 512, 512, 512], "norm": "batch", "d_features": 64,
                         "gan_loss": "bce"}
     preset_scale = 1  # the paper segments 256 x 256 crops: softgan's size 256, casgan's 64 (x4)
@@ -194,73 +180,3 @@ class SoftGAN(SegModel):
         if self.scale > 1:  # back on the stored grid: the mean of each scale x scale block
             mask = F.avg_pool2d(mask, self.scale)
         return mask.clamp(0, 1)
-
-
-@register("casgan")
-class CasGAN(SoftGAN):
-    description = "CasGAN: a trained srgan (x4, frozen by default) feeding SoftGAN; soft masks on the stored grid"
-    options_defaults = {**SoftGAN.options_defaults, "sr_checkpoint": None, "freeze_sr": True,
-                        "loss_resolution": "high"}
-    preset_scale = 4
-
-    def sr_stage(self) -> tuple[nn.Module, int]:
-        from ctseg.checkpoint import load_pretrained
-
-        path = self.options["sr_checkpoint"]
-        if not path:
-            raise ConfigError("casgan: model_options.sr_checkpoint is required (a trained srgan run's last.pt or "
-                              "best.pt)")
-        if self.options["loss_resolution"] not in LOSS_RESOLUTIONS:
-            raise ConfigError(f"casgan: model_options.loss_resolution must be one of {LOSS_RESOLUTIONS}, "
-                              f"found {self.options['loss_resolution']!r}")
-        sr_model = load_pretrained(path, models=("srgan",), role="casgan sr_checkpoint")
-        mine, theirs = self.config, sr_model.config
-        if sr_model.in_channels != self.in_channels or (mine.channels, mine.context) != (theirs.channels,
-                                                                                         theirs.context):
-            raise ConfigError(f"{path}: the srgan run takes {sr_model.in_channels} input channels (channels "
-                              f"{theirs.channels}, context {theirs.context}); this casgan run gives "
-                              f"{self.in_channels} (channels {mine.channels}, context {mine.context})")
-        return sr_model.nets["g"], sr_model.scale
-
-    def loss_pair(self, fake: torch.Tensor, truth: torch.Tensor, target: torch.Tensor):
-        if self.options["loss_resolution"] == "native":
-            return F.avg_pool2d(fake, self.scale), target
-        return fake, truth
-
-
-# ---- evaluation against soft truth ---------------------------------------------------------------
-def soft_metrics(prob: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> dict:
-    """MSE, SAD, AUC and Dice (both binarised: prediction at ``threshold``, truth at 0.5) of soft masks."""
-    from ctseg import metrics as m
-
-    prob, truth = np.asarray(prob, dtype=np.float64), np.asarray(truth, dtype=np.float64)
-    if prob.shape != truth.shape:
-        raise ValueError(f"prediction shape {prob.shape} differs from truth shape {truth.shape}")
-    diff = prob - truth
-    binary_truth = truth >= 0.5
-    return {"mse": float((diff ** 2).mean()), "sad": float(np.abs(diff).sum()),
-            "auc": m.auc(prob, binary_truth), "dice": float(m.dice(m.confusion(prob >= threshold, binary_truth)))}
-
-
-def evaluate_soft(model: SegModel, config, cases: Sequence[str], *, truth: str | None = None,
-                  threshold: float = 0.5, batch_size: int = 16) -> dict:
-    """Per-case :func:`soft_metrics` of ``model``'s predictions on whole stored cases, and their means.
-
-    ``truth`` is the soft label to compare with (default: the run's first target).
-    """
-    from ctprep.store import SliceStore
-    from ctseg.data import target_array
-    from ctseg.predict import predict_volume
-
-    store = SliceStore.open(config.store)
-    name = truth or config.target[0]
-    per_case = {}
-    for case_id in cases:
-        data = store.read_case(case_id, labels=[name])
-        prob = predict_volume(model, data.image, config, batch_size=batch_size)[0]
-        per_case[case_id] = soft_metrics(prob, target_array([data.labels[name]])[0], threshold)
-    if not per_case:
-        raise ConfigError(f"{config.store}: no cases to evaluate")
-    keys = next(iter(per_case.values())).keys()
-    mean = {k: float(np.nanmean([row[k] for row in per_case.values()])) for k in keys}
-    return {"mean": mean, "cases": per_case, "truth": name, "threshold": threshold}

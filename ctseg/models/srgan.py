@@ -36,7 +36,8 @@ adversarial weight is 0 (SRResNet pre-training).
 (same size, image channels): what the training loop shows and validates.
 :meth:`SRGAN.super_resolve` up-samples a real image by ``scale`` (what CasGAN uses).
 Validation reports PSNR and SSIM (ctseg.image_quality) of SR and of bicubic up-sampling
-against HR on held-out crops (:func:`evaluate_sr`); the score is SR's PSNR gain over bicubic.
+against HR on held-out crops the loop hands it (:func:`evaluate_sr`); the score is SR's
+PSNR gain over bicubic. ctseg.score.evaluate_sr_checkpoint scores a saved srgan run.
 
 Paper preset (Ledig et al.): Adam beta1 0.9, lr 1e-4, batch 16; 1e6 updates of the MSE
 SRResNet, then the GAN from it: 1e5 updates at 1e-4 and 1e5 at 1e-5 (``steps_per_epoch``
@@ -48,14 +49,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ctseg.config import ConfigError
+from ctseg.errors import ConfigError
 from ctseg.models.base import SegModel, StepContext, scalar
 from ctseg.models.losses import gan_loss
 from ctseg.models.registry import register
@@ -214,7 +215,6 @@ class VGGFeatures(nn.Module):
 # ---- the model ---------------------------------------------------------------------------------
 @register("srgan")
 class SRGAN(SegModel):
-    description = "SRGAN x4 super-resolution of crops (SRResNet + SRGAN discriminator), CasGAN's first stage"
     output_kind = "image"
     options_defaults = {"scale": 4, "g_features": 64, "g_blocks": 16, "d_features": 64, "d_pool": 6, "d_dense": 1024,
                         "residual": False, "degrade": "bicubic", "quantise_lr": True,
@@ -323,39 +323,25 @@ class SRGAN(SegModel):
         """The reconstruction of ``image`` from its degraded version (B, C, H, W): see the module docstring."""
         return self.super_resolve(self.degrade(image))
 
-    def validation(self, config, cases: list[str], amp=None) -> dict:
+    def validation(self, config, crops, amp=None) -> dict:
         """PSNR/SSIM of SR and bicubic on the validation cases' crops; ``score`` = PSNR gain in dB."""
-        result = evaluate_sr(self, config, cases=cases, batch_size=config.val_batch_size, amp=amp)
+        result = evaluate_sr(self, crops(), batch_size=config.val_batch_size, amp=amp)
         return {**result, "score": result["psnr_gain"]}
 
 
 # ---- evaluation --------------------------------------------------------------------------------
-def sr_crops(config, cases: list[str]):
-    """The held-out HR crops of ``cases``: the training crop mode, no jitter, no augmentation (deterministic)."""
-    from ctprep.store import SliceStore
-    from ctseg.data import SliceDataset, select_index
-
-    store = SliceStore.open(config.store)
-    index = select_index(store, split="all", cases=cases, targets=config.target)
-    if len(index) == 0:
-        raise ConfigError(f"{config.store}: no slices with label(s) {', '.join(config.target)} in cases "
-                          f"{', '.join(cases) or '(none)'}")
-    return SliceDataset(config.store, index, targets=config.target, size=config.size, crop=config.crop,
-                        channels=config.channels, context=config.context, augment=None, lesion_jitter=0.0,
-                        seed=config.seed)
-
-
-def evaluate_sr(model: SRGAN, config, *, cases: list[str], batch_size: int = 16, amp=None) -> dict:
+def evaluate_sr(model: SRGAN, dataset: Sequence[Mapping[str, torch.Tensor]], *, batch_size: int = 16,
+                amp=None) -> dict:
     """Mean PSNR (dB) and SSIM over crops and channels of SR and of bicubic up-sampling against HR.
 
-    Every stored slice of ``cases`` gives one crop (``config.size``); LR is made from it as
-    in training. Returns psnr, ssim, psnr_bicubic, ssim_bicubic, psnr_gain and crops.
+    ``dataset`` holds the HR crops (``image``; ctseg.data.held_out_crops: one per stored
+    slice of the cases); LR is made from each as in training. Returns psnr, ssim,
+    psnr_bicubic, ssim_bicubic, psnr_gain and crops.
     """
     import contextlib
 
     from ctseg.image_quality import psnr, ssim
 
-    dataset = sr_crops(config, cases)
     model.eval()
     scores: dict[str, list[np.ndarray]] = {"psnr": [], "ssim": [], "psnr_bicubic": [], "ssim_bicubic": []}
     for start in range(0, len(dataset), batch_size):
@@ -373,23 +359,3 @@ def evaluate_sr(model: SRGAN, config, *, cases: list[str], batch_size: int = 16,
     result["psnr_gain"] = result["psnr"] - result["psnr_bicubic"]
     result["crops"] = len(dataset)
     return result
-
-
-def evaluate_checkpoint(checkpoint: str | Path, *, store: str | Path | None = None, cases: list[str] | None = None,
-                        split: str = "test", batch_size: int = 16, device: str = "auto") -> dict:
-    """:func:`evaluate_sr` for a saved ``srgan`` run on ``cases`` (default: the store's ``split``)."""
-    import dataclasses
-
-    from ctseg.checkpoint import load_pretrained
-    from ctseg.predict import select_device
-
-    model = load_pretrained(checkpoint, models=("srgan",), role="evaluate_checkpoint")
-    model.to(select_device(device))
-    config = model.config if store is None else dataclasses.replace(model.config, store=str(store))
-    if cases is None:
-        from ctprep.store import SliceStore
-        from ctseg.data import select_index
-
-        index = select_index(SliceStore.open(config.store), split=split, targets=config.target)
-        cases = sorted(set(index.rows["case"].tolist()))
-    return evaluate_sr(model, config, cases=list(cases), batch_size=batch_size)

@@ -31,20 +31,19 @@ LOSSES = ("mae", "mse", "weighted_ce", "dice", "mse_dice")
 
 @register("unet")
 class UNet(SegModel):
-    description = "U-Net baseline; loss mae | mse | weighted_ce | dice | mse_dice (CTumorGAN's loss study)"
     options_defaults = {"features": [64, 128, 256, 512, 1024], "norm": "batch", "loss": "mse_dice",
                         "pos_weight": None, "dropout": 0.0, "prior_checkpoint": None}
 
     def build(self):
         if self.options["loss"] not in LOSSES:
-            from ctseg.config import ConfigError
+            from ctseg.errors import ConfigError
 
             raise ConfigError(f"unet: model_options.loss must be one of {LOSSES}, found {self.options['loss']!r}")
         prior = None
         if self.options["prior_checkpoint"]:  # a trained softgan's mask as an extra input channel (ctseg.models.prior)
             from ctseg.models.prior import load_prior
 
-            prior = load_prior(self.options["prior_checkpoint"], self.in_channels, self.config)
+            prior = load_prior(self.pretrained, self.options["prior_checkpoint"], self.in_channels, self.config)
         extra = prior.out_channels if prior is not None else 0
         net = PoolUNet(self.in_channels + extra, self.out_channels, features=self.options["features"],
                        norm=self.options["norm"], dropout=float(self.options["dropout"]))

@@ -74,7 +74,7 @@ def test_mask_source_components_and_skips(mask_store):
     assert info["parameters"]["evidence"] == {"label": "tumour"}
     assert {entry["lesion_id"]: entry["status"] for entry in info["lesions"]} == {
         "z1-1": "done", "z1-2": "done", "z2-1": "done", "z3-1": "skipped"}
-    summary = "\n".join(report.summary_lines())
+    summary = "\n".join(report.lines())
     assert "2 cases labelled" in summary and "4 lesions labelled, 1 skipped" in summary
     assert "skipped lesion case-a/z3-1 (z=3)" in summary
 

@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 
 from ctlabel.errors import TrimapError
-from ctlabel.matting import (
-    MattingParams,
-    configure_numba_cache,
-    default_numba_cache_dir,
-    estimate_alpha,
-    matting_image,
-    solve_region,
-)
+from ctlabel.matting import MattingParams, estimate_alpha, matting_image, solve_region
+from ctlabel.numba_cache import configure_numba_cache, default_numba_cache_dir
 from ctlabel.trimap import BACKGROUND, FOREGROUND, UNKNOWN, trimap_from_mask
 
 

@@ -66,7 +66,7 @@ def test_soften_store(tmp_path, lk):
     labels = SliceStore.open(tmp_path / "s.zarr").read_case("a", labels=["softened_tumour", "binary_tumour"]).labels
     np.testing.assert_array_equal(labels["softened_tumour"], np.maximum(soft, mask))
     np.testing.assert_array_equal(labels["binary_tumour"], (soft >= 0.7).astype(np.uint8))
-    assert "softened_tumour, binary_tumour written for 1 cases, 1 skipped" in report.summary_lines()[0]
+    assert "softened_tumour, binary_tumour written for 1 cases, 1 skipped" in report.lines()[0]
     with pytest.raises(ValueError, match="no case could be softened"):
         soften_store(SoftenConfig(store=str(tmp_path / "s.zarr"), soft="soft_tumour", cases=("b",)))
     with pytest.raises(CaseNotFoundError):

@@ -189,7 +189,7 @@ def test_bad_case_is_skipped_and_reported(tmp_path, corrupt, caplog):
     assert str(folder / filename) in bad.reason  # the full path, so the file can be found
     assert reason in bad.reason, bad.reason
     # the summary lists it, with its reason
-    lines = report.summary_lines()
+    lines = report.lines()
     assert lines[0].startswith(f"{output}: 2 converted, 0 already complete, 1 skipped")
     assert f"  skipped volume-{BAD}: {bad.reason}" in lines
     # and so does the manifest

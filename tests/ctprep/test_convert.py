@@ -46,7 +46,7 @@ def test_every_case_is_converted(converted):
     assert [o.status for o in report.outcomes] == ["converted"] * 3
     assert report.slices_written == 3 * dataset.shape[0]
     assert store.incomplete_case_ids() == []
-    line = report.summary_lines()[0]
+    line = report.lines()[0]
     assert line.startswith(f"{output}: 3 converted, 0 already complete, 0 skipped; 72 slices in ")
 
 
@@ -364,7 +364,7 @@ def test_rerun_with_the_same_parameters_changes_nothing(converted, ct):
     before = ct.store_file_bytes(output / "cases")
     _, report = convert(dataset, output)
     assert [o.status for o in report.outcomes] == ["existing"] * 3
-    assert report.summary_lines()[0].startswith(f"{output}: 0 converted, 3 already complete, 0 skipped")
+    assert report.lines()[0].startswith(f"{output}: 0 converted, 3 already complete, 0 skipped")
     assert ct.store_file_bytes(output / "cases") == before
     manifest = json.loads(manifest_path(output).read_text())
     assert all(e["status"] == "converted" and e["inputs"] for e in manifest["cases"].values())

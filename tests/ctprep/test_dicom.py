@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctprep.formats.dicom import AIR_HU, read_ct_series, scan_dicom_folder
+from ctprep.formats.dicom import AIR_HU, read_ct_series
+from ctprep.formats.dicom_scan import scan_dicom_folder
 from ctprep.phantoms.dicom import (FEET_FIRST_SUPINE, HEAD_FIRST_PRONE, HEAD_FIRST_SUPINE,
                                   IN_PLANE_ORIENTATIONS, write_ct_series)
 from ctprep.errors import CaseInputError

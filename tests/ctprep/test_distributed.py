@@ -44,7 +44,7 @@ def test_a_local_cluster_writes_the_same_store_as_one_process(dataset_name, requ
 
 
 def test_an_unreachable_scheduler_is_a_clear_error():
-    from ctprep.convert import _dask_executor
+    from lkbase.executor import dask_executor as _dask_executor
 
     with pytest.raises(OSError, match="--dask tcp://127.0.0.1:1: cannot reach the dask scheduler"):
         with _dask_executor("tcp://127.0.0.1:1", connect_timeout_s=1):

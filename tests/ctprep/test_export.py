@@ -25,7 +25,7 @@ from ctprep.store import SliceStore
 def convert(dataset, output: Path, **kwargs) -> SliceStore:
     config = ConvertConfig(source=dataset.source, input_dir=str(dataset.root), output=str(output), **kwargs)
     report = convert_dataset(config, progress=False)
-    assert all(o.status == "converted" for o in report.outcomes), report.summary_lines()
+    assert all(o.status == "converted" for o in report.outcomes), report.lines()
     return SliceStore.open(output)
 
 
@@ -217,7 +217,7 @@ def kits_real(tmp_path_factory, ct):
         output = root.parent / f"{case}.zarr"
         report = convert_dataset(ConvertConfig(source="kits19", input_dir=str(root), output=str(output),
                                                cases=(case,), slices=slices), progress=False)
-        assert [o.status for o in report.outcomes] == ["converted"], report.summary_lines()
+        assert [o.status for o in report.outcomes] == ["converted"], report.lines()
         stores[case] = SliceStore.open(output)
     return root, stores
 

@@ -22,7 +22,8 @@ from ctprep.cli import main as ctprep_cli
 from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.errors import StoreError
 from ctprep.lookup import LazySlices
-from ctprep.store import _STAGING, SliceStore
+from ctprep.store import SliceStore
+from ctprep.store.layout import _STAGING
 from ctprep.commands.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,7 +184,7 @@ def test_write_label_on_an_object_store_adds_replaces_and_survives_a_failed_writ
 
 def test_an_interrupted_copy_into_place_serves_the_whole_new_label(memory_store, monkeypatch):
     """Killed after the marker points at the staged label, before the copy into place finished."""
-    from ctprep import store as store_module
+    from ctprep.store import files as store_module
 
     store, case = memory_store, "volume-2"
     old = store.read_label(case, "tumour")

@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctprep.errors import CaseInputError, MissingInputError
-from ctprep.formats.lidc_xml import (LidcAnnotations, Point, Roi, consensus, group_consensus, group_nodules,
-                         intersection, parse_lidc_xml, reader_masks, union, votes_needed)
+from ctprep.formats.lidc_readers import (consensus, group_consensus, group_nodules, intersection, reader_masks,
+                                         union, votes_needed)
+from ctprep.formats.lidc_xml import LidcAnnotations, Point, Roi, parse_lidc_xml
 
 LIDC_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lidc_xml"
 XML_0001 = LIDC_DIR / "069.xml"

@@ -68,7 +68,7 @@ def kits_store(tmp_path_factory, ct):
     report = convert_dataset(ConvertConfig(source="kits19", input_dir=str(root), output=str(output), keep_hu=True),
                              progress=False)
     assert [(o.case_id, o.status) for o in report.outcomes] == [(c, "converted") for c in KITS_CASES], \
-        report.summary_lines()
+        report.lines()
     store = SliceStore.open(output)
     cache = {}
 

@@ -20,8 +20,9 @@ from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.phantoms.deeplesion import write_deeplesion_phantom, write_dl_info, write_png16
 from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.sources import SOURCES, get_source
-from ctprep.sources.deeplesion import (COLUMNS, DeepLesionSource, case_fields, parse_lesion, parse_row,
-                                       recist_mask)
+from ctprep.formats.deeplesion import COLUMNS, case_fields, parse_lesion, parse_row
+from ctprep.formats.recist import recist_mask
+from ctprep.sources.deeplesion import DeepLesionSource
 from ctprep.store import SliceStore
 from ctprep.windowing import PRESETS, Window, window_reference
 from test_sources import SourceContract
@@ -104,7 +105,7 @@ def real_store(tmp_path_factory, real_download) -> SliceStore:
     config = ConvertConfig(source="deeplesion", input_dir=str(real_download), output=str(out),
                            cases=E2E_CASES, keep_hu=True)
     report = convert_dataset(config, progress=False)
-    assert [o.status for o in report.outcomes] == ["converted"] * len(E2E_CASES), report.summary_lines()
+    assert [o.status for o in report.outcomes] == ["converted"] * len(E2E_CASES), report.lines()
     return SliceStore.open(out)
 
 
@@ -273,7 +274,7 @@ def test_resize_maps_recist_into_stored_pixels(tmp_path, real_download, real_row
     config = ConvertConfig(source="deeplesion", input_dir=str(real_download), output=str(out),
                            cases=(case_id,), size=(256, 256), slices="lesion")
     report = convert_dataset(config, progress=False)
-    assert report.outcomes[0].status == "converted", report.summary_lines()
+    assert report.outcomes[0].status == "converted", report.lines()
     store = SliceStore.open(out)
     record = store.record(case_id)
     assert record.geometry.shape == (5, 256, 256) and record.slice_indices == (2,)

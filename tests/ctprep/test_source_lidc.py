@@ -218,7 +218,7 @@ def real_store(ct, tmp_path_factory):
     config = ConvertConfig(source="lidc", input_dir=str(root), output=str(out), keep_hu=True)
     report = convert_dataset(config, progress=False)
     assert [(o.case_id, o.status) for o in report.outcomes] == [("LIDC-IDRI-0001", "converted"),
-                                                                ("LIDC-IDRI-0002", "converted")], report.summary_lines()
+                                                                ("LIDC-IDRI-0002", "converted")], report.lines()
     return xml_dir, root, SliceStore.open(out)
 
 

@@ -21,7 +21,8 @@ from ctprep.errors import (
     StoreParameterError,
 )
 from ctprep.geometry import Geometry, SourceGrid
-from ctprep.store import FORMAT_VERSION, SliceStore, _ChunkFiles
+from ctprep.store import FORMAT_VERSION, SliceStore
+from ctprep.store.chunks import _ChunkFiles
 from ctprep.windowing import PRESETS
 
 PARAMETERS = {"windows": ["abdomen", "kidney"], "spacing": None, "size": None, "slices": "all"}
@@ -546,7 +547,7 @@ def test_case_not_found_error_types(store):
 def test_own_chunk_writer_writes_exactly_what_zarr_writes(tmp_path):
     from zarr.codecs import BytesCodec, ZstdCodec
 
-    from ctprep.store import _CHUNK_KEYS, ZSTD_LEVEL
+    from ctprep.store.layout import _CHUNK_KEYS, ZSTD_LEVEL
 
     rng = np.random.default_rng(3)
     data = rng.integers(0, 256, size=(6, 2, 16, 20), dtype=np.uint8)

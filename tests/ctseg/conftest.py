@@ -35,7 +35,7 @@ def convert(raw: Path, out: Path, windows: tuple[str, ...], split=None) -> Path:
     config = ConvertConfig(source="lits", input_dir=str(raw), output=str(out), split=split or SplitConfig(),
                            windows=tuple(parse_window(w) for w in windows))
     report = convert_dataset(config, progress=False)
-    assert not report.with_status("skipped"), report.summary_lines()
+    assert not report.with_status("skipped"), report.lines()
     return out
 
 

@@ -14,11 +14,11 @@ import torch
 
 from test_models import ModelContract, synthetic_batch, SIZE
 
-from ctseg.config import ConfigError, build_config
+from ctseg.build import build_config, build_model
+from ctseg.errors import ConfigError
 from ctseg.models.blocks import has_batch_norm
 from ctseg.models.crgan import BiConvLSTM, PatientNorm, compose, error_maps
 from ctseg.models.lgan import gradient_penalty
-from ctseg.predict import build_model
 
 
 @pytest.fixture(autouse=True)

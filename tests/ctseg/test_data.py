@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctprep.store import SliceStore
-from ctseg.config import AugmentConfig, ConfigError, TrainConfig
+from ctseg.config import AugmentConfig, TrainConfig
+from ctseg.errors import ConfigError
 from ctseg.data import (AugmentParams, BalancedBatches, PatientBatches, ShuffledBatches, SliceDataset, augment_pair,
                         geometric_transform, make_loader, select_index, training_data)
 

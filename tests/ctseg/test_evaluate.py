@@ -25,7 +25,8 @@ from ctprep.phantoms.nifti import write_lits_case
 from ctprep.store import SliceStore
 from ctprep.windowing import PRESETS
 from ctseg import metrics as m
-from ctseg.evaluate import EvaluationError, evaluate_run, evaluate_store
+from ctseg.errors import EvaluationError
+from ctseg.evaluate import evaluate_run, evaluate_store
 from ctseg.report import TRUTH_BGR, PRED_BGR, best_and_worst, box_stats, overlay
 
 SHAPE, SPACING = (16, 64, 64), (2.5, 0.8, 0.8)

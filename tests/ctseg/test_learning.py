@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ctprep.store import SliceStore
-from ctseg.config import build_config
+from ctseg.build import build_config
 from ctseg.predict import predict_store
 from ctseg.train import train
 

@@ -11,10 +11,9 @@ import math
 import pytest
 import torch
 
-from ctseg.config import ConfigError, build_config
-from ctseg.models import MODELS
+from ctseg.build import MODELS, build_config, build_model
+from ctseg.errors import ConfigError
 from ctseg.models.base import Amp, StepContext
-from ctseg.predict import build_model
 from ctseg.train import train
 
 SIZE = 32
@@ -191,3 +190,16 @@ class TestSegAN(ModelContract):
         logs = model.train().train_step(batch, ctx)
         assert math.isfinite(float(logs["loss_s"]))
         assert model.eval().predict(batch["image"]).shape == (4, 3, SIZE, SIZE)
+
+
+def test_the_catalogue_names_exactly_the_registered_models():
+    """ctseg.models.registry.CATALOGUE (what `ctseg models` prints without torch) is the registry."""
+    from ctseg.models.registry import CATALOGUE
+
+    assert {name: cls.description for name, cls in MODELS.items()} == CATALOGUE
+    assert all(cls.name == name for name, cls in MODELS.items())
+
+
+def test_each_registered_model_has_its_own_file():
+    for name, cls in MODELS.items():
+        assert cls.__module__ == "ctseg.models." + name.replace("-", "_"), name

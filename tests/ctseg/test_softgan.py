@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from ctseg.checkpoint import CheckpointError
-from ctseg.config import ConfigError, build_config
+from ctseg.build import build_config, build_model, load_model
+from ctseg.errors import CheckpointError, ConfigError
 from ctseg.models.base import Amp, StepContext
-from ctseg.predict import build_model, load_model, predict_volume
+from ctseg.predict import predict_volume
 from ctseg.train import train
 from test_models import SIZE, ModelContract, synthetic_batch
 
@@ -222,7 +222,7 @@ class TestSoftGAN(ModelContract):
         assert rates[52] == pytest.approx(2e-3 * (1 - 17 / 35)) and rates[-1] < 1e-4
 
     def test_soft_metrics(self):
-        from ctseg.models.softgan import soft_metrics
+        from ctseg.score import soft_metrics
 
         truth = np.array([[0.0, 0.2, 0.6, 1.0]], dtype=np.float32)
         pred = np.array([[0.1, 0.2, 0.4, 0.9]], dtype=np.float32)
@@ -233,7 +233,7 @@ class TestSoftGAN(ModelContract):
         assert m["dice"] == pytest.approx(2 / 3)  # prediction >= 0.5: only the last pixel
 
     def test_evaluate_soft_scores_whole_cases(self, phantom_store, softgan_checkpoint):
-        from ctseg.models.softgan import evaluate_soft
+        from ctseg.score import evaluate_soft
 
         model, config, _ = load_model(softgan_checkpoint, device="cpu")
         result = evaluate_soft(model, config, ["volume-0"])
@@ -404,7 +404,7 @@ def lung_regions(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_srgan_beats_bicubic_on_held_out_real_crops(lung_regions, tmp_path):
     """SRResNet stage (the paper preset's first phase: MSE only), 16 -> 64, three regions; PSNR on the fourth."""
-    from ctseg.models.srgan import evaluate_checkpoint
+    from ctseg.score import evaluate_sr_checkpoint
 
     config = build_config(model="srgan", layers=[{
         "store": str(lung_regions), "target": "tumour", "out": str(tmp_path / "sr"), "size": 64, "crop": "center",
@@ -414,7 +414,7 @@ def test_srgan_beats_bicubic_on_held_out_real_crops(lung_regions, tmp_path):
         "model_options": {**TINY_SR, "residual": True}, "optimizers": {"g": {"lr": 1e-3}},
         "loss_weights": {"adversarial": 0.0}, "frozen": ["d"]}])
     train(config, progress=False)
-    result = evaluate_checkpoint(tmp_path / "sr" / "last.pt", cases=["volume-3"], device="cpu")
+    result = evaluate_sr_checkpoint(tmp_path / "sr" / "last.pt", cases=["volume-3"], device="cpu")
     print("srgan held-out:", {k: round(v, 4) for k, v in result.items()})
     assert result["crops"] == 14
     assert result["psnr"] > result["psnr_bicubic"] + 0.1, result
@@ -424,7 +424,7 @@ def test_srgan_beats_bicubic_on_held_out_real_crops(lung_regions, tmp_path):
 def test_softgan_learns_soft_masks_better_than_the_binary_label(lung_regions, tmp_path):
     """MSE against the soft truth on the nodule's slices below that of the expert's binary mask."""
     from ctprep.store import SliceStore
-    from ctseg.models.softgan import soft_metrics
+    from ctseg.score import soft_metrics
 
     config = build_config(model="softgan", layers=[{
         "store": str(lung_regions), "target": "soft_tumour", "out": str(tmp_path / "soft"), "size": 64,

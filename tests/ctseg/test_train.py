@@ -12,7 +12,9 @@ from click.testing import CliRunner
 
 from ctprep.store import SliceStore
 from ctseg.cli import main
-from ctseg.config import ConfigError, TrainConfig, build_config, parse_assignment
+from ctseg.build import build_config
+from ctseg.config import TrainConfig, parse_assignment
+from ctseg.errors import ConfigError
 from ctseg.train import schedulers, train
 
 TINY = ["--size", "32", "--batch-size", "4", "--set", "model_options.features=[8,16]", "--set", "steps_per_epoch=2",
@@ -138,7 +140,7 @@ def test_cli_lists_models_and_reports_errors(phantom_store, tmp_path):
     runner = CliRunner()
     listed = runner.invoke(main, ["models"])
     assert listed.exit_code == 0
-    from ctseg.models import MODELS
+    from ctseg.build import MODELS
 
     names = [line.split()[0] for line in listed.output.splitlines()]
     assert names == sorted(MODELS) and {"unet", "ctumorgan", "segan"} <= set(names)

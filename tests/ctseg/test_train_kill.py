@@ -1,7 +1,7 @@
 """A training run killed (SIGKILL) at chosen and random moments, checkpoint writes included, then resumed.
 
-Every checkpoint file left loads (a torn write stays in a dot-prefixed temporary, never under a
-checkpoint's name), ``--resume`` continues from the last complete checkpoint, and the resumed
+Every checkpoint file left loads (a torn write stays in an lkbase.atomic temporary,
+``.lk-tmp-*``, never under a checkpoint's name), ``--resume`` continues from the last complete checkpoint, and the resumed
 run ends with exactly the weights, optimiser state, best model and history of a run that was
 never interrupted. The killed runs are ``ctseg train`` subprocesses on one torch thread (the
 in-process runs here use one thread too: tests/ctseg/conftest.py), so the arithmetic is the same.
@@ -24,6 +24,8 @@ from killing import hook_env, kill, start, subprocess_env, wait_for, wait_killed
 
 from ctseg import checkpoint as ckpt
 from ctseg.cli import main
+from ctseg.errors import CheckpointError
+from lkbase.atomic import TEMP_PREFIX
 
 # 3 epochs of 4 steps, a checkpoint every 3 steps and at each epoch's end: checkpoints are serialised
 # at steps 3, 4 (end of epoch 1), 6, 8 (end of 2), 9, 12 and 12 (end of 3): seven torch.save calls.
@@ -92,14 +94,15 @@ def straight(phantom_store, tmp_path_factory) -> Path:
 
 
 def _checkpoints_load(run: Path) -> dict[str, dict]:
-    """Every file of the run folder is a loadable checkpoint, the config, history, logs or a dot-temporary."""
+    """Every file of the run folder is a loadable checkpoint, the config, history, logs or a temporary."""
     loaded = {}
     for path in run.iterdir():
+        if path.name.startswith(TEMP_PREFIX):
+            continue
         if path.suffix == ".pt":
             loaded[path.name] = ckpt.load(path)  # raises CheckpointError for a torn file
         else:
-            assert path.name in {"config.yaml", "history.json", "tensorboard"} or (
-                path.name.startswith(".") and path.name.endswith(".tmp")), f"unexpected file {path.name}"
+            assert path.name in {"config.yaml", "history.json", "tensorboard"}, f"unexpected file {path.name}"
     return loaded
 
 
@@ -133,7 +136,7 @@ def _resume_and_compare(run: Path, straight: Path) -> None:
     for name in resumed:
         _assert_equal(_state(resumed[name]), _state(reference[name]), name)
     assert json.loads((run / "history.json").read_text()) == json.loads((straight / "history.json").read_text())
-    left = sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp"))
+    left = sorted(p.name for p in run.iterdir() if p.name.startswith(TEMP_PREFIX))
     assert not left, f"temporary files of the killed run left behind: {left}"
 
 
@@ -157,9 +160,9 @@ def test_killed_inside_a_checkpoint_write(phantom_store, straight, tmp_path):
     run = tmp_path / "run"
     saves = _killed_by_hook(phantom_store, run, tmp_path, f"during:{n}")
     assert len(saves) == n - 1  # the n-th write never completed
-    torn = [p for p in run.iterdir() if p.name.endswith(".tmp")]
-    assert len(torn) == 1 and torn[0].name.startswith((".last.pt.", ".best.pt.")) and torn[0].stat().st_size > 0
-    with pytest.raises(ckpt.CheckpointError, match="not a readable checkpoint"):
+    torn = [p for p in run.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert len(torn) == 1 and torn[0].name.endswith(("-last.pt", "-best.pt")) and torn[0].stat().st_size > 0
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         ckpt.load(torn[0])  # the half-written file, under a temporary name
     assert _checkpoints_load(run)["last.pt"]["step"] == saves[-1][1]  # the last complete checkpoint
     _resume_and_compare(run, straight)

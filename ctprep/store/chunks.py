@@ -1,0 +1,206 @@
+"""Chunk files: the fast path that reads and writes one-slice chunks ourselves, and their checksums.
+
+Convention: every array is chunked one slice per chunk, bytes + zstd (level ZSTD_LEVEL),
+chunk keys ``c.<z>.0.0.0`` (layout._CHUNK_KEYS); a slice equal to the fill value has no
+file. What this module writes is byte for byte what zarr writes. A chunk's checksum is
+the first 16 hex digits of the sha256 of its file; a case's digest is one sha256 over them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import zarr
+from numcodecs import Zstd
+from zarr.codecs import BytesCodec, ZstdCodec
+from zarr.storage import LocalStore
+
+from ctprep.errors import StoreError
+from ctprep.lookup import LazySlices
+from ctprep.store.layout import _CHUNK_KEYS, ZSTD_LEVEL, slice_chunks
+from lkbase.errors import ParameterError
+
+# Threads encoding and writing chunks; more than the cores buys nothing (zstd is CPU-bound).
+_WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+# Chunk uploads in flight on non-local stores (I/O-bound: more than the cores).
+_REMOTE_THREADS = 8
+
+class _ChunkFiles:
+    """Reads and writes one-slice chunks of a local array straight from and to their files.
+
+    zarr-python spends ~1 ms of per-call overhead on a single-chunk read; decoding
+    the chunk file ourselves is several times faster (benchmarks/bench_read.py).
+    Writing is the same story: zarr's whole-array write spends most of its time in
+    per-chunk Python work that holds the GIL, so it barely uses a second core;
+    encoding the slices ourselves in threads (zstd and file I/O release the GIL) is
+    about twice as fast (benchmarks/bench_convert.py, "where the time goes"). The
+    files are exactly those zarr writes: the zstd frame of the slice's little-endian
+    bytes under the array's chunk key, slices equal to the fill value left out.
+    Used only when the array's codecs are exactly bytes + zstd, which is what this
+    module writes; anything else goes through zarr.
+    """
+
+    def __init__(self, array: zarr.Array, folder: Path):
+        self.folder = folder
+        self.array = array
+        self.chunk_shape = tuple(array.metadata.chunk_grid.chunk_shape)
+        self.dtype = array.dtype
+        self.fill_value = array.metadata.fill_value
+        self._encoding = array.metadata.chunk_key_encoding
+        self._zeros = (0,) * (array.ndim - 1)
+        self._zstd = Zstd()
+        self._paths: dict[int, str] = {}  # z -> chunk file; a str join is cheaper than a Path per read
+
+    @staticmethod
+    def usable(array: zarr.Array) -> bool:
+        codecs = array.metadata.codecs
+        return (len(codecs) == 2 and isinstance(codecs[0], BytesCodec)
+                and isinstance(codecs[1], ZstdCodec) and array.metadata.chunk_grid.chunk_shape[0] == 1
+                and tuple(array.metadata.chunk_grid.chunk_shape[1:]) == tuple(array.shape[1:]))
+
+    def _path(self, z: int) -> str:
+        path = self._paths.get(z)
+        if path is None:
+            path = self._paths[z] = os.path.join(self.folder, self._encoding.encode_chunk_key((z, *self._zeros)))
+        return path
+
+    def read_into(self, z: int, out: np.ndarray) -> None:
+        try:
+            with open(self._path(z), "rb", buffering=0) as handle:  # unbuffered: one read of the whole file
+                payload = handle.readall()
+        except FileNotFoundError:  # zarr does not write chunks that equal the fill value
+            out[...] = self.fill_value
+            return
+        try:
+            self._zstd.decode(payload, out=out.reshape(-1).view(np.uint8))
+        except (RuntimeError, ValueError) as exc:  # numcodecs reports corrupt frames as RuntimeError
+            raise StoreError(f"{self._path(z)}: corrupt chunk, slice {z} ({exc}); `ctprep verify` the store") from exc
+        if self.dtype.byteorder == ">" or (self.dtype.byteorder == "=" and np.little_endian is False):
+            out.byteswap(inplace=True)  # pragma: no cover - we only write little-endian
+
+    def write_all(self, data: np.ndarray | LazySlices) -> dict[str, str]:
+        """Write every slice of ``data`` (the array's full shape) as one chunk file each.
+
+        Returns the checksum of every chunk file written, by chunk key (see chunk_checksum).
+
+        Slices are pulled with ``data[z]`` from the writer threads, so a LazySlices
+        volume is computed in parallel, slice by slice, and never held whole.
+        """
+        if data.shape != tuple(self.array.shape):
+            raise ParameterError(f"expected shape {tuple(self.array.shape)}, found {data.shape}")
+        zstd_codec = self.array.metadata.codecs[1]
+        zstd = Zstd(level=zstd_codec.level, checksum=zstd_codec.checksum)
+        little = self.dtype.newbyteorder("<")
+        fill = self.dtype.type(self.fill_value)
+        os.makedirs(self.folder, exist_ok=True)
+        flat = os.path.dirname(self._path(0)) == os.fspath(self.folder)  # our "." chunk keys
+
+        def write(z: int) -> tuple[str, str] | None:
+            chunk = data[z]
+            empty = not chunk.any() if fill == 0 else bool(np.all(chunk == fill))
+            if empty:
+                return None  # as zarr (write_empty_chunks=False): a missing chunk reads as the fill value
+            payload = zstd.encode(np.ascontiguousarray(chunk, dtype=little))
+            path = self._path(z)
+            if not flat:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            # Written in place, not to a temporary name renamed into place as zarr does: a
+            # case is invisible until write_case marks it complete, so a torn chunk is never
+            # read, and on slow disks the rename was a third of the time of a chunk.
+            with open(path, "wb") as handle:
+                handle.write(payload)
+            return os.path.relpath(path, self.folder), chunk_checksum(payload)
+
+        with ThreadPoolExecutor(max_workers=_WRITE_THREADS) as pool:
+            written = [item for item in pool.map(write, range(data.shape[0])) if item]  # re-raises errors
+        return dict(sorted(written))
+
+
+def chunk_checksum(payload: bytes) -> str:
+    """The recorded checksum of a chunk file: the first 16 hex digits of its sha256."""
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def array_checksums(folder: Path) -> dict[str, str]:
+    """Checksums of the chunk files of the array stored in ``folder``, by chunk key."""
+    sums = {}
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            if name != "zarr.json":
+                path = os.path.join(dirpath, name)
+                with open(path, "rb") as handle:
+                    sums[os.path.relpath(path, folder)] = chunk_checksum(handle.read())
+    return dict(sorted(sums.items()))
+
+
+def _write_chunks_through(put: Callable[[str, bytes], None], array: zarr.Array,
+                          data: np.ndarray | LazySlices) -> dict[str, str]:
+    """Write every slice of ``data`` as one chunk object with ``put(path, bytes)``: the files _ChunkFiles writes locally.
+
+    Ours rather than zarr's ``array[...] = data`` for three reasons: a LazySlices
+    volume is computed slice by slice in the threads, never held whole; the checksums
+    come from the bytes sent, with no second download; and a failure (disk full) returns
+    only once no write is in flight, so the caller's clean-up is not undone by a
+    straggler (zarr leaves its other puts running when one fails).
+    """
+    if data.shape != tuple(array.shape):
+        raise ParameterError(f"expected shape {tuple(array.shape)}, found {data.shape}")
+    codec = array.metadata.codecs[1]
+    zstd = Zstd(level=codec.level, checksum=codec.checksum)
+    little, fill = array.dtype.newbyteorder("<"), array.dtype.type(array.metadata.fill_value)
+    encoding, zeros = array.metadata.chunk_key_encoding, (0,) * (array.ndim - 1)
+
+    def write(z: int) -> tuple[str, str] | None:
+        chunk = np.asarray(data[z])
+        if not chunk.any() if fill == 0 else bool(np.all(chunk == fill)):
+            return None  # as zarr (write_empty_chunks=False): a missing chunk reads as the fill value
+        payload = zstd.encode(np.ascontiguousarray(chunk, dtype=little))
+        key = encoding.encode_chunk_key((z, *zeros))
+        put(f"{array.path}/{key}", payload)
+        return key, chunk_checksum(payload)
+
+    pool = ThreadPoolExecutor(max_workers=_REMOTE_THREADS)
+    try:
+        futures = [pool.submit(write, z) for z in range(data.shape[0])]
+        written = [item for item in (f.result() for f in futures) if item]
+    finally:  # on failure: slices not started are dropped, those in flight finish before we return
+        pool.shutdown(wait=True, cancel_futures=True)
+    return dict(sorted(written))
+
+
+def checksums_digest(checksums: Mapping[str, Mapping[str, str]]) -> str:
+    """One sha256 over a case's chunk checksums: what a manifest records for the case."""
+    return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
+
+
+
+def write_array(group: zarr.Group, name: str, data: np.ndarray | LazySlices, dims: tuple[str, ...],
+                attributes: Mapping | None = None,
+                put: Callable[[str, bytes], None] | None = None) -> dict[str, str] | None:
+    """Create the array ``name`` in ``group`` holding ``data``.
+
+    Returns its chunk checksums, or None where zarr wrote the chunks itself (the
+    caller then hashes the stored files). ``put(path, bytes)``: writes one object of a
+    non-local store (path relative to its root), for writing chunks through fsspec.
+    """
+    array = group.create_array(
+        name, shape=data.shape, dtype=data.dtype, chunks=slice_chunks(data.shape),
+        serializer=BytesCodec(), compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0,
+        chunk_key_encoding=_CHUNK_KEYS, attributes=dict(attributes or {}),
+        dimension_names=dims, overwrite=True)
+    store = group.store
+    folder = Path(store.root) / array.path if isinstance(store, LocalStore) else None
+    if folder is not None and _ChunkFiles.usable(array):
+        # Our own threaded chunk writer: several times zarr's speed (see _ChunkFiles).
+        return _ChunkFiles(array, folder).write_all(data)
+    if folder is None and put is not None and _ChunkFiles.usable(array):
+        return _write_chunks_through(put, array, data)
+    array[...] = np.asarray(data)
+    return array_checksums(folder) if folder is not None else None
