@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from ctprep.store import SliceStore
-from ctprep.store.layout import prediction_labels
+from ctprep.store.layout import PREDICTION_PREFIX, prediction_labels
 from ctseg import metrics as m
 from ctseg.errors import EvaluationError
 from lkbase.atomic import write_text_atomic
@@ -238,7 +238,7 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path, split: str = "test
     if prediction_label is None:
         labels = run_prediction_labels(store, chosen[0], run_dir)
         if not labels:
-            have = [n for n in store.label_names(chosen[0]) if n.startswith("pred_")]
+            have = [n for n in store.label_names(chosen[0]) if n.startswith(PREDICTION_PREFIX)]
             raise EvaluationError(f"{store.path}: case {chosen[0]} has no prediction of run {run_dir} "
                                   f"(prediction labels: {', '.join(have) or 'none'}); run `ctseg predict` "
                                   "first or name the label")
