@@ -28,7 +28,7 @@ from ctprep.store.arrays import CaseData, check_case_arrays, check_label_array
 from ctprep.store.chunks import _ChunkFiles, write_array
 from ctprep.store.files import _LOCK_NAME, _Files, is_url, write_error
 from ctprep.store.reading import SliceReading
-from ctprep.store.integrity import case_problem, missing_chunks
+from ctprep.store.integrity import case_problem, check_array, check_record, missing_chunks
 from ctprep.store.index import SliceIndex, read_index, write_index
 from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, FORMAT_NAME, FORMAT_VERSION, case_lock_name, case_path,
                                  is_staged,
@@ -183,7 +183,7 @@ class SliceStore(SliceReading):
                 marker = group.attrs.get(_CASE_KEY, {})
             except Exception:  # unreadable metadata: an interrupted write
                 marker = {}
-            states[name] = bool(marker.get("complete"))
+            states[name] = isinstance(marker, dict) and bool(marker.get("complete"))
         return states
 
     def case_ids(self) -> list[str]:
@@ -207,15 +207,21 @@ class SliceStore(SliceReading):
             marker = group.attrs.get(_CASE_KEY, {})
         except (KeyError, FileNotFoundError, ValueError) as exc:
             raise CaseNotFoundError(f"{self.path}: no case {case_id!r}") from exc
-        if not marker.get("complete"):
+        if not isinstance(marker, dict) or not marker.get("complete"):
             raise CaseNotFoundError(f"{self.path}: case {case_id!r} is incomplete (interrupted write)")
         return group  # type: ignore[return-value]
 
     def record(self, case_id: str) -> CaseRecord:
         if case_id not in self._records:
             marker = self._case_group(case_id).attrs[_CASE_KEY]
-            self._records[case_id] = CaseRecord.from_dict(marker["record"])
+            self._records[case_id] = check_record(str(self.path), case_id, marker)
         return self._records[case_id]
+
+    def check_case(self, case_id: str) -> None:
+        """Open the case's record and every array, raising StoreFormatError for metadata against the format."""
+        names = ["image"] + (["hu"] if self.record(case_id).has_hu else [])
+        for name in names + [f"labels/{n}" for n in self.label_names(case_id)]:
+            self._array(case_id, name)
 
     def records(self) -> list[CaseRecord]:
         return [self.record(c) for c in self.case_ids()]
@@ -404,9 +410,14 @@ class SliceStore(SliceReading):
     def _array(self, case_id: str, name: str) -> zarr.Array:
         group = self._case_group(case_id)
         try:
-            return group[self._array_name(case_id, name, group)]  # type: ignore[return-value]
+            array = group[self._array_name(case_id, name, group)]
         except KeyError as exc:
             raise CaseNotFoundError(f"{self.path}: case {case_id!r} has no array {name!r}") from exc
+        except Exception as exc:  # zarr raises several types for unreadable metadata
+            raise StoreFormatError(f"{self.path}: case {case_id}: array {name}: unreadable metadata "
+                                   f"({' '.join(str(exc).split())})") from exc
+        check_array(str(self.path), case_id, name, array, self.record(case_id))
+        return array  # type: ignore[return-value]
 
     def read_case(self, case_id: str, labels: Sequence[str] | None = None, hu: bool = False) -> CaseData:
         record = self.record(case_id)
