@@ -60,7 +60,7 @@ def _is_size(value: Any) -> bool:
 
 def check_array(where: str, case_id: str, name: str, array, record: CaseRecord) -> None:
     """Refuse an array whose metadata disagree with the format or the case record (``name``: image, hu, labels/x)."""
-    nz, ny, nx = record.geometry.shape
+    nz, (ny, nx) = record.num_slices, record.geometry.shape[1:]
     shape = (nz, len(record.windows), ny, nx) if name == "image" else (nz, ny, nx)
     dtypes = {"image": (np.dtype(np.uint8),), "hu": (np.dtype(np.int16),)}.get(name, LABEL_DTYPES)
     meta = array.metadata
