@@ -27,6 +27,7 @@ from ctprep.datasets import SplitConfig, assign_split
 from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreWriteError
 from ctprep.lookup import LazySlices, nonzero_per_slice
 from ctprep.sources import get_source
+from ctprep.sources.base import refuse_duplicate_ids
 from ctprep.store import SliceStore, check_shared, checksums_digest, is_url, store_lock, write_file_atomic
 from ctprep.windowing import Window, windowed_slices
 from lkbase import __version__
@@ -176,7 +177,21 @@ def _select_slices(nz: int, lesion_per_slice: np.ndarray | None, mode: str, case
 
 
 def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...]) -> ConversionOutcome:
-    """Load, resample, window and store one case. Raises CaseInputError for unusable input."""
+    """Load, resample, window and store one case, as its one writer. Raises CaseInputError for unusable input.
+
+    Another run converting the same case into the same store holds the case's lock; this
+    one waits, then finds the case whole and leaves it ('existing').
+    """
+    store = SliceStore.open(config.output, mode="a")
+    with store.case_lock(ref.case_id):
+        store = SliceStore.open(config.output, mode="a")  # what the other writer left
+        if ref.case_id in store and store.case_problem(ref.case_id) is None:
+            return ConversionOutcome.from_store(store.record(ref.case_id), "existing", split)
+        return _convert_locked(ref, config, split, windows, store)
+
+
+def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...],
+                    store: SliceStore) -> ConversionOutcome:
     started = time.perf_counter()
     source = get_source(config.source, config.source_options)
     volume = source.load(ref)
@@ -213,7 +228,6 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
         lesion_pixels=tuple(int(n) for n in lesion_pixels), has_hu=config.keep_hu, quirks=quirks,
         inputs=volume.inputs, parameters=config.content_parameters(), annotations=annotations,
     )
-    store = SliceStore.open(config.output, mode="a")
     # The windowed image is computed slice by slice inside the store's writer threads.
     written = store.write_case(record, windowed_slices(hu, windows), labels, hu=hu if config.keep_hu else None)
     return ConversionOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
@@ -276,6 +290,7 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
         if unknown:
             raise CaseInputError(root, f"--cases not found in the input: {', '.join(unknown)}")
         refs = [r for r in refs if r.case_id in set(config.cases)]
+    refs, duplicates = refuse_duplicate_ids(refs)  # before anything is written
     if not config.windows:
         config = dataclasses.replace(config, windows=source.manifest.windows())
     if config.dask or config.workers > 1:
@@ -290,7 +305,7 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
         store = _open_store(config, created_by or _command_line())
         splits = {r.case_id: r.split or assign_split(r.patient_id, config.split, source.manifest.official_split)
                   for r in refs}
-        complete = set(store.case_ids())
+        complete = _whole_cases(store)
         outcomes: dict[str, ConversionOutcome] = {}
         previous = store.manifest().get("cases", {})
         for ref in refs:
@@ -298,6 +313,9 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
                 # The case's own record, not the previous manifest: a killed run never wrote a manifest.
                 outcomes[ref.case_id] = ConversionOutcome.from_store(store.record(ref.case_id), "existing",
                                                                splits[ref.case_id])
+        for case_id, reason in duplicates.items():
+            log.error("skipped %s: %s", case_id, reason)
+            outcomes[case_id] = ConversionOutcome(case_id=case_id, status="skipped", reason=reason)
         todo = [r for r in refs if r.case_id not in complete]
         try:
             for outcome in _run(todo, config, splits, progress, pool):
@@ -311,11 +329,23 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
         except StoreWriteError as exc:  # disk full ...: every next case would fail the same way
             fatal = exc
     ordered = tuple(outcomes[r.case_id] for r in refs if r.case_id in outcomes)
+    ordered += tuple(outcomes[case_id] for case_id in sorted(duplicates))
     report = ConversionReport(store=str(config.output), outcomes=ordered, seconds=time.perf_counter() - started)
     if fatal is None:
         _consolidate(store, config, source, report, previous)
         return report
     _stop_on_full_store(fatal, store, config, source, report, previous)
+
+
+def _whole_cases(store: SliceStore) -> set[str]:
+    """The complete cases that are whole on disk; a damaged one is logged and redone by this run."""
+    whole = set()
+    for case_id in store.case_ids():
+        if problem := store.case_problem(case_id):
+            log.warning("redoing %s: %s", case_id, problem)
+        else:
+            whole.add(case_id)
+    return whole
 
 
 def _run(todo: Sequence[CaseRef], config: ConvertConfig, splits: dict[str, str], progress: bool,

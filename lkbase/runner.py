@@ -11,6 +11,10 @@ One convention for every batch job over cases:
   dies becomes the outcome its ``lost`` callback makes;
 * a job's report is a frozen dataclass with ``lines()``: the end-of-run summary.
 
+Workers of a local pool exit when the process that made the pool dies, even by SIGKILL
+(Linux: ``PR_SET_PDEATHSIG``; everywhere: a thread watching the parent), so that no
+orphan goes on writing cases after its run was killed.
+
 Local pools are forked while the parent still has one thread (fast, everything imported);
 when threads already run (zarr starts I/O threads), a forkserver preloading the job's
 module is used instead, since forking a threaded process is unsafe.
@@ -20,11 +24,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -98,10 +104,52 @@ def worker_pool(workers: int, *, preload: Sequence[str] = (),
     else:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(list(preload))
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer) as pool:
+    guarded = functools.partial(_die_with_parent, os.getpid(), initializer)
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=guarded) as pool:
         for future in [pool.submit(os.getpid) for _ in range(workers)]:
             future.result()  # every worker exists now, while forking is safe
         yield pool
+
+
+# How often a worker's watchdog looks whether its parent is still there (seconds).
+_PARENT_POLL_S = 0.5
+
+
+def _die_with_parent(owner: int, initializer: Callable[[], None] | None) -> None:
+    """Worker initializer: end this worker when its parent (the pool's maker, or the forkserver) dies."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG: the kernel kills us when our parent dies
+    if os.getppid() != parent or not _alive(owner):  # died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent, owner), daemon=True, name="lesionkit-parent-watch").start()
+    if initializer is not None:
+        initializer()
+
+
+def _watch_parent(parent: int, owner: int) -> None:
+    """The portable fallback: exit once re-parented (the parent died) or the pool's maker is gone."""
+    while os.getppid() == parent and _alive(owner):
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed parent not yet reaped is a zombie: dead for us
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def case_pool(workers: int, dask: str | None = None, **pool_options) -> contextlib.AbstractContextManager:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctprep.sources import get_source
+from ctprep.sources.base import refuse_duplicate_ids
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -16,10 +17,11 @@ class CheckReport:
     unexpected: tuple[str, ...]  # in the download, not in the manifest
     unreadable: tuple[tuple[str, str], ...]  # (case id, reason)
     looked_for: str = ""  # the source's layout, said when nothing was found
+    duplicates: tuple[tuple[str, str], ...] = ()  # (case id, reason naming every file): refused by convert
 
     @property
     def ok(self) -> bool:
-        return bool(self.found) and not (self.missing or self.unexpected or self.unreadable)
+        return bool(self.found) and not (self.missing or self.unexpected or self.unreadable or self.duplicates)
 
     def lines(self) -> list[str]:
         out = [f"{self.source}: {len(self.found)} cases found, {len(self.missing)} missing, "
@@ -27,6 +29,7 @@ class CheckReport:
         out += [f"  missing     {_compact(self.missing)}"] if self.missing else []
         out += [f"  unexpected  {_compact(self.unexpected)}"] if self.unexpected else []
         out += [f"  unreadable  {case}: {reason}" for case, reason in self.unreadable]
+        out += [f"  duplicate   {case}: {reason}" for case, reason in self.duplicates]
         out += [f"  nothing found; expected {self.looked_for}"] if not self.found else []
         return out
 
@@ -38,16 +41,17 @@ def _compact(ids: tuple[str, ...], limit: int = 12) -> str:
 
 def check_download(source_name: str, root: str | Path) -> CheckReport:
     source = get_source(source_name)
-    refs = source.discover(Path(root))
+    refs, duplicated = refuse_duplicate_ids(source.discover(Path(root)))
+    duplicates = tuple(sorted(duplicated.items()))
     found = tuple(r.case_id for r in refs)
     official = set(source.manifest.case_ids)
     # By patient: a patient's second scan (LIDC-IDRI-0001_2) is an official patient, not unexpected.
-    present = set(found) | {r.patient_id for r in refs}
+    present = set(found) | {r.patient_id for r in refs} | set(duplicated)
     unreadable = tuple((r.case_id, problem) for r in refs if (problem := source.header_problem(r)))
     if not official:  # the manifest cannot list the ids (DeepLesion: 32,120 key slices): readability only
         return CheckReport(source=source_name, found=found, missing=(), unexpected=(), unreadable=unreadable,
-                           looked_for=source.description)
+                           looked_for=source.description, duplicates=duplicates)
     return CheckReport(source=source_name, found=found, looked_for=source.description,
                        missing=tuple(c for c in source.manifest.case_ids if c not in present),
                        unexpected=tuple(r.case_id for r in refs if not {r.case_id, r.patient_id} & official),
-                       unreadable=unreadable)
+                       unreadable=unreadable, duplicates=duplicates)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ctprep.errors import StoreFormatError
 from ctprep.store import SliceIndex, SliceStore, checksums_digest
 
 _CHUNK_Z = re.compile(r"^c[./](\d+)")
@@ -100,7 +101,10 @@ def _index_problems(store: SliceStore) -> list[str]:
     stored = store.stored_index()
     if stored is None:
         return ["no consolidated slice index (readers fall back to the case records)"]
-    expected = SliceIndex.from_records(store.records())
+    try:
+        expected = SliceIndex.from_records(store.records())
+    except StoreFormatError:  # a case whose metadata are refused: reported with that case
+        return []
     if len(stored) != len(expected) or not np.array_equal(stored.rows, expected.rows):
         return [f"slice index ({len(stored)} rows) disagrees with the cases ({len(expected)} slices)"]
     return []
@@ -119,6 +123,11 @@ def verify_store(path: str | Path, *, progress: bool = False) -> VerifyReport:
         notes.append("the manifest predates recorded checksums: cases checked against their own records only")
     case_ids = store.case_ids()
     for case_id in tqdm(case_ids, unit="case", desc="verifying", disable=not progress or None):
+        try:
+            store.check_case(case_id)  # record and array metadata against the format
+        except StoreFormatError as exc:
+            problems.append((case_id, str(exc)))
+            continue
         recorded = store.recorded_checksums(case_id)
         if not recorded:
             problems.append((case_id, "no checksums recorded (written by an older lesionkit): reconvert to verify"))

@@ -18,6 +18,26 @@ from ctprep.formats.nifti import NiftiHeader, NiftiVolume, hu_int16, label_uint8
 from lkbase.errors import ParameterError
 
 
+def refuse_duplicate_ids(refs: Sequence[CaseRef]) -> tuple[list[CaseRef], dict[str, str]]:
+    """Split ``refs`` into those with a unique case id and a reason for each id found more than once.
+
+    Two inputs with one id (``case_00000`` under two folders, ``volume-07.nii`` beside
+    ``volume-7.nii``) would be written into one case; the id is refused and every file named.
+    Used wherever discover's refs are collected (convert, check), for every source.
+    """
+    by_id: dict[str, list[CaseRef]] = {}
+    for ref in refs:
+        by_id.setdefault(ref.case_id, []).append(ref)
+    reasons = {case_id: (f"case id {case_id!r} found {len(same)} times in the download: "
+                         f"{' and '.join(str(_where(r)) for r in same)}; remove or rename all but one")
+               for case_id, same in by_id.items() if len(same) > 1}
+    return [r for r in refs if r.case_id not in reasons], reasons
+
+
+def _where(ref: CaseRef) -> Path:
+    return Path(ref.root) / ref.files[0][1] if ref.files else Path(ref.root)
+
+
 class Source(ABC):
     """A public dataset's raw layout. Subclasses set ``name`` and implement discover/load."""
 

@@ -95,7 +95,7 @@ class _Files:
             names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
         except (FileNotFoundError, NotADirectoryError):
             return True
-        return not [n for n in names if n != _LOCK_NAME]
+        return not [n for n in names if not _is_lock_name(n)]
 
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
@@ -150,8 +150,8 @@ class _Files:
             return []
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive across processes on a local store (``flock`` on ``STORE/.lesionkit.lock``).
+    def lock(self, name: str = _LOCK_NAME) -> Iterator[None]:
+        """Exclusive across processes on a local store (``flock`` on ``STORE/<name>``, the writer lock by default).
 
         Object stores have no lock primitive: there it does nothing, and what concurrent
         writers may see is documented in docs/store-format.md ("Concurrent writers").
@@ -165,12 +165,17 @@ class _Files:
             # Never leave our lock file in someone else's folder.
             raise StoreFormatError(f"{self.url}: exists and is not a lesionkit store; refusing to write into it")
         self.local.mkdir(parents=True, exist_ok=True)
-        with open(self.local / _LOCK_NAME, "a+b") as handle:
+        with open(self.local / name, "a+b") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _is_lock_name(name: str) -> bool:
+    """The writer lock or a case's lock (layout.case_lock_name): not store content."""
+    return name == _LOCK_NAME or (name.startswith(".lesionkit.case.") and name.endswith(".lock"))
 
 
 def check_shared(location: str | Path, option: str) -> None:

@@ -1,6 +1,6 @@
 """Names and places in a slice store: the one module that states every naming rule of the format.
 
-Functions: case_path, slice_chunks, validate_case_id, validate_label_name, staging_name,
+Functions: case_path, case_lock_name, slice_chunks, validate_case_id, validate_label_name, staging_name,
 is_staged, local_leftover, remote_leftover, trimap_label, soft_label, soft_base,
 softened_label, binary_label, run_label_stem, prediction_labels.
 
@@ -44,6 +44,11 @@ def slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 def case_path(case_id: str) -> str:
     """The case's group, relative to the store root."""
     return f"cases/{case_id}"
+
+
+def case_lock_name(case_id: str) -> str:
+    """The file at the store root that a case's one writer holds (flock) while it writes the case."""
+    return f".lesionkit.case.{case_id}.lock"
 
 
 def validate_case_id(case_id: str) -> None:

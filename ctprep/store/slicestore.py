@@ -24,16 +24,19 @@ import zarr
 from ctprep.case import CaseRecord
 from ctprep.errors import CaseNotFoundError, StoreError, StoreFormatError, StoreParameterError
 from ctprep.lookup import LazySlices
-from ctprep.store.arrays import CaseData, SliceBatch, check_case_arrays, check_label_array
+from ctprep.store.arrays import CaseData, check_case_arrays, check_label_array
 from ctprep.store.chunks import _ChunkFiles, write_array
 from ctprep.store.files import _LOCK_NAME, _Files, is_url, write_error
+from ctprep.store.reading import SliceReading
+from ctprep.store.integrity import case_problem, check_array, check_record, missing_chunks
 from ctprep.store.index import SliceIndex, read_index, write_index
-from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, FORMAT_NAME, FORMAT_VERSION, case_path, is_staged,
-                                 local_leftover, remote_leftover, staging_name, validate_label_name)
+from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, FORMAT_NAME, FORMAT_VERSION, case_lock_name, case_path,
+                                 is_staged,
+                                 local_leftover, remote_leftover, staging_name, validate_case_id, validate_label_name)
 from lkbase.errors import ParameterError
 
 
-class SliceStore:
+class SliceStore(SliceReading):
     """A lesionkit CT slice store in a local folder or at an fsspec URL (``s3://``, ``memory://`` ...).
 
     Open with :meth:`open` (reading, or ``mode="a"`` to add labels) or :meth:`create`.
@@ -120,6 +123,27 @@ class SliceStore:
         """Context manager: this store's writer lock (see :func:`store_lock`)."""
         return self._files.lock()
 
+    def case_lock(self, case_id: str):
+        """Context manager: the one writer of ``case_id`` (flock on a local store; a no-op on object stores).
+
+        Two runs converting the same case into one store take turns; the second finds the
+        case complete (:meth:`case_problem` None) and leaves it.
+        """
+        validate_case_id(case_id)
+        return self._files.lock(case_lock_name(case_id))
+
+    def case_problem(self, case_id: str) -> str | None:
+        """What a complete case lacks on disk (an array, chunk files its record lists), or None when whole.
+
+        The resume check of ``ctprep convert``: a case is skipped as done only when this is None.
+        """
+        try:
+            record, recorded = self.record(case_id), self.recorded_checksums(case_id)
+        except (CaseNotFoundError, StoreFormatError) as exc:
+            return str(exc)
+        return case_problem(self._files, str(self.path), record, recorded,
+                            lambda name: self._array_path(case_id, name))
+
     # ---- store attributes ----------------------------------------------------------------
     @property
     def info(self) -> dict:
@@ -159,7 +183,7 @@ class SliceStore:
                 marker = group.attrs.get(_CASE_KEY, {})
             except Exception:  # unreadable metadata: an interrupted write
                 marker = {}
-            states[name] = bool(marker.get("complete"))
+            states[name] = isinstance(marker, dict) and bool(marker.get("complete"))
         return states
 
     def case_ids(self) -> list[str]:
@@ -183,15 +207,21 @@ class SliceStore:
             marker = group.attrs.get(_CASE_KEY, {})
         except (KeyError, FileNotFoundError, ValueError) as exc:
             raise CaseNotFoundError(f"{self.path}: no case {case_id!r}") from exc
-        if not marker.get("complete"):
+        if not isinstance(marker, dict) or not marker.get("complete"):
             raise CaseNotFoundError(f"{self.path}: case {case_id!r} is incomplete (interrupted write)")
         return group  # type: ignore[return-value]
 
     def record(self, case_id: str) -> CaseRecord:
         if case_id not in self._records:
             marker = self._case_group(case_id).attrs[_CASE_KEY]
-            self._records[case_id] = CaseRecord.from_dict(marker["record"])
+            self._records[case_id] = check_record(str(self.path), case_id, marker)
         return self._records[case_id]
+
+    def check_case(self, case_id: str) -> None:
+        """Open the case's record and every array, raising StoreFormatError for metadata against the format."""
+        names = ["image"] + (["hu"] if self.record(case_id).has_hu else [])
+        for name in names + [f"labels/{n}" for n in self.label_names(case_id)]:
+            self._array(case_id, name)
 
     def records(self) -> list[CaseRecord]:
         return [self.record(c) for c in self.case_ids()]
@@ -233,6 +263,10 @@ class SliceStore:
         label_group = group.create_group("labels")
         for name, array in labels.items():
             checksums[f"labels/{name}"] = self._write(label_group, name, array, ("z", "y", "x"))
+        for name, chunks in checksums.items():  # never marked complete unless whole on disk
+            if problem := missing_chunks(self._files, str(self.path), record.case_id, name,
+                                         f"{group.path}/{name}", chunks):
+                raise StoreError(f"{problem} after writing it (removed by another writer?)")
         # The completion marker is the last write: before it the case does not exist for readers.
         group.attrs.update({_CASE_KEY: {"complete": True, "record": record.to_dict(), "checksums": checksums}})
 
@@ -376,9 +410,14 @@ class SliceStore:
     def _array(self, case_id: str, name: str) -> zarr.Array:
         group = self._case_group(case_id)
         try:
-            return group[self._array_name(case_id, name, group)]  # type: ignore[return-value]
+            array = group[self._array_name(case_id, name, group)]
         except KeyError as exc:
             raise CaseNotFoundError(f"{self.path}: case {case_id!r} has no array {name!r}") from exc
+        except Exception as exc:  # zarr raises several types for unreadable metadata
+            raise StoreFormatError(f"{self.path}: case {case_id}: array {name}: unreadable metadata "
+                                   f"({' '.join(str(exc).split())})") from exc
+        check_array(str(self.path), case_id, name, array, self.record(case_id))
+        return array  # type: ignore[return-value]
 
     def read_case(self, case_id: str, labels: Sequence[str] | None = None, hu: bool = False) -> CaseData:
         record = self.record(case_id)
@@ -396,53 +435,6 @@ class SliceStore:
             raise CaseNotFoundError(f"{self.path}: case {case_id!r} has no label {name!r} "
                                     f"(it has: {', '.join(self.label_names(case_id)) or 'none'})")
         return self._array(case_id, f"labels/{name}")[...]
-
-    def _reader(self, case_id: str, name: str) -> _ChunkFiles | zarr.Array:
-        key = (case_id, name)
-        if key not in self._chunk_files:
-            array = self._array(case_id, name)
-            local = self._files.local
-            # Local chunk files are read directly (fast path); other filesystems through zarr.
-            self._chunk_files[key] = (_ChunkFiles(array, local / array.path) if local is not None
-                                      and _ChunkFiles.usable(array) else array)
-        return self._chunk_files[key]
-
-    def _read_slice_into(self, case_id: str, name: str, z: int, out: np.ndarray) -> None:
-        reader = self._reader(case_id, name)
-        if isinstance(reader, _ChunkFiles):
-            reader.read_into(z, out)
-        else:
-            out[...] = reader[z]
-
-    def read_slices(self, keys: Sequence[tuple[str, int]], labels: Sequence[str] = ()) -> SliceBatch:
-        """Read stored slices ``(case_id, z)`` with the named labels into one batch.
-
-        All slices must share one in-plane size (convert with ``--size`` for mixed datasets).
-        """
-        keys = tuple((str(c), int(z)) for c, z in keys)
-        if not keys:
-            raise ParameterError("read_slices needs at least one (case_id, z) key")
-        shapes = set()
-        for case_id, z in keys:
-            record = self.record(case_id)
-            if not 0 <= z < record.num_slices:
-                raise IndexError(f"case {case_id!r} has {record.num_slices} stored slices, asked z={z}")
-            shapes.add((len(record.windows), *record.geometry.shape[1:]))
-        if len(shapes) != 1:
-            raise ParameterError(f"slices of different shapes in one batch: {sorted(shapes)}; convert with --size")
-        channels, height, width = shapes.pop()
-        image = np.empty((len(keys), channels, height, width), dtype=np.uint8)
-        dtypes = {name: self._label_dtype(keys[0][0], name) for name in labels}
-        out_labels = {name: np.empty((len(keys), height, width), dtype=dtypes[name]) for name in labels}
-        for i, (case_id, z) in enumerate(keys):
-            self._read_slice_into(case_id, "image", z, image[i])
-            for name, target in out_labels.items():
-                self._read_slice_into(case_id, f"labels/{name}", z, target[i])
-        return SliceBatch(keys=keys, image=image, labels=out_labels)
-
-    def _label_dtype(self, case_id: str, name: str) -> np.dtype:
-        reader = self._reader(case_id, f"labels/{name}")
-        return np.dtype(reader.dtype if isinstance(reader, _ChunkFiles) else reader.dtype)
 
     # ---- slice index ---------------------------------------------------------------------
     def rebuild_index(self) -> SliceIndex:
