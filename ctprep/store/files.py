@@ -116,7 +116,12 @@ class _Files:
         return FsspecStore.from_url(self.url, read_only=read_only, storage_options=_NO_LISTING_CACHE)
 
     def exists(self, rel: str = "") -> bool:
-        return self.fs.exists(self.path(rel))
+        try:
+            return self.fs.exists(self.path(rel))
+        except Exception as exc:  # the first question every open asks: an object store gone is one clear error
+            if not is_storage_failure(exc):
+                raise
+            raise unreachable(exc, self.url, "cannot reach the store") from None
 
     def is_empty(self) -> bool:
         """No store content (a folder holding only our lock file counts as empty)."""

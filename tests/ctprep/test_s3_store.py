@@ -17,7 +17,7 @@ import pytest
 
 from ctprep.convert import ConvertConfig, convert_dataset
 from ctprep.store import SliceStore
-from killing import hook_env, kill, start, subprocess_env, wait_for
+from killing import hook_env, kill, start, subprocess_env
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -119,7 +119,7 @@ def test_a_run_killed_mid_case_resumes(s3_endpoint, lits_dataset_module, local_s
                str(lits_dataset_module.root), "--output", url, "--quiet"]
     process = start(command, hook_env(tmp_path / "hook", KILL_HOOK, LESIONKIT_TEST_VICTIM="volume-1"))
     try:
-        wait_for(lambda: process.poll() is not None, process, timeout=120) if False else process.wait(timeout=120)
+        process.wait(timeout=120)
     finally:
         kill(process)
     assert process.returncode == -9, process.stderr.read()
