@@ -25,7 +25,7 @@ from ctprep.case import CaseRecord
 from ctprep.errors import CaseNotFoundError, StoreError, StoreFormatError, StoreParameterError
 from ctprep.lookup import LazySlices
 from ctprep.store.arrays import CaseData, SliceBatch, check_case_arrays, check_label_array
-from ctprep.store.chunks import _ChunkFiles, write_array
+from ctprep.store.chunks import _ChunkFiles, read_slices_into, write_array
 from ctprep.store.files import _LOCK_NAME, _Files, is_url, write_error
 from ctprep.store.index import SliceIndex, read_index, write_index
 from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, FORMAT_NAME, FORMAT_VERSION, case_path, is_staged,
@@ -402,17 +402,10 @@ class SliceStore:
         if key not in self._chunk_files:
             array = self._array(case_id, name)
             local = self._files.local
-            # Local chunk files are read directly (fast path); other filesystems through zarr.
-            self._chunk_files[key] = (_ChunkFiles(array, local / array.path) if local is not None
-                                      and _ChunkFiles.usable(array) else array)
+            # Chunk files are read directly (fast path; on object stores a batch's at once), others through zarr.
+            folder = local / array.path if local is not None else self._files.path(array.path)
+            self._chunk_files[key] = _ChunkFiles(array, folder) if _ChunkFiles.usable(array) else array
         return self._chunk_files[key]
-
-    def _read_slice_into(self, case_id: str, name: str, z: int, out: np.ndarray) -> None:
-        reader = self._reader(case_id, name)
-        if isinstance(reader, _ChunkFiles):
-            reader.read_into(z, out)
-        else:
-            out[...] = reader[z]
 
     def read_slices(self, keys: Sequence[tuple[str, int]], labels: Sequence[str] = ()) -> SliceBatch:
         """Read stored slices ``(case_id, z)`` with the named labels into one batch.
@@ -434,10 +427,9 @@ class SliceStore:
         image = np.empty((len(keys), channels, height, width), dtype=np.uint8)
         dtypes = {name: self._label_dtype(keys[0][0], name) for name in labels}
         out_labels = {name: np.empty((len(keys), height, width), dtype=dtypes[name]) for name in labels}
-        for i, (case_id, z) in enumerate(keys):
-            self._read_slice_into(case_id, "image", z, image[i])
-            for name, target in out_labels.items():
-                self._read_slice_into(case_id, f"labels/{name}", z, target[i])
+        jobs = [(self._reader(case_id, array), z, out[i]) for i, (case_id, z) in enumerate(keys)
+                for array, out in (("image", image), *((f"labels/{n}", t) for n, t in out_labels.items()))]
+        read_slices_into(jobs, self._files.fs if self._files.local is None else None)
         return SliceBatch(keys=keys, image=image, labels=out_labels)
 
     def _label_dtype(self, case_id: str, name: str) -> np.dtype:
