@@ -2,6 +2,10 @@
 
     python benchmarks/bench_read.py             # 512x512x300 case (~1.5 min; first run +30 s)
     python benchmarks/bench_read.py --quick     # 512x512x60, ~30 s
+    python benchmarks/bench_read.py --quick --s3  # + the same store in a bucket of a local S3 server (moto)
+
+Target (issue 20, --s3): read_slices from a bucket (moto on 127.0.0.1, a batch's chunks
+requested at once) >= 0.3x of the same store on local disk.
 
 Target 3 (benchmarks/README.md), ratios measured in this run:
 
@@ -216,6 +220,34 @@ convert_dataset(ConvertConfig(source="lits", input_dir={str(source)!r}, output={
     return path
 
 
+def s3_ratio(path: Path, batches, seconds: float) -> tuple[float, float]:
+    """read_slices slices/s from the store on local disk and from a copy in a moto S3 bucket."""
+    import logging
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL="http://127.0.0.1:%d" % server.get_host_and_port()[1])
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    fs.mkdir("bench")
+    fs.put(str(path), "bench/read.zarr", recursive=True)
+    try:
+        local = timed(StoreReader(path), batches, seconds)[0]
+        remote_reader = StoreReader("s3://bench/read.zarr")
+        want, got = StoreReader(path)(batches[0]), remote_reader(batches[0])
+        if not np.array_equal(want[0], got[0]):
+            raise SystemExit("the bucket returned different slices")
+        return local, timed(remote_reader, batches, seconds)[0]
+    finally:
+        server.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="working folder (default: <tmp>/lesionkit-bench); test data is cached there")
@@ -226,6 +258,7 @@ def main() -> int:
     parser.add_argument("--baseline-batches", type=int, default=1,
                         help="batches read through nibabel per slice (slow: ~10 s a batch at 300 slices)")
     parser.add_argument("--quick", action="store_true", help="small run: 60 slices, 2 s per reader")
+    parser.add_argument("--s3", action="store_true", help="also read the store from a local S3 server (moto, s3fs)")
     args = parser.parse_args()
     if args.quick:
         args.slices, args.seconds = 60, 2.0
@@ -288,6 +321,10 @@ def main() -> int:
     verdicts.check(f"3b slices/s from {args.processes} reader processes", parallel, 1500, " slices/s")
     verdicts.note(f"(one process: {single:,.0f} slices/s; plain zarr arr[z] in one process: "
                   f"{rates['zarr arr[z] per slice']:,.0f} slices/s)")
+    if args.s3:
+        local, remote = s3_ratio(path, batches, args.seconds)
+        verdicts.check("s3 read_slices (moto on 127.0.0.1) / local disk", remote / local, 0.3)
+        verdicts.note(f"(local disk {local:,.0f} slices/s, bucket {remote:,.0f} slices/s)")
     print(common.machine_line())
     return verdicts.print()
 

@@ -38,6 +38,8 @@ def main() -> None:
     Then:        ctprep convert --source kits19 --input kits19/data --output kits19.zarr
     """
     logging.basicConfig(level=logging.INFO, format="ctprep: %(message)s", stream=sys.stderr)
+    for client in ("botocore", "aiobotocore", "s3fs", "fsspec"):  # their INFO lines ("Found credentials ...") are noise
+        logging.getLogger(client).setLevel(logging.WARNING)
 
 
 @main.command()

@@ -24,14 +24,14 @@ import numpy as np
 
 from ctprep.case import CaseRecord, CaseRef
 from ctprep.datasets import SplitConfig, assign_split
-from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreWriteError
+from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreUnreachableError, StoreWriteError
 from ctprep.lookup import LazySlices, nonzero_per_slice
 from ctprep.sources import get_source
 from ctprep.sources.base import refuse_duplicate_ids
 from ctprep.store import SliceStore, check_shared, checksums_digest, is_url, store_lock, write_file_atomic
 from ctprep.windowing import Window, windowed_slices
 from lkbase import __version__
-from lkbase.errors import ParameterError
+from lkbase.errors import ParameterError, is_storage_failure
 from lkbase.runner import CaseOutcome, case_pool, run_cases, run_guarded
 
 log = logging.getLogger("ctprep")
@@ -377,14 +377,20 @@ def _stop_on_full_store(fatal: StoreWriteError, store: SliceStore, config: Conve
     try:
         _consolidate(store, config, source, report, previous)
         kept = "the index and manifest list them"
-    except OSError:
+    except Exception as exc:  # the store refuses this too (full, or an object store gone)
+        if not (isinstance(exc, OSError) or is_storage_failure(exc)):
+            raise
         kept = "readers find them; the index and manifest are written by the re-run"
     try:  # from the store: a case another worker had in flight may have finished meanwhile
         done = len(SliceStore.open(config.output).case_ids())
     except (OSError, StoreError):
         done = len(report.with_status("converted")) + len(report.with_status("existing"))
     raise StoreWriteError(fatal.errno, f"{fatal}; the run stopped: {done} complete case(s) are kept ({kept}); "
-                                       "free space and re-run the same command to resume") from fatal
+                                       f"{_remedy(fatal)} and re-run the same command to resume") from fatal
+
+
+def _remedy(fatal: StoreWriteError) -> str:
+    return "make the store reachable" if isinstance(fatal, StoreUnreachableError) else "free space"
 
 
 def _consolidate(store: SliceStore, config: ConvertConfig, source, report: ConversionReport,

@@ -51,6 +51,11 @@ class StoreWriteError(StoreError, OSError):
         return str(self.strerror if self.strerror is not None else super().__str__())
 
 
+class StoreUnreachableError(StoreWriteError):
+    """An object store that cannot be reached or refuses us (connection refused, wrong
+    credentials, missing bucket, writes refused): fatal to a run like a full disk."""
+
+
 class CaseNotFoundError(StoreError, FileNotFoundError, KeyError):
     """A case id is not (completely) in the store."""
 

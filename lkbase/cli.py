@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from lkbase.errors import LesionkitError
+from lkbase.errors import LesionkitError, is_storage_failure, storage_reason
 
 EXIT_FAILED = 1
 
@@ -16,7 +16,7 @@ def fail_cleanly(program: str):
     """Decorate a click command so lesionkit's (and the OS's) errors print one line and exit 1.
 
     ``program: error: <message>`` on stderr; a plain KeyError shows its key's message,
-    not its repr.
+    not its repr; an object store's client error (lkbase.errors.is_storage_failure) its reason.
     """
 
     def decorate(func):
@@ -26,6 +26,11 @@ def fail_cleanly(program: str):
                 return func(*args, **kwargs)
             except (LesionkitError, OSError, ValueError, LookupError) as exc:
                 click.echo(f"{program}: error: {_message(exc)}", err=True)
+                sys.exit(EXIT_FAILED)
+            except Exception as exc:  # an object store's client (botocore ...) failing where no layer named the store
+                if not is_storage_failure(exc):
+                    raise
+                click.echo(f"{program}: error: object store: {storage_reason(exc)}", err=True)
                 sys.exit(EXIT_FAILED)
 
         return wrapper

@@ -4,7 +4,12 @@ Convention: a location is a path or an fsspec URL (:func:`is_url`); a local fold
 plain path or ``file://``) keeps the fast paths (our own chunk files, ``os.replace``,
 ``flock``, lkbase.atomic writes), anything else goes through the URL's filesystem. Paths
 inside a store are ``/``-separated and relative to its root. Errors that mean the store
-cannot take writes at all (a full disk) become one :class:`StoreWriteError`.
+cannot take writes at all (a full disk; on an object store a refused connection, wrong
+credentials, a missing bucket) become one :class:`StoreWriteError` naming the store.
+
+Object stores are configured the way their clients are: for s3://, the AWS environment
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for an S3-compatible
+server, or ``~/.aws``), which every process (local workers, dask workers) reads alike.
 """
 
 from __future__ import annotations
@@ -18,15 +23,20 @@ from typing import Iterator
 
 from zarr.storage import LocalStore
 
-from ctprep.errors import StoreError, StoreFormatError, StoreWriteError
+from ctprep.errors import StoreError, StoreFormatError, StoreUnreachableError, StoreWriteError
 from ctprep.store.chunks import array_checksums, chunk_checksum
 from lkbase.atomic import write_bytes_atomic
+from lkbase.errors import is_storage_failure, storage_reason
 
 # Errors that mean "this store cannot take writes", never "this case's input is bad".
 _STORE_FULL_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                       errno.EROFS: "read-only file system", errno.EFBIG: "file too large"}
 _LOCK_NAME = ".lesionkit.lock"  # inside a local store: flock'ed around writes of shared metadata
 _PROCESS_LOCAL_PROTOCOLS = {"memory"}  # filesystems that exist only inside one process
+# Other processes (workers, other runs) add cases: a cached listing would hide them (s3fs caches
+# every listing for the life of the filesystem object, e.g. an empty cases/ from before the run).
+_NO_LISTING_CACHE = {"use_listings_cache": False}
+_REACHED: set[tuple[str, str]] = set()  # (protocol, bucket) this process has already reached
 
 
 def is_url(location: str | Path) -> bool:
@@ -60,7 +70,7 @@ class _Files:
             self.fs, self.root, self.protocol = LocalFileSystem(), os.path.abspath(location), "file"
         else:
             try:
-                self.fs, self.root = fsspec.core.url_to_fs(self.url)
+                self.fs, self.root = fsspec.core.url_to_fs(self.url, **_NO_LISTING_CACHE)
             except ValueError as exc:  # fsspec: "Protocol not known: foo"
                 raise StoreError(f"{self.url}: unknown storage protocol ({exc}); use a path or a URL such as "
                                  "file://, memory://, s3:// (pip install s3fs), gs:// (pip install gcsfs)") from None
@@ -70,6 +80,25 @@ class _Files:
             protocol = self.fs.protocol
             self.protocol = protocol if isinstance(protocol, str) else protocol[0]
         self.local: Path | None = Path(self.root) if isinstance(self.fs, LocalFileSystem) else None
+        if self.local is None and not self.process_local:
+            self._check_reachable()
+
+    def _check_reachable(self) -> None:
+        """The bucket answers (once per process): a wrong endpoint, wrong credentials or a missing
+        bucket is one StoreUnreachableError naming the URL, before any write."""
+        bucket = self.root.split("/", 1)[0]
+        if (self.protocol, bucket) in _REACHED:
+            return
+        try:
+            self.fs.ls(bucket, detail=False, refresh=True)
+        except Exception as exc:
+            if not (is_storage_failure(exc) or isinstance(exc, OSError)):
+                raise
+            if isinstance(exc, FileNotFoundError):
+                raise StoreUnreachableError(errno.ENOENT, f"{self.url}: bucket {bucket!r} not found "
+                                                          f"({storage_reason(exc)})") from None
+            raise unreachable(exc, self.url, "cannot reach the store") from None
+        _REACHED.add((self.protocol, bucket))
 
     @property
     def process_local(self) -> bool:
@@ -84,10 +113,15 @@ class _Files:
             return LocalStore(self.local, read_only=read_only)
         from zarr.storage import FsspecStore
 
-        return FsspecStore.from_url(self.url, read_only=read_only)
+        return FsspecStore.from_url(self.url, read_only=read_only, storage_options=_NO_LISTING_CACHE)
 
     def exists(self, rel: str = "") -> bool:
-        return self.fs.exists(self.path(rel))
+        try:
+            return self.fs.exists(self.path(rel))
+        except Exception as exc:  # the first question every open asks: an object store gone is one clear error
+            if not is_storage_failure(exc):
+                raise
+            raise unreachable(exc, self.url, "cannot reach the store") from None
 
     def is_empty(self) -> bool:
         """No store content (a folder holding only our lock file counts as empty)."""
@@ -213,8 +247,19 @@ def store_lock(location: str | Path) -> Iterator[None]:
         yield
 
 
+def unreachable(exc: BaseException, where: str | Path, what: str) -> StoreUnreachableError:
+    """A storage failure as one StoreUnreachableError: ``<store>: <what>: <reason>``."""
+    code = errno.EACCES if isinstance(exc, PermissionError) else getattr(exc, "errno", None) or errno.EIO
+    return StoreUnreachableError(code, f"{where}: {what}: {storage_reason(exc)}")
+
+
 def write_error(exc: Exception, where: str | Path, what: str) -> Exception:
-    """A store that cannot take writes (disk full ...) as one clear StoreWriteError; other errors as they are."""
+    """A store that cannot take writes (disk full, an object store refusing or gone) as one clear
+    StoreWriteError; other errors as they are."""
+    if isinstance(exc, StoreWriteError):
+        return exc
+    if is_url(where) and is_storage_failure(exc):
+        return unreachable(exc, where, f"{what}: the object store refused the write")
     if isinstance(exc, OSError) and not isinstance(exc, StoreError) and exc.errno in _STORE_FULL_ERRNOS:
         detail = f" ({exc.filename})" if exc.filename else ""
         return StoreWriteError(exc.errno, f"{where}: {what}: {_STORE_FULL_ERRNOS[exc.errno]} while writing "

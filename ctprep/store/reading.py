@@ -13,7 +13,7 @@ import numpy as np
 import zarr
 
 from ctprep.store.arrays import SliceBatch
-from ctprep.store.chunks import _ChunkFiles
+from ctprep.store.chunks import _ChunkFiles, read_slices_into
 from lkbase.errors import ParameterError
 
 
@@ -25,17 +25,10 @@ class SliceReading:
         if key not in self._chunk_files:
             array = self._array(case_id, name)
             local = self._files.local
-            # Local chunk files are read directly (fast path); other filesystems through zarr.
-            self._chunk_files[key] = (_ChunkFiles(array, local / array.path) if local is not None
-                                      and _ChunkFiles.usable(array) else array)
+            # Chunk files are read directly (fast path; on object stores a batch's at once), others through zarr.
+            folder = local / array.path if local is not None else self._files.path(array.path)
+            self._chunk_files[key] = _ChunkFiles(array, folder) if _ChunkFiles.usable(array) else array
         return self._chunk_files[key]
-
-    def _read_slice_into(self, case_id: str, name: str, z: int, out: np.ndarray) -> None:
-        reader = self._reader(case_id, name)
-        if isinstance(reader, _ChunkFiles):
-            reader.read_into(z, out)
-        else:
-            out[...] = reader[z]
 
     def read_slices(self, keys: Sequence[tuple[str, int]], labels: Sequence[str] = ()) -> SliceBatch:
         """Read stored slices ``(case_id, z)`` with the named labels into one batch.
@@ -57,10 +50,9 @@ class SliceReading:
         image = np.empty((len(keys), channels, height, width), dtype=np.uint8)
         dtypes = {name: self._label_dtype(keys[0][0], name) for name in labels}
         out_labels = {name: np.empty((len(keys), height, width), dtype=dtypes[name]) for name in labels}
-        for i, (case_id, z) in enumerate(keys):
-            self._read_slice_into(case_id, "image", z, image[i])
-            for name, target in out_labels.items():
-                self._read_slice_into(case_id, f"labels/{name}", z, target[i])
+        jobs = [(self._reader(case_id, array), z, out[i]) for i, (case_id, z) in enumerate(keys)
+                for array, out in (("image", image), *((f"labels/{n}", t) for n, t in out_labels.items()))]
+        read_slices_into(jobs, self._files.fs if self._files.local is None else None)
         return SliceBatch(keys=keys, image=image, labels=out_labels)
 
     def _label_dtype(self, case_id: str, name: str) -> np.dtype:

@@ -241,8 +241,8 @@ class SliceStore(SliceReading):
         ``image`` and ``labels`` may be numpy arrays or :class:`~ctprep.lookup.LazySlices`.
         """
         check_case_arrays(record, image, labels, hu)
-        self.delete_case(record.case_id)
         try:
+            self.delete_case(record.case_id)
             self._write_case_arrays(record, image, labels, hu)
         except Exception as exc:
             error = self._write_error(exc, f"case {record.case_id}")
