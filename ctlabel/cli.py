@@ -169,5 +169,36 @@ def preview(store, case_id, out, name, channel, max_lesions) -> None:
     click.echo(f"wrote {write_lesion_preview(store, case_id, out, name=name, channel=channel, max_lesions=max_lesions)}")
 
 
+@main.command()
+@click.argument("store")
+@click.option("--label", required=True, help="The soft label to score, e.g. soft_recist.")
+@click.option("--reference", required=True, help="The binary reference label, e.g. tumour.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for lesions.csv, cases.csv, evaluation.json "
+              "and evaluation.html (default: print only).")
+@click.option("--worst", default=12, show_default=True, type=click.IntRange(min=0),
+              help="Lesions shown as panels on the HTML page (lowest Dice at 0.5).")
+@click.option("--cases", metavar="ID,ID", help="Only these case ids.")
+@_fail_cleanly
+def evaluate(store, label, reference, out, worst, cases) -> None:
+    """Score a soft label against a reference mask, per lesion and per case.
+
+    Prints Dice and IoU at 0.5, SoftGAN's figures (soft mask binarised at 128/255: Dice, IoU,
+    ACC; AUC of alpha) and the RECIST ellipse's Dice as the baseline.
+
+    \b
+      ctlabel evaluate nsclc.zarr --label soft_recist --reference tumour --out eval/
+    """
+    from ctlabel.evaluate import evaluate_store, write_evaluation
+
+    evaluation = evaluate_store(store, label, reference, _names(cases))
+    for line in evaluation.lines():
+        click.echo(line)
+    if out:
+        for path in write_evaluation(evaluation, out, worst):
+            click.echo(f"wrote {path}")
+    if not evaluation.lesions:
+        sys.exit(EXIT_FAILED)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -63,7 +63,7 @@ class TrimapParams:
     # --from recist: GrabCut is kept only when plausible against the RECIST ellipse (ctlabel/recist_check.py)
     max_area_ratio: float = 1.25  # its area within [1/r, r] x the ellipse's
     min_axis_cover: float = 0.9  # it covers this fraction of each axis
-    min_ellipse_dice: float = 0.9  # and its Dice with the ellipse is at least this
+    min_ellipse_dice: float = 0.95  # and its Dice with the ellipse is at least this
 
     def __post_init__(self) -> None:
         for name in ("band_fraction", "min_band_mm", "max_band_mm", "readers_margin_mm", "box_margin",
