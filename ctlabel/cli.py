@@ -188,7 +188,8 @@ def evaluate(store, label, reference, out, worst, cases) -> None:
     \b
       ctlabel evaluate nsclc.zarr --label soft_recist --reference tumour --out eval/
     """
-    from ctlabel.evaluate import evaluate_store, write_evaluation
+    from ctlabel.evaluate import evaluate_store
+    from ctlabel.evaluate_page import write_evaluation
 
     evaluation = evaluate_store(store, label, reference, _names(cases))
     for line in evaluation.lines():

@@ -16,17 +16,14 @@ lesions' crops pooled):
 * ``ellipse_dice``: the RECIST ellipse's Dice against the reference (the baseline a RECIST
   soft mask must beat), when the lesion was labelled from RECIST axes.
 
-:func:`evaluate_store` returns an :class:`Evaluation`; :func:`write_evaluation` writes its
-CSV, JSON and HTML page (:mod:`ctlabel.evaluate_page`).
+:func:`evaluate_store` returns an :class:`Evaluation`; :func:`ctlabel.evaluate_page.write_evaluation`
+writes its CSV, JSON and HTML page.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -36,7 +33,6 @@ from ctlabel.errors import LabelInputError
 from ctlabel.recist_check import ellipse_mask
 from ctlabel.trimap import Recist
 from ctprep.store import SliceStore
-from lkbase.atomic import write_text_atomic
 
 PAPER_THRESHOLD = 128 / 255  # SoftGAN section 4.1: soft masks binarised at 128 (of 255)
 FIGURES = ("dice_05", "iou_05", "dice", "iou", "acc", "auc", "ellipse_dice")
@@ -192,31 +188,3 @@ def evaluate_store(store_path: str, label: str, reference: str,
             rows.append(_case_row(case_id, scores))
     return Evaluation(store=str(store_path), label=label, reference=reference, lesions=tuple(lesions),
                       cases=tuple(rows), skipped=tuple(skipped))
-
-
-def write_evaluation(evaluation: Evaluation, out_dir: str | Path, worst: int = 12) -> list[Path]:
-    """``lesions.csv``, ``cases.csv``, ``evaluation.json`` and ``evaluation.html`` under ``out_dir`` (atomic)."""
-    from ctlabel.evaluate_page import html_page
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, rows in (("lesions.csv", [s.row() for s in evaluation.lesions]), ("cases.csv", list(evaluation.cases))):
-        written.append(_write_csv(out / name, rows))
-    written.append(out / "evaluation.json")
-    write_text_atomic(written[-1], json.dumps(evaluation.to_dict(), indent=1))
-    written.append(out / "evaluation.html")
-    write_text_atomic(written[-1], html_page(evaluation, worst))
-    return written
-
-
-def _write_csv(path: Path, rows: list[dict]) -> Path:
-    import io
-
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
-    return path

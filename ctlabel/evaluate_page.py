@@ -1,4 +1,4 @@
-"""The HTML page of ``ctlabel evaluate``: one self-contained file (images as base64 PNGs, no scripts).
+"""What ``ctlabel evaluate`` writes (:func:`write_evaluation`): CSV, JSON, and the HTML page: one self-contained file (images as base64 PNGs, no scripts).
 
 It shows the run's mean figures, the per-case table, and for the worst lesions (lowest
 Dice at 0.5) four panels over the lesion's crop: the CT crop with the RECIST axes (red
@@ -9,13 +9,17 @@ and the reference outline (yellow) over alpha's 0.5 outline (green). OpenCV draw
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ctlabel.evaluate import FIGURES, Evaluation, LesionScore
+from lkbase.atomic import write_text_atomic
 
 PANEL = 192  # pixels a side
 RED, BLUE, GREEN, YELLOW = (0, 0, 255), (255, 96, 0), (0, 220, 0), (0, 220, 255)
@@ -94,3 +98,29 @@ def html_page(evaluation: Evaluation, worst: int = 12) -> str:
             "AUC of alpha. Baseline: the RECIST ellipse.</p>"
             f"<h2>Cases</h2>{_table(list(evaluation.cases), case_keys)}"
             f"<h2>Worst {len(tiles)} lesions (lowest Dice@0.5)</h2>{''.join(tiles)}</body></html>")
+
+
+def write_evaluation(evaluation: Evaluation, out_dir: str | Path, worst: int = 12) -> list[Path]:
+    """``lesions.csv``, ``cases.csv``, ``evaluation.json`` and ``evaluation.html`` under ``out_dir`` (atomic)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, rows in (("lesions.csv", [s.row() for s in evaluation.lesions]), ("cases.csv", list(evaluation.cases))):
+        written.append(_write_csv(out / name, rows))
+    written.append(out / "evaluation.json")
+    write_text_atomic(written[-1], json.dumps(evaluation.to_dict(), indent=1))
+    written.append(out / "evaluation.html")
+    write_text_atomic(written[-1], html_page(evaluation, worst))
+    return written
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    import io
+
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+    return path
