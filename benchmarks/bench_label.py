@@ -174,9 +174,9 @@ def crop_measurements(name: str, crop, repeat: int) -> dict:
     job = LesionJob(case_id="bench", lesion_id=name, z=0, crop=(0, CROP, 0, CROP), image=image, spacing=spacing,
                     source="recist", recist=recist, trimap_params=TrimapParams(), matting_params=MattingParams())
     row["lesion_trimap"] = median_ms(lambda: lesion_trimap(job), repeat)
-    lesion_trimap_value = row["lesion_trimap"][2]
+    lesion_trimap_value = row["lesion_trimap"][2][0]  # (trimap, RECIST path, why)
     row["lesion_matting"] = median_ms(lambda: estimate_alpha(image, lesion_trimap_value), repeat)
-    row["lesion"] = median_ms(lambda: estimate_alpha(image, lesion_trimap(job)), repeat)
+    row["lesion"] = median_ms(lambda: estimate_alpha(image, lesion_trimap(job)[0]), repeat)
     row["dice"] = {key: dice(value, mask) for key, value in (
         ("gc_whole_1", row["gc_whole_1"][2]), ("gc_whole_5", row["gc_whole_5"][2]),
         ("gc_rect_5", row["gc_rect_5"][2]), ("gc_ctlabel_1", row["gc_ctlabel_1"][2]),

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ctlabel.channels import ChannelChoice, choose_channels
 from ctlabel.config import ATTRIBUTE_KEY, LabelConfig, as_stored
 from ctlabel.errors import LabelInputError
 from ctlabel.jobs import LesionJob, LesionResult, run_lesion_job
@@ -45,6 +46,7 @@ class CaseWork:
     jobs: tuple[LesionJob, ...]
     problems: tuple[LesionOutcome, ...]
     started: float
+    channels: ChannelChoice
 
 
 def prepare_case(store: SliceStore, case_id: str, config: LabelConfig) -> CaseWork:
@@ -53,13 +55,15 @@ def prepare_case(store: SliceStore, case_id: str, config: LabelConfig) -> CaseWo
     record = store.record(case_id)
     spacing = tuple(float(s) for s in record.geometry.spacing[1:])
     shape = (record.num_slices, *record.geometry.shape[1:])
+    channels = choose_channels(case_id, [w.name for w in record.windows], record.source, config.channels)
+    pick = list(channels.indices)
     problems: list[LesionOutcome] = []
     if config.source == "recist":
         lesions, errors = recist_lesions(record)
         problems = [LesionOutcome(lesion_id=e.lesion, z=None, status="skipped", reason=e.reason) for e in errors]
         zs = sorted({lesion.z for lesion in lesions})
         batch = store.read_slices([(case_id, z) for z in zs]) if zs else None
-        images = {z: batch.image[i] for i, z in enumerate(zs)} if batch is not None else {}
+        images = {z: batch.image[i][pick] for i, z in enumerate(zs)} if batch is not None else {}
         jobs = [_recist_job(case_id, lesion, images[lesion.z], spacing, config) for lesion in lesions]
     else:
         names = [config.label] if config.source == "mask" else [config.intersection, config.union]
@@ -73,8 +77,9 @@ def prepare_case(store: SliceStore, case_id: str, config: LabelConfig) -> CaseWo
             batch = store.read_slices([(case_id, z) for z in zs], labels=names)
             for name in names:
                 _require_binary(batch.labels[name], case_id, name)
-            jobs = _component_jobs(case_id, zs, batch, names, spacing, config)
-    return CaseWork(case_id=case_id, shape=shape, jobs=tuple(jobs), problems=tuple(problems), started=started)
+            jobs = _component_jobs(case_id, zs, batch, names, spacing, config, pick)
+    return CaseWork(case_id=case_id, shape=shape, jobs=tuple(jobs), problems=tuple(problems), started=started,
+                    channels=channels)
 
 
 def _slices_to_read(record, names: Sequence[str]) -> list[int]:
@@ -110,7 +115,7 @@ def _recist_job(case_id: str, lesion: SliceLesion, image: np.ndarray, spacing: t
 
 
 def _component_jobs(case_id: str, zs: Sequence[int], batch, names: Sequence[str],
-                    spacing: tuple[float, float], config: LabelConfig) -> list[LesionJob]:
+                    spacing: tuple[float, float], config: LabelConfig, pick: list[int]) -> list[LesionJob]:
     """One job per connected component of the (union) mask on each slice."""
     import cv2
 
@@ -136,7 +141,7 @@ def _component_jobs(case_id: str, zs: Sequence[int], batch, names: Sequence[str]
                      else {"intersection": crops[names[0]], "union": crops[names[1]]})
             masks["target"] = target[y0:y1, x0:x1]
             jobs.append(LesionJob(case_id=case_id, lesion_id=lesion.lesion_id, z=z, crop=(y0, y1, x0, x1),
-                                  image=matting_image(batch.image[i][:, y0:y1, x0:x1]), spacing=spacing,
+                                  image=matting_image(batch.image[i][pick, y0:y1, x0:x1]), spacing=spacing,
                                   source=config.source, masks=masks, trimap_params=params,
                                   matting_params=config.matting_params if config.matting else None))
     return jobs
@@ -169,7 +174,7 @@ def finish_case(store: SliceStore, work: CaseWork, results: Sequence[LesionResul
     lesions = tuple(LesionOutcome.from_result(r) for r in results) + work.problems
     listed = [lesion.to_dict() for lesion in lesions]
     done = [r for r in results if r.status == "done"]
-    common = {"lesionkit_version": __version__, "lesions": listed}
+    common = {"lesionkit_version": __version__, "lesions": listed, "channels": work.channels.to_dict()}
     store.write_label(work.case_id, config.trimap_label, pasted(work.shape, np.uint8, done, "trimap"),
                       attributes={ATTRIBUTE_KEY: {"kind": "trimap", "values": TRIMAP_VALUES,
                                                   "parameters": as_stored(config.trimap_parameters()), **common}})

@@ -48,6 +48,11 @@ def _labelling_options(func):
                      help="--from readers: background starts this far outside the readers' union."),
         click.option("--iterations", type=click.IntRange(min=1), default=2, show_default=True,
                      help="--from recist: GrabCut iterations."),
+        click.option("--channels", metavar="WINDOW,WINDOW",
+                     help="Stored windows GrabCut and matting see (names as stored, e.g. lung or dicom). Default: "
+                          "DeepLesion's own DICOM window when stored, else the manifest's lesion window (lung for "
+                          "NSCLC/LIDC, liver for LiTS, kidney for KiTS19), else all stored windows; the choice "
+                          "is recorded in the labels' attributes."),
         click.option("--cases", metavar="ID,ID", help="Only these case ids."),
         click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
                      help="Cases processed in parallel (local processes)."),
@@ -64,7 +69,7 @@ def _labelling_options(func):
 
 
 def _run_labelling(*, matting: bool, store, source, label, intersection, union, name, band_fraction, min_band_mm,
-                   max_band_mm, margin_mm, iterations, cases, workers, dask_scheduler, overwrite, quiet, epsilon=None,
+                   max_band_mm, margin_mm, iterations, channels, cases, workers, dask_scheduler, overwrite, quiet, epsilon=None,
                    max_unknown=None) -> None:
     from ctlabel.label import LabelConfig, label_store
     from ctlabel.matting import MattingParams
@@ -74,18 +79,22 @@ def _run_labelling(*, matting: bool, store, source, label, intersection, union, 
         raise click.UsageError("choose the evidence with --from recist|readers|mask (or --recist)")
     config = LabelConfig(
         store=store, source=source, name=name, label=label, intersection=intersection, union=union,
-        matting=matting,
+        matting=matting, channels=_names(channels),
         trimap=TrimapParams(band_fraction=band_fraction, min_band_mm=min_band_mm, max_band_mm=max_band_mm,
                             readers_margin_mm=margin_mm, grabcut_iterations=iterations),
         matting_params=MattingParams(**{k: v for k, v in (("epsilon", epsilon), ("max_unknown", max_unknown))
                                         if v is not None}),
-        cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None,
-        workers=workers, dask=dask_scheduler, overwrite=overwrite)
+        cases=_names(cases), workers=workers, dask=dask_scheduler, overwrite=overwrite)
     report = label_store(config, progress=not quiet)
     for line in report.lines():
         click.echo(line)
     if not report.with_status("labelled") and not report.with_status("existing"):
         sys.exit(EXIT_FAILED)
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    """A comma-separated option as a tuple (None when not given)."""
+    return tuple(c.strip() for c in text.split(",") if c.strip()) or None if text else None
 
 
 @main.command()
@@ -158,6 +167,38 @@ def preview(store, case_id, out, name, channel, max_lesions) -> None:
     from ctlabel.preview import write_lesion_preview
 
     click.echo(f"wrote {write_lesion_preview(store, case_id, out, name=name, channel=channel, max_lesions=max_lesions)}")
+
+
+@main.command()
+@click.argument("store")
+@click.option("--label", required=True, help="The soft label to score, e.g. soft_recist.")
+@click.option("--reference", required=True, help="The binary reference label, e.g. tumour.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for lesions.csv, cases.csv, evaluation.json "
+              "and evaluation.html (default: print only).")
+@click.option("--worst", default=12, show_default=True, type=click.IntRange(min=0),
+              help="Lesions shown as panels on the HTML page (lowest Dice at 0.5).")
+@click.option("--cases", metavar="ID,ID", help="Only these case ids.")
+@_fail_cleanly
+def evaluate(store, label, reference, out, worst, cases) -> None:
+    """Score a soft label against a reference mask, per lesion and per case.
+
+    Prints Dice and IoU at 0.5, SoftGAN's figures (soft mask binarised at 128/255: Dice, IoU,
+    ACC; AUC of alpha) and the RECIST ellipse's Dice as the baseline.
+
+    \b
+      ctlabel evaluate nsclc.zarr --label soft_recist --reference tumour --out eval/
+    """
+    from ctlabel.evaluate import evaluate_store
+    from ctlabel.evaluate_page import write_evaluation
+
+    evaluation = evaluate_store(store, label, reference, _names(cases))
+    for line in evaluation.lines():
+        click.echo(line)
+    if out:
+        for path in write_evaluation(evaluation, out, worst):
+            click.echo(f"wrote {path}")
+    if not evaluation.lesions:
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from ctlabel.channels import AUTO
 from ctlabel.matting import MattingParams
 from ctlabel.trimap import TrimapParams
 from ctprep.store.layout import soft_label, trimap_label, validate_label_name
@@ -34,6 +35,7 @@ class LabelConfig:
     intersection: str = "nodule_all"  # --from readers: where all readers agree
     union: str = "nodule_any"  # --from readers: where any reader marked
     matting: bool = True  # False: trimaps only
+    channels: tuple[str, ...] | None = None  # windows GrabCut and matting see; None: auto (ctlabel/channels.py)
     trimap: TrimapParams = field(default_factory=TrimapParams)
     matting_params: MattingParams = field(default_factory=MattingParams)
     cases: tuple[str, ...] | None = None
@@ -85,7 +87,8 @@ class LabelConfig:
 
     def trimap_parameters(self) -> dict:
         """What shapes the trimap: stored with it, compared on resume."""
-        return {"from": self.source, "evidence": self.evidence(), "trimap": self.trimap.to_dict()}
+        return {"from": self.source, "evidence": self.evidence(), "trimap": self.trimap.to_dict(),
+                "channels": list(self.channels) if self.channels else AUTO}
 
     def soft_parameters(self) -> dict:
         return {**self.trimap_parameters(), "matting": self.matting_params.to_dict()}
@@ -93,7 +96,7 @@ class LabelConfig:
     def to_dict(self) -> dict:
         return {"store": self.store, "source": self.source, "name": self.name, "label": self.label,
                 "intersection": self.intersection, "union": self.union, "matting": self.matting,
-                "trimap": self.trimap.to_dict(), "matting_params": self.matting_params.to_dict(),
+                "channels": list(self.channels) if self.channels else None, "trimap": self.trimap.to_dict(), "matting_params": self.matting_params.to_dict(),
                 "cases": list(self.cases) if self.cases else None, "workers": self.workers, "dask": self.dask,
                 "overwrite": self.overwrite}
 
@@ -103,6 +106,7 @@ class LabelConfig:
         data["trimap"] = TrimapParams.from_dict(data.get("trimap") or {})
         data["matting_params"] = MattingParams.from_dict(data.get("matting_params") or {})
         data["cases"] = tuple(data["cases"]) if data.get("cases") else None
+        data["channels"] = tuple(data["channels"]) if data.get("channels") else None
         return cls(**data)
 
 

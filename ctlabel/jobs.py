@@ -23,8 +23,8 @@ from ctlabel.trimap import (
     require_foreground_and_background,
     trimap_from_mask,
     trimap_from_readers,
-    trimap_from_recist,
 )
+from ctlabel.recist_check import checked_recist_trimap
 from lkbase.errors import ParameterError
 
 LESION_STATUSES = ("done", "skipped")
@@ -61,6 +61,9 @@ class LesionResult:
     alpha: np.ndarray | None = None
     trimap_ms: float = 0.0
     matting_ms: float = 0.0
+    path: str = ""  # --from recist: the trimap's mask, grabcut | ellipse (ctlabel/recist_check.py)
+    path_why: str = ""  # why GrabCut was not kept
+    recist: Recist | None = None  # --from recist: the axes, in slice coordinates
 
     def __post_init__(self) -> None:
         check_status(self.status, LESION_STATUSES, "lesion")
@@ -68,7 +71,11 @@ class LesionResult:
     @classmethod
     def skipped(cls, job: LesionJob, reason: str) -> "LesionResult":
         return cls(case_id=job.case_id, lesion_id=job.lesion_id, z=job.z, crop=job.crop, status="skipped",
-                   reason=reason)
+                   reason=reason, recist=_slice_recist(job))
+
+
+def _slice_recist(job: LesionJob) -> Recist | None:
+    return None if job.recist is None else job.recist.shifted(-job.crop[2], -job.crop[0])
 
 
 def check_status(status: str, allowed: tuple[str, ...], what: str) -> None:
@@ -77,15 +84,17 @@ def check_status(status: str, allowed: tuple[str, ...], what: str) -> None:
         raise ParameterError(f"{what} status must be one of {', '.join(allowed)}, found {status!r}")
 
 
-def lesion_trimap(job: LesionJob) -> np.ndarray:
-    """The job's trimap from its evidence, checked to have foreground (in the lesion) and background."""
+def lesion_trimap(job: LesionJob) -> tuple[np.ndarray, str, str]:
+    """The job's trimap from its evidence, checked to have foreground (in the lesion) and background,
+    with the RECIST path taken and why ('' for other evidence)."""
     params, name = job.trimap_params, f"{job.case_id}/{job.lesion_id}"
     target = job.masks.get("target")
+    path = why = ""
     if job.source == "recist":
         if job.recist is None:
             raise LesionError(name, "no RECIST axes")
-        trimap = trimap_from_recist(job.image, job.recist.long, job.recist.short, job.spacing, params=params,
-                                    lesion=name)
+        checked = checked_recist_trimap(job.image, job.recist, job.spacing, params, name)
+        trimap, path, why = checked.trimap, checked.path, checked.why
     elif job.source == "mask":
         band = band_width_mm(target, job.spacing, params)
         trimap = trimap_from_mask(job.masks["mask"], job.spacing, band_mm=band, params=params)
@@ -93,14 +102,14 @@ def lesion_trimap(job: LesionJob) -> np.ndarray:
         trimap = trimap_from_readers(job.masks["intersection"], job.masks["union"], job.spacing,
                                      margin_mm=params.readers_margin_mm)
     require_foreground_and_background(trimap, name, region=target)
-    return trimap
+    return trimap, path, why
 
 
 def run_lesion_job(job: LesionJob) -> LesionResult:
     """Trimap (and alpha) of one lesion; any failure of this lesion becomes a 'skipped' result."""
     started = time.perf_counter()
     try:
-        trimap = lesion_trimap(job)
+        trimap, path, why = lesion_trimap(job)
         built = time.perf_counter()
         alpha = None
         if job.matting_params is not None:
@@ -113,4 +122,4 @@ def run_lesion_job(job: LesionJob) -> LesionResult:
         return LesionResult.skipped(job, f"{type(exc).__name__}: {exc}")
     return LesionResult(case_id=job.case_id, lesion_id=job.lesion_id, z=job.z, crop=job.crop, status="done",
                         trimap=trimap, alpha=alpha, trimap_ms=(built - started) * 1e3,
-                        matting_ms=(solved - built) * 1e3)
+                        matting_ms=(solved - built) * 1e3, path=path, path_why=why, recist=_slice_recist(job))

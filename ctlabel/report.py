@@ -8,11 +8,13 @@ Convention: a case's outcome is lkbase's per-case :class:`lkbase.runner.CaseOutc
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 import numpy as np
 
 from ctlabel.jobs import LESION_STATUSES, LesionResult, check_status
+from ctlabel.recist_check import RECIST_PATHS
 from lkbase.runner import CaseOutcome
 
 CASE_STATUSES = ("labelled", "existing", "skipped")
@@ -30,18 +32,25 @@ class LesionOutcome:
     crop: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1)
     trimap_ms: float = 0.0
     matting_ms: float = 0.0
+    path: str = ""  # --from recist: grabcut | ellipse (ctlabel/recist_check.py)
+    path_why: str = ""
+    recist: dict | None = None  # --from recist: the axes on the slice (what `ctlabel evaluate` scores as baseline)
 
     def __post_init__(self) -> None:
         check_status(self.status, LESION_STATUSES, "lesion")
 
     def to_dict(self) -> dict:
-        return {"lesion_id": self.lesion_id, "z": self.z, "status": self.status, "reason": self.reason,
-                "crop": list(self.crop) if self.crop else None}
+        entry = {"lesion_id": self.lesion_id, "z": self.z, "status": self.status, "reason": self.reason,
+                 "crop": list(self.crop) if self.crop else None}
+        if self.recist is not None:
+            entry.update(path=self.path, path_why=self.path_why, recist=self.recist)
+        return entry
 
     @classmethod
     def from_result(cls, result: LesionResult) -> "LesionOutcome":
         return cls(lesion_id=result.lesion_id, z=result.z, status=result.status, reason=result.reason,
-                   crop=result.crop, trimap_ms=result.trimap_ms, matting_ms=result.matting_ms)
+                   crop=result.crop, trimap_ms=result.trimap_ms, matting_ms=result.matting_ms, path=result.path,
+                   path_why=result.path_why, recist=None if result.recist is None else result.recist.to_dict())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +89,9 @@ class LabelReport:
             trimap = float(np.median([lesion.trimap_ms for _, lesion in done]))
             matting = float(np.median([lesion.matting_ms for _, lesion in done]))
             lines.append(f"  per lesion (median): trimap {trimap:.1f} ms, matting {matting:.1f} ms")
+            paths = collections.Counter(lesion.path for _, lesion in done if lesion.path)
+            if paths:
+                lines.append("  RECIST trimaps from: " + ", ".join(f"{paths[p]} {p}" for p in RECIST_PATHS))
         lines += [f"  skipped case {o.case_id}: {o.reason}" for o in skipped]
         lines += [f"  skipped lesion {case}/{lesion.lesion_id}"
                   f"{'' if lesion.z is None else f' (z={lesion.z})'}: {lesion.reason}"

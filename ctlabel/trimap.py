@@ -60,6 +60,10 @@ class TrimapParams:
     grabcut_max_side: int = 64  # GrabCut runs on the crop shrunk to at most this many pixels a side
     crop_margin_fraction: float = 0.5  # each lesion's crop: its box + this x its larger side ...
     min_crop_margin_mm: float = 5.0  # ... and at least this (context for GrabCut's background model)
+    # --from recist: GrabCut is kept only when plausible against the RECIST ellipse (ctlabel/recist_check.py)
+    max_area_ratio: float = 1.25  # its area within [1/r, r] x the ellipse's
+    min_axis_cover: float = 0.9  # it covers this fraction of each axis
+    min_ellipse_dice: float = 0.95  # and its Dice with the ellipse is at least this
 
     def __post_init__(self) -> None:
         for name in ("band_fraction", "min_band_mm", "max_band_mm", "readers_margin_mm", "box_margin",
@@ -67,6 +71,10 @@ class TrimapParams:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ParameterError(f"trimap parameter {name} must be a number >= 0, found {value!r}")
+        if not (self.max_area_ratio >= 1 and 0 <= self.min_axis_cover <= 1 and 0 <= self.min_ellipse_dice <= 1):
+            raise ParameterError(f"trimap parameters: max_area_ratio must be >= 1, min_axis_cover and "
+                                 f"min_ellipse_dice in [0, 1], found {self.max_area_ratio}, {self.min_axis_cover}, "
+                                 f"{self.min_ellipse_dice}")
         if self.min_band_mm > self.max_band_mm:
             raise ParameterError(f"trimap parameters: min_band_mm {self.min_band_mm} > max_band_mm {self.max_band_mm}")
         if not 0 < self.seed_scale < 1:

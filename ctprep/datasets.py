@@ -41,6 +41,8 @@ class DatasetManifest:
     labels: tuple[LabelSpec, ...]
     lesion_label: str | None
     default_windows: tuple[str, ...]
+    #: The window a reader sees this dataset's lesions in (ctlabel's default GrabCut/matting channel).
+    lesion_window: str | None
     official_split: Mapping[str, str] | None
     quirks: tuple[Quirk, ...]
     citation: str
@@ -80,6 +82,7 @@ def load_dataset_manifest(name: str, folder: Path = MANIFEST_DIR) -> DatasetMani
             labels=tuple(LabelSpec.from_dict(s) for s in data["labels"]),
             lesion_label=data.get("lesion_label"),
             default_windows=tuple(data["default_windows"]),
+            lesion_window=data.get("lesion_window"),
             official_split=split,
             quirks=tuple(Quirk(id=q["id"], cases=tuple(q["cases"]), description=q["description"])
                          for q in data.get("quirks", [])),

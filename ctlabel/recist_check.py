@@ -1,0 +1,114 @@
+"""RECIST trimaps that are never worse than their evidence: GrabCut checked against the RECIST ellipse.
+
+SoftGAN (Wang et al., section 3.1.2 "Trimap Generation with RECIST annotations") builds the
+trimap from GrabCut initialised by the RECIST axes, then the band of "Trimap Generation with
+binary masks". GrabCut can fail on CT (a lesion touching tissue of its density, a window
+that hides its border); the RECIST ellipse (:func:`ctlabel.trimap.recist_ellipse`) is the
+radiologist's own evidence. :func:`checked_recist_trimap` takes GrabCut's mask only when it
+is plausible against the ellipse, and otherwise the ellipse itself (the "binary mask" of
+section 3.1.2); either mask then gets the same band, and the seed ellipse stays foreground.
+
+GrabCut is implausible (path ``ellipse``, with the reason) when
+  * its area is off the ellipse's by more than ``max_area_ratio`` either way;
+  * it does not span the RECIST axes: less than ``min_axis_cover`` of the points along the
+    short (or long) axis lie inside it;
+  * it leaks into the box margin: it touches the edge of GrabCut's probable-background box
+    (no lesion pixel lies beyond the long axis's ends, so a mask reaching that box is leakage);
+  * it agrees with the ellipse less than ``min_ellipse_dice``.
+The path taken is recorded per lesion (labels' attributes, run summary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ctlabel.trimap import (
+    FOREGROUND,
+    Recist,
+    TrimapParams,
+    _draw_seeds,
+    _fixed,
+    _mean_spacing,
+    _SHIFT,
+    grabcut_from_recist,
+    recist_box,
+    recist_ellipse,
+    trimap_from_mask,
+)
+from lkbase.errors import ParameterError
+
+RECIST_PATHS = ("grabcut", "ellipse")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecistTrimap:
+    """A RECIST lesion's trimap, and which mask it was built from (``grabcut`` or ``ellipse``) and why."""
+
+    trimap: np.ndarray
+    path: str
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.path not in RECIST_PATHS:
+            raise ParameterError(f"RECIST path must be one of {', '.join(RECIST_PATHS)}, found {self.path!r}")
+
+
+def ellipse_mask(shape: tuple[int, int], recist: Recist, lesion: str = "lesion") -> np.ndarray:
+    """The RECIST ellipse (four quarter-ellipses through the axes' end points) rasterised: bool of ``shape``."""
+    canvas = np.zeros(shape, dtype=np.uint8)
+    cv2.fillPoly(canvas, [_fixed(recist_ellipse(recist, lesion=lesion))], 1, cv2.LINE_8, _SHIFT)
+    return canvas.astype(bool)
+
+
+def _axis_cover(mask: np.ndarray, segment, samples: int = 33) -> float:
+    """The fraction of points along ``segment`` (x, y pixels) inside ``mask``; ends excluded by half a pixel."""
+    (x1, y1), (x2, y2) = segment
+    t = np.linspace(0.1, 0.9, samples)
+    xs = np.clip(np.round(x1 + t * (x2 - x1)).astype(int), 0, mask.shape[1] - 1)
+    ys = np.clip(np.round(y1 + t * (y2 - y1)).astype(int), 0, mask.shape[0] - 1)
+    return float(mask[ys, xs].mean())
+
+
+def _touches_box_edge(mask: np.ndarray, recist: Recist, spacing, params: TrimapParams, lesion: str) -> bool:
+    long_mm = recist.diameters_mm(spacing)[0]
+    margin_px = max(params.box_margin * long_mm, params.min_box_margin_mm) / _mean_spacing(spacing)
+    edge = np.zeros(mask.shape, dtype=np.uint8)
+    cv2.polylines(edge, [_fixed(recist_box(recist, margin_px, lesion))], True, 1, 1, cv2.LINE_8, _SHIFT)
+    return bool((mask & (edge != 0)).any())
+
+
+def implausible(segmented: np.ndarray, ellipse: np.ndarray, recist: Recist, spacing,
+                params: TrimapParams = TrimapParams(), lesion: str = "lesion") -> str:
+    """Why GrabCut's ``segmented`` mask is implausible against the RECIST ellipse ('' when plausible)."""
+    seg, ell = segmented.astype(bool), ellipse.astype(bool)
+    area, expected = np.count_nonzero(seg), max(np.count_nonzero(ell), 1)
+    ratio = area / expected
+    if not 1 / params.max_area_ratio <= ratio <= params.max_area_ratio:
+        return f"area {ratio:.2f} x the ellipse's"
+    for name, segment in (("short", recist.short), ("long", recist.long)):
+        cover = _axis_cover(seg, segment)
+        if cover < params.min_axis_cover:
+            return f"spans {cover:.0%} of the {name} axis"
+    if _touches_box_edge(seg, recist, spacing, params, lesion):
+        return "leaks into the box margin"
+    dice = 2.0 * np.count_nonzero(seg & ell) / (area + expected)
+    if dice < params.min_ellipse_dice:
+        return f"Dice {dice:.2f} with the ellipse"
+    return ""
+
+
+def checked_recist_trimap(image: np.ndarray, recist: Recist, spacing, params: TrimapParams = TrimapParams(),
+                          lesion: str = "lesion") -> RecistTrimap:
+    """The lesion's trimap from GrabCut when plausible, else from the RECIST ellipse (see the module)."""
+    segmented = grabcut_from_recist(image, recist, spacing, params, lesion)
+    ellipse = ellipse_mask(segmented.shape, recist, lesion)
+    why = implausible(segmented, ellipse, recist, spacing, params, lesion)
+    mask, path = (ellipse, "ellipse") if why else (segmented, "grabcut")
+    trimap = trimap_from_mask(mask, spacing, params=params)
+    seeds = np.zeros(segmented.shape, dtype=np.uint8)
+    _draw_seeds(seeds, recist, params, lesion, with_axes=False)
+    trimap[seeds != 0] = FOREGROUND
+    return RecistTrimap(trimap=trimap, path=path, why=why)
