@@ -171,15 +171,19 @@ def validate(model: SegModel, config: TrainConfig, cases: list[str], amp: Amp) -
     if custom is not None:
         return custom
     store = SliceStore.open(config.store)
-    per_case = {}
+    outputs = {"": {}, **{f"_{name}": options for name, options in model.validation_outputs().items()}}
+    per_case: dict[str, dict[str, float]] = {suffix: {} for suffix in outputs}
     for case_id in cases:
         data = store.read_case(case_id, labels=list(config.target))
-        prob = predict_volume(model, data.image, config, batch_size=config.val_batch_size, amp=amp)
-        scores = [dice_score(prob[i] >= config.threshold, data.labels[t] > (0 if data.labels[t].dtype == np.uint8
-                                                                           else 0.5))
-                  for i, t in enumerate(config.target)]
-        per_case[case_id] = float(np.mean(scores))
-    return {"dice": float(np.mean(list(per_case.values()))), "cases": per_case}
+        for suffix, options in outputs.items():
+            with model.options_set(options):
+                prob = predict_volume(model, data.image, config, batch_size=config.val_batch_size, amp=amp)
+            scores = [dice_score(prob[i] >= config.threshold,
+                                 data.labels[t] > (0 if data.labels[t].dtype == np.uint8 else 0.5))
+                      for i, t in enumerate(config.target)]
+            per_case[suffix][case_id] = float(np.mean(scores))
+    result = {f"dice{suffix}": float(np.mean(list(scores.values()))) for suffix, scores in per_case.items()}
+    return {**result, "cases": per_case[""]}
 
 
 # ---- logging --------------------------------------------------------------------------------------------

@@ -224,6 +224,24 @@ class SegModel:
         """
         return None
 
+    def validation_outputs(self) -> dict[str, dict]:
+        """Other outputs validated and evaluated next to the main one: name -> model_options to set.
+
+        crgan: ``{"g": {"predict": "g"}}``, G alone next to the refined output (logged as ``dice_g``).
+        """
+        return {}
+
+    @contextlib.contextmanager
+    def options_set(self, options: Mapping[str, Any]) -> Iterator["SegModel"]:
+        """The model with ``options`` set in ``self.options`` for the block, restored after."""
+        saved = dict(self.options)
+        self.options.update(options)
+        try:
+            yield self
+        finally:
+            self.options.clear()
+            self.options.update(saved)
+
     def pretrained(self, path, *, models: tuple[str, ...], role: str) -> "SegModel":
         """Another run's trained model (eval, CPU) to use as a frozen part, by the loader ctseg.build provides.
 

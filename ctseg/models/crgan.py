@@ -4,7 +4,7 @@ Segmentation", WACV 2019, arXiv:1810.03871), with the recurrent variant of Rezae
 "Recurrent generative adversarial network for learning imbalanced medical image semantic
 segmentation" (Multimedia Tools and Applications 79, 2020).
 
-Three networks, trained in turn every step:
+Three networks, trained in two stages (Sec. 3.2.1: "trained separately"; docs/models.md):
 
 * ``g`` (generator): a U-Net encoder-decoder, 4x4 stride-2 convolutions down (leaky ReLU),
   x2 nearest-neighbour resize + 3x3 convolution up (ReLU), skips by concatenation,
@@ -17,13 +17,13 @@ Three networks, trained in turn every step:
   FP = clip(G - truth, 0, 1) and false negatives FN = clip(truth - G, 0, 1).
   The final mask is clip(G - FP + FN, 0, 1) (exactly the truth when R is exact).
 
-Losses (``loss_weights``): D: bce(D(CT, truth), real) + bce(D(CT, G), fake), on detached
-G; G: ``adv`` * bce(D(CT, G), real) + ``l1`` * |G - truth| (the pix2pix objective, lambda =
-100), D frozen; R: ``r_loss`` of each map against its target: ``weighted_bce`` (default;
-foreground weighted by the batch's background/foreground ratio: the FP/FN maps are
-sparser than the lesion, and unweighted R learned empty maps in the tests), bce, l1 or
-mse. The R step uses the G output computed at the start of the step (before G's
-update; one G forward per step).
+Stage 1 (epochs before ``cgan_epochs``, default half the run): D: bce(D(CT, truth), real) +
+bce(D(CT, G), fake) on detached G; G: ``adv`` * bce(D(CT, G), real) + ``l1`` * rec(G, truth),
+D frozen: Eq. 4 with unit weights; ``g_loss`` rec is ``balanced_l1`` (default: L1 per class,
+because plain L1 through the sigmoid collapses G to background on small lesions,
+measured in docs/models.md), ``l1`` (Eq. 3 literally) or ``weighted_bce``. Stage 2: R
+only, on the fixed G's FP/FN maps (Eq. 5-6), ``r_loss`` ``l1`` (default), ``bce``,
+``weighted_bce`` or ``mse``. The final output is Eq. 7, G's alone until R was trained.
 
 **Patient-wise batch normalisation** (``norm: patient``, the default, with
 ``patient_batches: true`` in the defaults): every batch holds consecutive slices of one
@@ -74,6 +74,7 @@ from ctseg.models.registry import register
 PATCH_LAYERS = {16: 1, 34: 2, 70: 3, 142: 4, 286: 5}
 NORMS = ("patient", "batch", "instance", "none")
 R_LOSSES = ("weighted_bce", "bce", "l1", "mse")
+G_LOSSES = ("l1", "balanced_l1", "weighted_bce")
 OUTPUTS = ("final", "g")
 
 
@@ -217,6 +218,29 @@ def compose(pred: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Ten
     return (pred - fp + fn).clamp(0, 1)
 
 
+def balanced_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 averaged over the lesion and over the background separately, then the two means averaged.
+
+    Plain L1 on a 2-4 % lesion pushes every pixel down first and, through the sigmoid,
+    its gradient at a saturated missed pixel is s(1 - s) ~ s: G ends at the all-background
+    mask (docs/models.md, "crgan: why G did not learn"). Weighting each class equally keeps
+    the lesion's share of the gradient at one half. A class without pixels counts 0.
+    """
+    error = (pred - target).abs()
+    fg = (target > 0.5).float()
+    bg = 1 - fg
+    return (error * fg).sum() / fg.sum().clamp(min=1) / 2 + (error * bg).sum() / bg.sum().clamp(min=1) / 2
+
+
+def generator_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """G's reconstruction term (Eq. 3): plain ``l1`` (the paper), ``balanced_l1`` or ``weighted_bce``."""
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "balanced_l1":
+        return balanced_l1(pred, target)
+    return weighted_bce(pred, target)
+
+
 def refinement_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """R's loss of a predicted FP/FN map against its target map (float32)."""
     if kind == "weighted_bce":
@@ -231,8 +255,14 @@ def refinement_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torc
 @register("crgan")
 class CRGAN(SegModel):
     options_defaults = {"features": [64, 128, 256, 512, 512, 512, 512, 512], "r_features": None, "norm": "patient",
-                        "d_features": 64, "d_patch": 1, "gan_loss": "bce", "r_loss": "weighted_bce", "recurrent": False,
-                        "lstm_hidden": None, "lstm_kernel": 3, "predict": "final"}
+                        "d_features": 64, "d_patch": 1, "gan_loss": "bce", "r_loss": "l1", "recurrent": False,
+                        "lstm_hidden": None, "lstm_kernel": 3, "predict": "final", "g_loss": "balanced_l1",
+                        "cgan_epochs": None}
+
+    def __init__(self, config, in_channels: int):
+        super().__init__(config, in_channels)
+        #: whether R has been trained (stage 2); until then the final output is G's
+        self.refined = False
 
     def build(self):
         opts = self.options
@@ -254,9 +284,13 @@ class CRGAN(SegModel):
     def _check_options(self) -> None:
         opts = self.options
         for key, value, allowed in (("norm", opts["norm"], NORMS), ("r_loss", opts["r_loss"], R_LOSSES),
-                                    ("predict", opts["predict"], OUTPUTS)):
+                                    ("predict", opts["predict"], OUTPUTS), ("g_loss", opts["g_loss"], G_LOSSES)):
             if value not in allowed:
                 raise ConfigError(f"crgan: model_options.{key} must be one of {allowed}, found {value!r}")
+        stage_one = opts["cgan_epochs"]
+        if stage_one is not None and not (isinstance(stage_one, int) and 0 <= stage_one <= self.config.total_epochs):
+            raise ConfigError(f"crgan: model_options.cgan_epochs must be an integer from 0 to the run's "
+                              f"{self.config.total_epochs} epochs (null: half of them), found {stage_one!r}")
         if opts["recurrent"] and not self.config.patient_batches:
             raise ConfigError("crgan: model_options.recurrent runs a ConvLSTM across the slices of a batch; "
                               "it needs patient_batches: true (batches of one patient's consecutive slices)")
@@ -274,14 +308,14 @@ class CRGAN(SegModel):
         adam = {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]}
         return {**super().defaults(), "patient_batches": True,
                 "optimizers": {"g": adam, "d": adam, "r": adam},
-                "loss_weights": {"adv": 1.0, "l1": 100.0}}
+                "loss_weights": {"adv": 1.0, "l1": 1.0}}
 
     @classmethod
     def paper_preset(cls) -> dict:
         adadelta = {"name": "adadelta", "lr": 1e-3, "rho": 0.95, "eps": 1e-7}
         rmsprop = {"name": "rmsprop", "lr": 1e-3, "alpha": 0.9, "eps": 1e-7}
         return {"patient_batches": True, "optimizers": {"g": adadelta, "d": adadelta, "r": rmsprop},
-                "loss_weights": {"adv": 1.0, "l1": 100.0}, "model_options": {"norm": "patient", "d_patch": 1}}
+                "loss_weights": {"adv": 1.0, "l1": 1.0}, "model_options": {"norm": "patient", "d_patch": 1}}
 
     @classmethod
     def presets(cls) -> dict[str, dict]:
@@ -292,16 +326,26 @@ class CRGAN(SegModel):
         return {"paper": cls.paper_preset(), "paper-recurrent": recurrent}
 
     # ---- the step ------------------------------------------------------------------------------------
+    def stage(self, epoch: int) -> int:
+        """1 (G and D, Sec. 3.2.1: "trained separately") before ``cgan_epochs``, then 2 (R on the fixed G)."""
+        first = self.options["cgan_epochs"]
+        first = self.config.total_epochs // 2 if first is None else first
+        return 1 if epoch < first else 2
+
     def train_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        if self.stage(ctx.epoch) == 1:
+            return self.cgan_step(batch, ctx)
+        return self.refinement_step(batch, ctx)
+
+    def cgan_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Stage 1: D on real and detached fake pairs, then G on adv + l1 * reconstruction (Eq. 4)."""
         image, target = batch["image"], batch["target"]
         kind = self.options["gan_loss"]
-        labels = self.out_channels
         with ctx.amp.autocast():
             fake = self.net("g")(image)
         fake = fake.float()
         detached = fake.detach()
-
-        # 1. D on real and detached fake pairs, one pass (two sequences for the recurrent D).
+        # one D pass over both (two sequences for the recurrent D)
         pairs = torch.cat([torch.cat([image, target], 1), torch.cat([image, detached], 1)], 0)
         with ctx.amp.autocast():
             logits = self.net("d")(pairs, sequences=2).float()
@@ -309,29 +353,55 @@ class CRGAN(SegModel):
         loss_d = (gan_loss(real_logits, True, kind) + gan_loss(fake_logits, False, kind)) / 2
         ctx.update("d", loss_d)
 
-        # 2. G: adversarial through the frozen D, plus lambda * L1.
         with self.frozen("d") as d, ctx.amp.autocast():
             adv = gan_loss(d(torch.cat([image, fake], 1)).float(), True, kind)
-        l1 = F.l1_loss(fake, target)
-        loss_g = ctx.weight("adv") * adv + ctx.weight("l1") * l1
+        rec = generator_loss(self.options["g_loss"], fake, target)
+        loss_g = ctx.weight("adv") * adv + ctx.weight("l1") * rec
         ctx.update("g", loss_g)
+        return {"loss_d": scalar(loss_d), "loss_g": scalar(loss_g), "g_adv": scalar(adv), "g_l1": scalar(rec),
+                "d_real": scalar(torch.sigmoid(real_logits).mean()),
+                "d_fake": scalar(torch.sigmoid(fake_logits).mean()),
+                "dice_g": scalar(soft_dice(detached, target)), "dice": scalar(soft_dice(detached, target))}
 
-        # 3. R: the false-positive and false-negative maps of the detached G output.
-        fp_truth, fn_truth = error_maps(detached, target)
+    def generator_output(self, image: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The fixed G's output for stage 2: no gradient, G in inference mode (as R will see it)."""
+        g = self.nets["g"]
+        mode = g.training
+        g.eval()
+        try:
+            with torch.no_grad(), ctx.amp.autocast():
+                return g(image).float()
+        finally:
+            g.train(mode)
+
+    def refinement_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Stage 2: R learns the FP and FN maps (Eq. 5, 6) of the fixed G; final = G - FP + FN (Eq. 7)."""
+        image, target = batch["image"], batch["target"]
+        labels = self.out_channels
+        g = self.generator_output(image, ctx)
+        fp_truth, fn_truth = error_maps(g, target)
         with ctx.amp.autocast():
-            maps = self.net("r")(torch.cat([image, detached], 1))
+            maps = self.net("r")(torch.cat([image, g], 1))
         maps = maps.float()
         fp, fn = maps[:, :labels], maps[:, labels:]
         kind_r = self.options["r_loss"]
         loss_r = refinement_loss(kind_r, fp, fp_truth) + refinement_loss(kind_r, fn, fn_truth)
         ctx.update("r", loss_r)
+        if ctx.updates("r"):
+            self.refined = True
+        final = compose(g, fp.detach(), fn.detach())
+        return {"loss_r": scalar(loss_r), "dice_g": scalar(soft_dice(g, target)),
+                "dice": scalar(soft_dice(final, target))}
 
-        final = compose(detached, fp.detach(), fn.detach())
-        return {"loss_d": scalar(loss_d), "loss_g": scalar(loss_g), "loss_r": scalar(loss_r),
-                "g_adv": scalar(adv), "g_l1": scalar(l1),
-                "d_real": scalar(torch.sigmoid(real_logits).mean()),
-                "d_fake": scalar(torch.sigmoid(fake_logits).mean()),
-                "dice_g": scalar(soft_dice(detached, target)), "dice": scalar(soft_dice(final, target))}
+    def extra_state(self) -> dict:
+        return {"refined": self.refined}
+
+    def load_extra_state(self, state: Mapping) -> None:
+        self.refined = bool(state.get("refined", False))
+
+    def validation_outputs(self) -> dict[str, dict]:
+        """G alone next to the final output in validation and evaluation (Table 4's two rows)."""
+        return {"g": {"predict": "g"}}
 
     # ---- inference -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -345,6 +415,7 @@ class CRGAN(SegModel):
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> torch.Tensor:
-        if self.options["predict"] == "g":
+        """The final composition once R is trained (stage 2), else G's output; ``predict: g``: G alone."""
+        if self.options["predict"] == "g" or not self.refined:
             return self.nets["g"](image).float()
         return self.predict_parts(image)["final"]

@@ -5,6 +5,7 @@ training and validation both use it, so the validated Dice (3D, slices re-stacke
 threshold 0.5) is a training Dice. Each run is ~100-120 steps of batch 8 with light
 augmentation and a linearly decaying learning rate; the best epoch must reach 0.8,
 and the best checkpoint, run through ``predict_store``, must give that Dice again.
+(crgan's two-stage test is in test_crgan_lgan.py.)
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ def test_model_learns_the_real_nodule(model, nodule_store, tmp_path):
 
 
 def assert_learns_the_nodule(model: str, options: dict, optimizers: dict, steps: int, loss_weights: dict,
-                             nodule_store, tmp_path) -> None:
+                             nodule_store, tmp_path, phases: list | None = None):
     """Train ``model`` ~``steps`` steps on the nodule store; the best validated Dice must reach 0.8,
     and predicting with best.pt must give that Dice again. Shared with test_crgan_lgan.py."""
     layer = {"store": str(nodule_store), "target": "tumour", "out": str(tmp_path / model), "size": 64,
-             "batch_size": 8, "steps_per_epoch": 20, "phases": [{"epochs": steps // 20, "decay": "linear"}],
+             "batch_size": 8, "steps_per_epoch": 20, "phases": phases or [{"epochs": steps // 20, "decay": "linear"}],
              "train_split": "all", "val_split": "all", "sampling": "balanced", "image_every": 0,
              "augment": {"rotate_deg": 10, "scale": [0.9, 1.1], "intensity": 0.05},
              "model_options": options, "optimizers": optimizers, "loss_weights": loss_weights}
@@ -55,3 +56,4 @@ def assert_learns_the_nodule(model: str, options: dict, optimizers: dict, steps:
     truth, mask = case.labels["tumour"] > 0, case.labels["pred_best_mask"] > 0
     dice = 2 * np.logical_and(truth, mask).sum() / (truth.sum() + mask.sum())
     assert dice == pytest.approx(result.best_metric, abs=1e-6)
+    return result
