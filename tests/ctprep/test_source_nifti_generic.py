@@ -153,16 +153,19 @@ def test_patterns_hash_names_and_resume(tmp_path, real_files):
     (root / "seg").mkdir()
     shutil.copyfile(real_files["abdomen_ct"], root / "ct" / "Doe_John.nii.gz")
     shutil.copyfile(real_files["abdomen_seg"], root / "seg" / "Doe_John_seg.nii.gz")
+    shutil.copyfile(real_files["abdomen_ct"], root / "ct" / "Roe_Jane.nii.gz")
+    (root / "seg" / "Roe_Jane_seg.nii.gz").write_bytes(real_files["abdomen_seg"].read_bytes()[:300])  # truncated
     args = ["convert", "--source", "nifti", "--input", str(root), "--output", str(tmp_path / "mine.zarr"),
             "--images", "ct/*.nii.gz", "--labels", "seg/{id}_seg.nii.gz", "--label-map", "liver=1+2,tumour=2",
             "--quiet"]
     first = CliRunner().invoke(main, args)
-    assert first.exit_code == 0, first.output
+    assert first.exit_code == 0 and "1 converted" in first.output and "1 skipped" in first.output, first.output
+    assert "truncated" in first.output and "Roe" not in first.output, first.output
     store = SliceStore.open(tmp_path / "mine.zarr")
     (case,) = store.case_ids()
     assert case.startswith("case-h") and store.record(case).lesion_label == "tumour"
     for path in [tmp_path / "mine.manifest.json", *(tmp_path / "mine.zarr").rglob("*.json")]:
-        assert "Doe" not in path.read_text(), path
+        assert "Doe" not in path.read_text() and "Roe" not in path.read_text(), path
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "0 converted, 1 already complete" in again.output, again.output
 
