@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
 from lkbase.cli import EXIT_FAILED, fail_cleanly
 
-SOURCE_HELP = "Raw dataset layout: lits, kits19, nsclc, lidc or deeplesion."
+SOURCE_HELP = ("Raw dataset layout: lits, kits19, nsclc, lidc, deeplesion, or nifti (your own NIfTI pairs; "
+               "Decathlon and nnU-Net v2 folders recognised).")
 
 
 _fail_cleanly = fail_cleanly("ctprep")
@@ -78,11 +80,19 @@ def main() -> None:
               help="deeplesion: keep lesions flagged Possibly_noisy (skipped by default).")
 @click.option("--dicom-window", is_flag=True, default=None,
               help="deeplesion: add a channel 'dicom' windowed by each row's own DICOM_windows.")
+@click.option("--images", default=None, metavar="GLOB",
+              help="nifti: images below --input, e.g. 'imagesTr/*.nii.gz' (the * is the case id). "
+                   "Default: the folder's dataset.json (Decathlon or nnU-Net v2 layout).")
+@click.option("--labels", default=None, metavar="PATTERN", help="nifti: each image's label file, e.g. 'labelsTr/{id}.nii.gz'.")
+@click.option("--label-map", default=None, metavar="MAP",
+              help="nifti: 'liver=1+2,tumour=2', JSON text or a JSON file (default: dataset.json's labels).")
+@click.option("--lesion-label", default=None, metavar="NAME",
+              help="nifti: the label that is the lesion (default: one named tumour/cancer/lesion/nodule/...).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, cases, workers, dask_scheduler,
             overwrite, strict, split_seed, split_fractions, rois, gtvs, context, keep_noisy, dicom_window,
-            quiet) -> None:
+            images, labels, label_map, lesion_label, quiet) -> None:
     """Convert a raw dataset folder into a slice store.
 
     Re-running the same command resumes: complete cases are kept, interrupted ones redone.
@@ -114,7 +124,8 @@ def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, 
         workers=workers, dask=dask_scheduler, overwrite=overwrite, strict=strict,
         split=SplitConfig(seed=split_seed, fractions=fractions),
         source_options=_source_options(rois=list(rois) or None, gtvs=gtvs, context=context, keep_noisy=keep_noisy,
-                                        dicom_window=dicom_window),
+                                        dicom_window=dicom_window, images=images, labels=labels,
+                                        label_map=_label_map_text(label_map), lesion_label=lesion_label),
     )
     report = convert_dataset(config, progress=not quiet)
     for line in report.lines():
@@ -123,6 +134,13 @@ def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, 
     done = report.with_status("converted") + report.with_status("existing")
     if not done or (strict and report.with_status("skipped")):
         sys.exit(EXIT_FAILED)
+
+
+def _label_map_text(label_map: str | None) -> str | None:
+    """A --label-map JSON file's text (so that workers and the manifest see the map, not a path)."""
+    if label_map and label_map.endswith(".json") and Path(label_map).is_file():
+        return Path(label_map).read_text()
+    return label_map
 
 
 def _source_options(**given) -> dict:

@@ -12,6 +12,7 @@ from ctprep.sources.deeplesion import DeepLesionSource
 from ctprep.sources.kits19 import Kits19Source
 from ctprep.sources.lidc import LidcSource
 from ctprep.sources.lits import LitsSource
+from ctprep.sources.nifti_generic import NiftiGenericSource
 from ctprep.sources.nsclc import NsclcSource
 from lkbase.errors import ParameterError
 
@@ -21,6 +22,7 @@ SOURCES: dict[str, type[Source]] = {
     NsclcSource.name: NsclcSource,
     LidcSource.name: LidcSource,
     DeepLesionSource.name: DeepLesionSource,
+    NiftiGenericSource.name: NiftiGenericSource,
 }
 
 
