@@ -37,34 +37,51 @@ def case_inputs(image: np.ndarray, rows: Sequence[int], channels: Sequence[int] 
     return np.stack([stack_inputs(image[context_rows(z, nz, context)], channels) for z in rows])
 
 
-def predict_volume(model, image: np.ndarray, config: TrainConfig, *, batch_size: int = 16, amp=None) -> np.ndarray:
-    """Probabilities float32 (labels, z, y, x) for a case image (z, window, y, x) uint8."""
-    import torch
-    import torch.nn.functional as F
+def predict_volume(model, image: np.ndarray, config: TrainConfig, *, batch_size: int = 16, amp=None,
+                   rows: Sequence[int] | None = None, options=None) -> np.ndarray:
+    """Probabilities float32 (labels, len(rows), y, x) for stored ``rows`` (all) of a case image (z, window, y, x).
 
+    ``options`` (ctseg.inference.InferenceOptions; default: plain, ``batch_size``) adds flip
+    TTA, sliding windows (crop-trained models) and batch size by memory.
+    """
+    import torch
+
+    from ctseg.inference import InferenceOptions, auto_batch_size
+
+    options = options or InferenceOptions(batch_size=batch_size)
     device = model.device
     nz, _, h, w = image.shape
-    out = np.zeros((model.out_channels, nz, h, w), dtype=np.float32)
-    multiple = model.size_multiple
+    rows = list(range(nz)) if rows is None else list(rows)
+    out = np.zeros((model.out_channels, len(rows), h, w), dtype=np.float32)
     model.eval()
+    step = options.batch_size or auto_batch_size(model, model.in_channels, h, w, device)
     with torch.no_grad():
-        for start in range(0, nz, batch_size):
-            rows = list(range(start, min(start + batch_size, nz)))
-            x = torch.from_numpy(case_inputs(image, rows, config.channels, config.context)).to(device).float() / 255
-            if config.crop == "resize":
-                x = F.interpolate(x, size=(config.size, config.size), mode="bilinear", antialias=True,
-                                  align_corners=False)
-            else:  # fully convolutional: the whole slice, zero-padded as training crops are
-                ph, pw = -h % multiple, -w % multiple
-                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        for start in range(0, len(rows), step):
+            part = rows[start:start + step]
+            x = torch.from_numpy(case_inputs(image, part, config.channels, config.context)).to(device).float() / 255
             with amp.autocast() if amp is not None else _null():
-                prob = model.predict(x).float()
-            if config.crop == "resize":
-                prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
-            else:
-                prob = prob[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
-            out[:, start:start + len(rows)] = prob.clamp(0, 1).permute(1, 0, 2, 3).cpu().numpy()
+                prob = _forward_slices(model, x, config, options)
+            out[:, start:start + len(part)] = prob.clamp(0, 1).permute(1, 0, 2, 3).cpu().numpy()
     return out
+
+
+def _forward_slices(model, x, config: TrainConfig, options):
+    """(n, C, H, W) whole slices -> (n, labels, H, W): resized, windowed or padded as the model was trained."""
+    import torch.nn.functional as F
+
+    from ctseg.inference import sliding_window, with_flips
+
+    h, w = x.shape[-2:]
+    forward = (lambda t: with_flips(model.predict, t)) if options.tta else (lambda t: model.predict(t).float())
+    if config.crop == "resize":
+        x = F.interpolate(x, size=(config.size, config.size), mode="bilinear", antialias=True, align_corners=False)
+        return F.interpolate(forward(x), size=(h, w), mode="bilinear", align_corners=False)
+    if options.window:
+        return sliding_window(forward, x, config.size, options.overlap)
+    multiple = model.size_multiple  # fully convolutional: the whole slice, zero-padded as training crops are
+    ph, pw = -h % multiple, -w % multiple
+    x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    return forward(x)[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
 
 
 def _null():
