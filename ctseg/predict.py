@@ -105,12 +105,15 @@ def run_labels(run: str, targets: Sequence[str]) -> list[tuple[str, str]]:
 
 def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequence[str] | None = None,
                   name: str | None = None, threshold: float | None = None, device: str = "auto",
-                  batch_size: int = 16, progress: bool = True,
-                  export_nifti: str | Path | None = None) -> list[PredictedCase]:
+                  batch_size: int = 16, progress: bool = True, export_nifti: str | Path | None = None,
+                  inference=None, post=None) -> list[PredictedCase]:
     """Predict every (or the named) case of a store and write the results as labels; see the module doc.
 
     With ``export_nifti``, every written label is also exported to
     ``<dir>/<case>_<label>.nii.gz`` on the case's original grid (ctprep.commands.export).
+    ``inference`` (ctseg.inference.InferenceOptions) adds flip TTA, sliding windows, batch
+    size by memory; ``post`` (ctseg.postprocess.PostProcess) cleans each mask in 3D, and the
+    probabilities outside what it keeps are set to 0 (so both labels say the same).
     """
     from tqdm import tqdm
 
@@ -139,12 +142,16 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
         if have != expected:
             raise ConfigError(f"{store_path}: case {case_id} has {image.shape[1]} window channels, "
                               f"the model was trained on {expected}")
-        prob = predict_volume(model, image, config, batch_size=batch_size)
+        prob = predict_volume(model, image, config, batch_size=batch_size, options=inference)
+        if post is not None and post.active:
+            prob = _post_processed(store, case_id, prob, threshold, post, progress)
         labels = []
         for i, (target, (stem, mask_label)) in enumerate(zip(config.target, names)):
             attributes = {"kind": "prediction", "model": config.model, "target": target,
                           "checkpoint": str(checkpoint), "run": str(Path(config.out)), "step": int(data["step"]),
-                          "epoch": int(data["epoch"]), "threshold": threshold}
+                          "epoch": int(data["epoch"]), "threshold": threshold,
+                          "postprocess": post.to_dict() if post is not None else None,
+                          "tta": bool(inference and inference.tta), "window": bool(inference and inference.window)}
             store.write_label(case_id, stem, np.ascontiguousarray(prob[i]),
                               attributes={**attributes, "values": "probability"})
             store.write_label(case_id, mask_label, (prob[i] >= threshold).astype(np.uint8),
@@ -159,9 +166,26 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
     return written
 
 
+def _post_processed(store, case_id: str, prob: np.ndarray, threshold: float, post, progress: bool) -> np.ndarray:
+    """Probabilities kept only where the post-processed mask (ctseg.postprocess) is."""
+    import sys
+
+    from ctseg.postprocess import postprocess
+
+    organ = None
+    if post.organ:
+        if post.organ in store.label_names(case_id):
+            organ = store.read_label(case_id, post.organ)
+        elif progress:
+            print(f"{store.path}: case {case_id} has no {post.organ!r} label; not restricted to it", file=sys.stderr)
+    spacing = store.record(case_id).geometry.spacing
+    kept = np.stack([postprocess(p >= threshold, spacing, post, organ) for p in prob])
+    return np.where(kept, prob, 0).astype(np.float32)
+
+
 def evaluate_checkpoint_run(run_dir: str | Path, store_path: str | Path, split: str = "test", *,
                             checkpoint: str | None = None, device: str = "auto", threshold: float | None = None,
-                            progress: bool = True):
+                            progress: bool = True, inference=None, post=None):
     """``ctseg evaluate``: predict the split's cases with the run's best checkpoint (unless the store
     already holds this run's predictions for them), then evaluate and write ``RUN_DIR/eval/<split>/``."""
     from ctprep.store import SliceStore
@@ -174,8 +198,9 @@ def evaluate_checkpoint_run(run_dir: str | Path, store_path: str | Path, split: 
         raise FileNotFoundError(f"{run_dir}: no best.pt or last.pt (train first, or give --checkpoint)")
     store = SliceStore.open(store_path)
     cases = split_cases(store, split)
-    missing = [c for c in cases if not run_prediction_labels(store, c, run_dir)]
+    fresh = (inference is not None and (inference.tta or inference.window)) or (post is not None and post.active)
+    missing = [c for c in cases if fresh or not run_prediction_labels(store, c, run_dir)]
     if missing:
         predict_store(ckpt, store_path, cases=missing, name=run_dir.resolve().name, threshold=threshold,
-                      device=device, progress=progress)
+                      device=device, progress=progress, inference=inference, post=post)
     return evaluate_run(run_dir, store_path, split, threshold=threshold, progress=progress)

@@ -106,3 +106,18 @@ def nodule_store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("nodule")
     write_nodule_case(root / "raw")
     return convert(root / "raw", root / "nodule.zarr", ("lung",))
+
+
+@pytest.fixture(scope="session")
+def whole_ct_store(tmp_path_factory) -> Path:
+    """The whole pyradiomics lung CT (48 slices) with its nodule, converted at 128 x 128 (lung window)."""
+    from ctprep.convert import ConvertConfig, convert_dataset
+    from ctprep.windowing import parse_window
+
+    root = tmp_path_factory.mktemp("whole")
+    write_nodule_case(root / "raw", margin_slices=None, size=None)
+    config = ConvertConfig(source="lits", input_dir=str(root / "raw"), output=str(root / "whole.zarr"),
+                           windows=(parse_window("lung"),), size=(128, 128))
+    report = convert_dataset(config, progress=False)
+    assert not report.with_status("skipped"), report.lines()
+    return root / "whole.zarr"
