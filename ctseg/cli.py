@@ -96,6 +96,32 @@ def train(model, store, target, out, config_file, preset, resume, assignments, n
                f"run in {result.run_dir}")
 
 
+def _inference_options(command):
+    """The options predict and evaluate share: how slices go through the model, how masks are cleaned."""
+    options = [
+        click.option("--tta", is_flag=True, help="Flip test-time augmentation (mean over x and y flips)."),
+        click.option("--window", is_flag=True, help="Crop-trained models: sliding windows of the training size, "
+                                                    "Gaussian-weighted (default: the whole slice at once)."),
+        click.option("--largest", type=int, default=0, show_default=True,
+                     help="Keep the N largest 3D connected components of each mask (0: all)."),
+        click.option("--min-size-mm3", type=float, default=0.0, show_default=True,
+                     help="Drop 3D connected components smaller than this volume."),
+        click.option("--organ", help="Keep predictions inside this stored organ label (liver for LiTS, kidney for "
+                                     "KiTS19, lungs for NSCLC); cases without it are left as they are."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _inference(tta: bool, window: bool, largest: int, min_size_mm3: float, organ: str | None, batch_size: int = 16):
+    from ctseg.inference import InferenceOptions
+    from ctseg.postprocess import PostProcess
+
+    return (InferenceOptions(tta=tta, window=window, batch_size=batch_size),
+            PostProcess(largest=largest, min_size_mm3=min_size_mm3, organ=organ))
+
+
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="best.pt or last.pt of a run.")
 @click.option("--store", required=True, type=click.Path(), help="Store to predict (labels are added to it).")
@@ -103,12 +129,13 @@ def train(model, store, target, out, config_file, preset, resume, assignments, n
 @click.option("--name", help="Run name in the label names pred_<name>[_mask] (default: the run folder).")
 @click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Slices per forward (0: by free GPU memory).")
+@_inference_options
 @click.option("--export-nifti", type=click.Path(file_okay=False),
               help="Also write each prediction as <case>_<label>.nii.gz on the case's original grid.")
 @click.option("--no-progress", is_flag=True)
 @_fail_cleanly
-def predict(checkpoint, store, cases, name, threshold, device, batch_size, export_nifti, no_progress) -> None:
+def predict(checkpoint, store, cases, name, threshold, device, batch_size, export_nifti, no_progress, **inference) -> None:
     """Predict cases slice by slice; writes pred_<run> (probabilities) and pred_<run>_mask into the store."""
     from ctseg.checkpoint import require_file
 
@@ -117,7 +144,8 @@ def predict(checkpoint, store, cases, name, threshold, device, batch_size, expor
 
     wanted = [c.strip() for text in cases for c in text.split(",") if c.strip()] or None
     done = predict_store(checkpoint, store, cases=wanted, name=name, threshold=threshold, device=device,
-                         batch_size=batch_size, progress=not no_progress, export_nifti=export_nifti)
+                         batch_size=batch_size, progress=not no_progress, export_nifti=export_nifti,
+                         **dict(zip(("inference", "post"), _inference(batch_size=batch_size, **inference))))
     labels = sorted({label for case in done for label in case.labels})
     click.echo(f"ctseg: predicted {len(done)} case(s) into {store}: labels {', '.join(labels)}"
                + (f"; NIfTI in {export_nifti}" if export_nifti else ""))
@@ -131,9 +159,10 @@ def predict(checkpoint, store, cases, name, threshold, device, batch_size, expor
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: RUN/best.pt (else last.pt).")
 @click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
 @click.option("--device", default="auto", show_default=True)
+@_inference_options
 @click.option("--no-progress", is_flag=True)
 @_fail_cleanly
-def evaluate(run_dir, store, split, checkpoint, threshold, device, no_progress) -> None:
+def evaluate(run_dir, store, split, checkpoint, threshold, device, no_progress, **inference) -> None:
     """Evaluate a run on a split: predicts the cases if needed, then per-case and global metrics.
 
     Writes RUN/eval/<split>/ per_case.csv, per_case.json, per_slice.csv, summary.json and
@@ -142,7 +171,8 @@ def evaluate(run_dir, store, split, checkpoint, threshold, device, no_progress) 
     from ctseg.predict import evaluate_checkpoint_run
 
     for output in evaluate_checkpoint_run(run_dir, store, split, checkpoint=checkpoint, device=device,
-                                          threshold=threshold, progress=not no_progress):
+                                          threshold=threshold, progress=not no_progress,
+                                          **dict(zip(("inference", "post"), _inference(**inference)))):
         for line in output.lines():
             click.echo(line)
 

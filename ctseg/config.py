@@ -136,6 +136,8 @@ class TrainConfig:
     size: int = 256  # the model's input size (square)
     crop: str = "lesion"  # lesion | random | center: crops of `size`; resize: whole slice resized
     lesion_jitter: float = 0.25  # lesion crops: centre moved by up to this fraction of `size`
+    lesion_crops: float = 0.5  # crop lesion: share of a lesion slice's crops centred on the lesion (rest: elsewhere)
+    hard_negatives: float = 0.0  # crop lesion: share of crops centred where the model was most wrong
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     sampling: str = "balanced"  # all | lesion_only | balanced
     lesion_fraction: float = 0.5  # balanced: share of lesion slices drawn
@@ -160,6 +162,7 @@ class TrainConfig:
     deterministic: bool = False
     threshold: float = 0.5  # binarisation of probabilities for Dice and masks
     val_every: int = 1  # epochs
+    val_budget: float = 0.2  # validation may cost this share of training time (more: validated less often; 0: off)
     val_batch_size: int = 16
     early_stopping: int = 0  # epochs without improvement before stopping (0: off)
     checkpoint_every: int = 0  # steps (0: at the end of each epoch only)
@@ -181,8 +184,11 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be >= 1, found {value}")
         if self.context < 0 or self.workers < 0:
             raise ConfigError(f"context and workers must be >= 0, found {self.context} and {self.workers}")
-        if not 0 <= self.lesion_fraction <= 1:
-            raise ConfigError(f"lesion_fraction must be in [0, 1], found {self.lesion_fraction}")
+        for key in ("lesion_fraction", "lesion_crops", "hard_negatives"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} must be in [0, 1], found {getattr(self, key)}")
+        if self.hard_negatives and self.workers:
+            raise ConfigError("hard_negatives needs workers: 0 (the loop refreshes the candidates in the dataset)")
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must be in (0, 1), found {self.threshold}")
 

@@ -4,7 +4,8 @@
   (no copy of the store): its windows as channels, optionally ``context`` neighbouring
   slices each side as more channels (clamped at the ends of the case), and the target
   label(s) as float masks in [0, 1] (binary uint8 labels become 0/1, float32 soft
-  masks are kept). It crops ``size`` x ``size`` around a lesion pixel, at random or at
+  masks are kept). It crops ``size`` x ``size`` (a mix of lesion-centred crops, crops
+  elsewhere in the body and, optionally, hard negatives: ctseg.crops), at random or at
   the centre, or resizes the whole slice, then augments with torch (flips, rotation,
   scaling, shift, intensity jitter) using one affine grid for image and target.
 * Batch samplers (:func:`make_batch_sampler`) decide which slices form each batch:
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 
 from ctprep.store import SliceIndex, SliceStore, is_url
 from ctseg.config import AugmentConfig, TrainConfig
+from ctseg.crops import crop_centre, crop_kind, crop_padded
 from ctseg.errors import ConfigError
 
 ItemKey = tuple[int, tuple[int, ...]]  # (dataset index, augmentation seed words)
@@ -137,36 +139,6 @@ def augment_pair(image: torch.Tensor, target: torch.Tensor, size: int, params: A
     return image.clamp_(0, 1), target.clamp_(0, 1)
 
 
-# ---- cropping ----------------------------------------------------------------------------------
-def crop_padded(array: np.ndarray, cy: int, cx: int, length: int) -> np.ndarray:
-    """The ``length`` x ``length`` window of (C, H, W) ``array`` centred on (cy, cx), zero outside."""
-    c, h, w = array.shape
-    y0, x0 = cy - length // 2, cx - length // 2
-    out = np.zeros((c, length, length), dtype=array.dtype)
-    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y0 + length, h), min(x0 + length, w)
-    if sy1 > sy0 and sx1 > sx0:
-        out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = array[:, sy0:sy1, sx0:sx1]
-    return out
-
-
-def crop_centre(mode: str, target: np.ndarray, size: int, jitter: float, rng: np.random.Generator) -> tuple[int, int]:
-    """Where to centre the crop: on a random lesion pixel (jittered), at random, or at the centre."""
-    _, h, w = target.shape
-
-    def clamp(v: float, n: int) -> int:
-        return int(round(min(max(v, size / 2), n - size / 2))) if n >= size else n // 2
-
-    if mode == "lesion":
-        ys, xs = np.nonzero(target[0] > 0.5)
-        if len(ys):
-            i = rng.integers(len(ys))
-            dy, dx = rng.uniform(-jitter * size, jitter * size, size=2)
-            return clamp(ys[i] + dy, h), clamp(xs[i] + dx, w)
-    if mode in ("lesion", "random"):
-        return clamp(rng.uniform(0, h), h), clamp(rng.uniform(0, w), w)
-    return h // 2, w // 2
-
-
 # ---- the dataset -------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _one_thread():
@@ -195,14 +167,16 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def __init__(self, store_path: str | Path, index: SliceIndex, *, targets: Sequence[str],
                  size: int, crop: str = "lesion", channels: Sequence[int] | None = None, context: int = 0,
-                 augment: AugmentConfig | None = None, lesion_jitter: float = 0.25, seed: int = 0):
+                 augment: AugmentConfig | None = None, lesion_jitter: float = 0.25, seed: int = 0,
+                 lesion_crops: float = 1.0, hard_negatives: float = 0.0):
         self.store_path = store_path if is_url(store_path) else Path(store_path)  # a URL stays a URL
         self.index = index
         self.targets = tuple(targets)
         self.size, self.crop, self.context, self.seed = size, crop, context, seed
         self.channels = tuple(channels) if channels is not None else None
         self.augment = augment if augment is not None and augment.enabled else None
-        self.lesion_jitter = lesion_jitter
+        self.lesion_jitter, self.lesion_crops, self.hard_negatives = lesion_jitter, lesion_crops, hard_negatives
+        self.hard: dict[int, np.ndarray] = {}  # item -> (n, 2) pixels where the model was wrong (ctseg.crops)
         self.cases = [str(c) for c in index.rows["case"]]
         self.rows = index.rows["z"].astype(np.int64)
         self.has_lesion = index.has_lesion.copy()
@@ -216,7 +190,9 @@ class SliceDataset(torch.utils.data.Dataset):
     def from_config(cls, config: TrainConfig, index: SliceIndex, *, train: bool) -> "SliceDataset":
         return cls(config.store, index, targets=config.target, size=config.size, crop=config.crop,
                    channels=config.channels, context=config.context, augment=config.augment if train else None,
-                   lesion_jitter=config.lesion_jitter if train else 0.0, seed=config.seed)
+                   lesion_jitter=config.lesion_jitter if train else 0.0, seed=config.seed,
+                   lesion_crops=config.lesion_crops if train else 1.0,
+                   hard_negatives=config.hard_negatives if train else 0.0)
 
     def _label_dtype(self, store: SliceStore, name: str) -> np.dtype:
         return store.read_slices([(self.cases[0], int(self.rows[0]))], labels=[name]).labels[name].dtype
@@ -269,7 +245,10 @@ class SliceDataset(torch.utils.data.Dataset):
         if self.crop == "resize":
             image_t, target_t = self._resized(image, target, length)
         else:
-            cy, cx = crop_centre(self.crop, target, self.size, self.lesion_jitter, rng)
+            kind = crop_kind(bool(self.has_lesion[int(i)]), int(i) in self.hard, self.lesion_crops,
+                             self.hard_negatives, rng)
+            cy, cx = crop_centre(self.crop, image, target, self.size, self.lesion_jitter, rng, kind=kind,
+                                 hard=self.hard.get(int(i)))
             image_t = torch.from_numpy(crop_padded(image, cy, cx, length))
             target_t = torch.from_numpy(crop_padded(target, cy, cx, length))
         image_t = image_t.float().div_(255.0)
@@ -445,27 +424,40 @@ def make_loader(dataset: SliceDataset, batch_sampler: BatchPlan, *, workers: int
                                        **extra)
 
 
-def training_data(config: TrainConfig, *, rank: int = 0, world: int = 1, pin_memory: bool = False):
-    """(dataset, batch sampler, loader) for the training side of ``config``."""
+def training_data(config: TrainConfig, *, rank: int = 0, world: int = 1, pin_memory: bool = False,
+                  exclude: frozenset[tuple[str, int]] | set[tuple[str, int]] = frozenset()):
+    """(dataset, batch sampler, loader) for the training side of ``config``, without the ``exclude``d
+    (case, row) pairs (slices held out for validation)."""
     store = SliceStore.open(config.store)
     index = select_index(store, split=config.train_split, lesion_only=config.sampling == "lesion_only",
                          cases=config.cases, targets=config.target)
+    if exclude:
+        index = SliceIndex(index.rows[np.array([(str(c), int(z)) not in exclude for c, z in index], dtype=bool)])
     if len(index) == 0:
         raise ConfigError(f"{config.store}: no {config.train_split!r} slices"
                           + (" with a lesion" if config.sampling == "lesion_only" else "")
                           + f" for target {', '.join(config.target)}")
+    check_sampling(config, store, index)
     dataset = SliceDataset.from_config(config, index, train=True)
     sampler = make_batch_sampler(config, dataset, rank=rank, world=world)
     return dataset, sampler, make_loader(dataset, sampler, workers=config.workers, pin_memory=pin_memory)
 
 
-def validation_cases(config: TrainConfig) -> list[str]:
-    """The cases validated each epoch (per-case Dice on re-stacked slices)."""
-    if config.val_split == "none":
-        return []
-    store = SliceStore.open(config.store)
-    index = select_index(store, split=config.val_split, cases=config.cases, targets=config.target)
-    return sorted(set(index.rows["case"].tolist()))
+def check_sampling(config: TrainConfig, store: SliceStore, index: SliceIndex) -> None:
+    """Refuse crop and sampling options the training slices cannot meet, naming the option and the store."""
+    where = f"{config.store} ({config.train_split!r} slices, target {', '.join(config.target)})"
+    h, w = store.record(str(index.rows["case"][0])).geometry.shape[1:]
+    if config.crop != "resize" and config.size > min(h, w):
+        raise ConfigError(f"--size {config.size} (crop {config.crop}): larger than the {h}x{w} slices of {where}; "
+                          "use a smaller --size or --crop resize")
+    lesions = int(index.has_lesion.sum())
+    if config.crop == "lesion" and config.lesion_crops > 0 and not lesions:
+        raise ConfigError(f"--crop lesion: {where} has no lesion slice; use --crop random or resize")
+    if config.sampling == "balanced" and not lesions:
+        raise ConfigError(f"--sampling balanced: {where} has no lesion slice; use --sampling all")
+    if config.sampling == "balanced" and config.lesion_fraction < 1 and lesions == len(index):
+        raise ConfigError(f"--sampling balanced (lesion_fraction {config.lesion_fraction:g}): {where} has no "
+                          "lesion-free slice; convert with --slices lesion+K or all, or use --sampling lesion_only")
 
 
 def held_out_crops(config: TrainConfig, cases: Sequence[str]) -> SliceDataset:

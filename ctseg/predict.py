@@ -37,34 +37,51 @@ def case_inputs(image: np.ndarray, rows: Sequence[int], channels: Sequence[int] 
     return np.stack([stack_inputs(image[context_rows(z, nz, context)], channels) for z in rows])
 
 
-def predict_volume(model, image: np.ndarray, config: TrainConfig, *, batch_size: int = 16, amp=None) -> np.ndarray:
-    """Probabilities float32 (labels, z, y, x) for a case image (z, window, y, x) uint8."""
-    import torch
-    import torch.nn.functional as F
+def predict_volume(model, image: np.ndarray, config: TrainConfig, *, batch_size: int = 16, amp=None,
+                   rows: Sequence[int] | None = None, options=None) -> np.ndarray:
+    """Probabilities float32 (labels, len(rows), y, x) for stored ``rows`` (all) of a case image (z, window, y, x).
 
+    ``options`` (ctseg.inference.InferenceOptions; default: plain, ``batch_size``) adds flip
+    TTA, sliding windows (crop-trained models) and batch size by memory.
+    """
+    import torch
+
+    from ctseg.inference import InferenceOptions, auto_batch_size
+
+    options = options or InferenceOptions(batch_size=batch_size)
     device = model.device
     nz, _, h, w = image.shape
-    out = np.zeros((model.out_channels, nz, h, w), dtype=np.float32)
-    multiple = model.size_multiple
+    rows = list(range(nz)) if rows is None else list(rows)
+    out = np.zeros((model.out_channels, len(rows), h, w), dtype=np.float32)
     model.eval()
+    step = options.batch_size or auto_batch_size(model, model.in_channels, h, w, device)
     with torch.no_grad():
-        for start in range(0, nz, batch_size):
-            rows = list(range(start, min(start + batch_size, nz)))
-            x = torch.from_numpy(case_inputs(image, rows, config.channels, config.context)).to(device).float() / 255
-            if config.crop == "resize":
-                x = F.interpolate(x, size=(config.size, config.size), mode="bilinear", antialias=True,
-                                  align_corners=False)
-            else:  # fully convolutional: the whole slice, zero-padded as training crops are
-                ph, pw = -h % multiple, -w % multiple
-                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        for start in range(0, len(rows), step):
+            part = rows[start:start + step]
+            x = torch.from_numpy(case_inputs(image, part, config.channels, config.context)).to(device).float() / 255
             with amp.autocast() if amp is not None else _null():
-                prob = model.predict(x).float()
-            if config.crop == "resize":
-                prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
-            else:
-                prob = prob[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
-            out[:, start:start + len(rows)] = prob.clamp(0, 1).permute(1, 0, 2, 3).cpu().numpy()
+                prob = _forward_slices(model, x, config, options)
+            out[:, start:start + len(part)] = prob.clamp(0, 1).permute(1, 0, 2, 3).cpu().numpy()
     return out
+
+
+def _forward_slices(model, x, config: TrainConfig, options):
+    """(n, C, H, W) whole slices -> (n, labels, H, W): resized, windowed or padded as the model was trained."""
+    import torch.nn.functional as F
+
+    from ctseg.inference import sliding_window, with_flips
+
+    h, w = x.shape[-2:]
+    forward = (lambda t: with_flips(model.predict, t)) if options.tta else (lambda t: model.predict(t).float())
+    if config.crop == "resize":
+        x = F.interpolate(x, size=(config.size, config.size), mode="bilinear", antialias=True, align_corners=False)
+        return F.interpolate(forward(x), size=(h, w), mode="bilinear", align_corners=False)
+    if options.window:
+        return sliding_window(forward, x, config.size, options.overlap)
+    multiple = model.size_multiple  # fully convolutional: the whole slice, zero-padded as training crops are
+    ph, pw = -h % multiple, -w % multiple
+    x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    return forward(x)[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
 
 
 def _null():
@@ -88,12 +105,15 @@ def run_labels(run: str, targets: Sequence[str]) -> list[tuple[str, str]]:
 
 def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequence[str] | None = None,
                   name: str | None = None, threshold: float | None = None, device: str = "auto",
-                  batch_size: int = 16, progress: bool = True,
-                  export_nifti: str | Path | None = None) -> list[PredictedCase]:
+                  batch_size: int = 16, progress: bool = True, export_nifti: str | Path | None = None,
+                  inference=None, post=None) -> list[PredictedCase]:
     """Predict every (or the named) case of a store and write the results as labels; see the module doc.
 
     With ``export_nifti``, every written label is also exported to
     ``<dir>/<case>_<label>.nii.gz`` on the case's original grid (ctprep.commands.export).
+    ``inference`` (ctseg.inference.InferenceOptions) adds flip TTA, sliding windows, batch
+    size by memory; ``post`` (ctseg.postprocess.PostProcess) cleans each mask in 3D, and the
+    probabilities outside what it keeps are set to 0 (so both labels say the same).
     """
     from tqdm import tqdm
 
@@ -122,12 +142,16 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
         if have != expected:
             raise ConfigError(f"{store_path}: case {case_id} has {image.shape[1]} window channels, "
                               f"the model was trained on {expected}")
-        prob = predict_volume(model, image, config, batch_size=batch_size)
+        prob = predict_volume(model, image, config, batch_size=batch_size, options=inference)
+        if post is not None and post.active:
+            prob = _post_processed(store, case_id, prob, threshold, post, progress)
         labels = []
         for i, (target, (stem, mask_label)) in enumerate(zip(config.target, names)):
             attributes = {"kind": "prediction", "model": config.model, "target": target,
                           "checkpoint": str(checkpoint), "run": str(Path(config.out)), "step": int(data["step"]),
-                          "epoch": int(data["epoch"]), "threshold": threshold}
+                          "epoch": int(data["epoch"]), "threshold": threshold,
+                          "postprocess": post.to_dict() if post is not None else None,
+                          "tta": bool(inference and inference.tta), "window": bool(inference and inference.window)}
             store.write_label(case_id, stem, np.ascontiguousarray(prob[i]),
                               attributes={**attributes, "values": "probability"})
             store.write_label(case_id, mask_label, (prob[i] >= threshold).astype(np.uint8),
@@ -142,9 +166,26 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
     return written
 
 
+def _post_processed(store, case_id: str, prob: np.ndarray, threshold: float, post, progress: bool) -> np.ndarray:
+    """Probabilities kept only where the post-processed mask (ctseg.postprocess) is."""
+    import sys
+
+    from ctseg.postprocess import postprocess
+
+    organ = None
+    if post.organ:
+        if post.organ in store.label_names(case_id):
+            organ = store.read_label(case_id, post.organ)
+        elif progress:
+            print(f"{store.path}: case {case_id} has no {post.organ!r} label; not restricted to it", file=sys.stderr)
+    spacing = store.record(case_id).geometry.spacing
+    kept = np.stack([postprocess(p >= threshold, spacing, post, organ) for p in prob])
+    return np.where(kept, prob, 0).astype(np.float32)
+
+
 def evaluate_checkpoint_run(run_dir: str | Path, store_path: str | Path, split: str = "test", *,
                             checkpoint: str | None = None, device: str = "auto", threshold: float | None = None,
-                            progress: bool = True):
+                            progress: bool = True, inference=None, post=None):
     """``ctseg evaluate``: predict the split's cases with the run's best checkpoint (unless the store
     already holds this run's predictions for them), then evaluate and write ``RUN_DIR/eval/<split>/``."""
     from ctprep.store import SliceStore
@@ -157,8 +198,9 @@ def evaluate_checkpoint_run(run_dir: str | Path, store_path: str | Path, split: 
         raise FileNotFoundError(f"{run_dir}: no best.pt or last.pt (train first, or give --checkpoint)")
     store = SliceStore.open(store_path)
     cases = split_cases(store, split)
-    missing = [c for c in cases if not run_prediction_labels(store, c, run_dir)]
+    fresh = (inference is not None and (inference.tta or inference.window)) or (post is not None and post.active)
+    missing = [c for c in cases if fresh or not run_prediction_labels(store, c, run_dir)]
     if missing:
         predict_store(ckpt, store_path, cases=missing, name=run_dir.resolve().name, threshold=threshold,
-                      device=device, progress=progress)
+                      device=device, progress=progress, inference=inference, post=post)
     return evaluate_run(run_dir, store_path, split, threshold=threshold, progress=progress)

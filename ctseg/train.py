@@ -19,7 +19,9 @@ import json
 import math
 import os
 import random
-from dataclasses import dataclass, field
+import sys
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +30,11 @@ import torch
 from ctseg import checkpoint as ckpt
 from ctseg.build import build_model, select_device
 from ctseg.config import TrainConfig
-from ctseg.data import held_out_crops, training_data, validation_cases
+from ctseg.data import held_out_crops, training_data
 from ctseg.errors import ConfigError
 from ctseg.models.base import Amp, SegModel, StepContext
 from ctseg.models.blocks import has_batch_norm
-from ctseg.predict import predict_volume
+from ctseg.validation import ValidationPlan, validate_plan, validation_interval, validation_plan
 from lkbase.atomic import copy_atomic, remove_temporaries, write_text_atomic
 
 
@@ -46,6 +48,7 @@ class LoopState:
     best: float = -math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
+    val_interval: int = 0  # epochs between validations (0: not measured yet; ctseg.validation)
     history: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -152,38 +155,58 @@ def schedulers(optimizers: dict, config: TrainConfig) -> dict:
 
 
 # ---- validation ---------------------------------------------------------------------------------------
-def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
-    """3D Dice of two binary volumes (ctseg.metrics' empty-mask policy: both empty scores 1)."""
-    from ctseg.metrics import confusion, dice
-
-    return float(dice(confusion(pred, truth)))
-
-
-def validate(model: SegModel, config: TrainConfig, cases: list[str], amp: Amp) -> dict:
-    """Per-case Dice (3D, slices re-stacked) for each target; ``dice`` is their mean over cases.
+def validate(model: SegModel, config: TrainConfig, plan: ValidationPlan, amp: Amp) -> dict:
+    """Per-case Dice, precision and recall on whole slices (ctseg.validation); ``dice`` etc. their means.
 
     A model with its own ``validation`` (SegModel.validation) is validated by it instead,
-    on the held-out crops of ``cases`` (made only if it asks).
+    on the held-out crops of the plan's cases (made only if it asks).
     """
-    from ctprep.store import SliceStore
-
-    custom = model.validation(config, lambda: held_out_crops(config, cases), amp)
+    custom = model.validation(config, lambda: held_out_crops(config, plan.cases), amp)
     if custom is not None:
         return custom
-    store = SliceStore.open(config.store)
-    outputs = {"": {}, **{f"_{name}": options for name, options in model.validation_outputs().items()}}
-    per_case: dict[str, dict[str, float]] = {suffix: {} for suffix in outputs}
-    for case_id in cases:
-        data = store.read_case(case_id, labels=list(config.target))
-        for suffix, options in outputs.items():
-            with model.options_set(options):
-                prob = predict_volume(model, data.image, config, batch_size=config.val_batch_size, amp=amp)
-            scores = [dice_score(prob[i] >= config.threshold,
-                                 data.labels[t] > (0 if data.labels[t].dtype == np.uint8 else 0.5))
-                      for i, t in enumerate(config.target)]
-            per_case[suffix][case_id] = float(np.mean(scores))
-    result = {f"dice{suffix}": float(np.mean(list(scores.values()))) for suffix, scores in per_case.items()}
-    return {**result, "cases": per_case[""]}
+    return validate_plan(model, config, plan, amp)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checks:
+    """What end_epoch validates (the plan), the training data (hard negatives), the epoch's training time."""
+
+    plan: ValidationPlan
+    dataset: object
+    train_seconds: float
+
+    def due(self, config: TrainConfig, state: LoopState, epoch: int) -> bool:
+        """Every ``val_interval`` epochs (``val_every`` stretched by the time budget), and the last epoch."""
+        if not self.plan.cases:
+            return False
+        interval = state.val_interval or config.val_every
+        return (epoch + 1) % interval == 0 or epoch + 1 == config.total_epochs
+
+    def run(self, model: SegModel, config: TrainConfig, state: LoopState, amp: Amp) -> dict:
+        started = time.perf_counter()
+        metrics = validate(model, config, self.plan, amp)
+        if config.hard_negatives:
+            refresh_hard_negatives(model, config, self.dataset, amp)
+        if config.val_budget and not state.val_interval:  # measured once, then kept (and checkpointed)
+            spent = time.perf_counter() - started
+            state.val_interval = validation_interval(self.train_seconds, spent, config.val_every, config.val_budget)
+            if state.val_interval > config.val_every:
+                print(f"validation takes {spent:.1f} s, an epoch of training {self.train_seconds:.1f} s: "
+                      f"validating every {state.val_interval} epochs (val_budget {config.val_budget:g})",
+                      file=sys.stderr)
+        return metrics
+
+
+def refresh_hard_negatives(model: SegModel, config: TrainConfig, dataset, amp: Amp, count: int = 64) -> None:
+    """Hard-negative mining: for ``count`` random training slices, the pixels where the model is most wrong."""
+    from ctseg.crops import hard_pixels
+    from ctseg.predict import predict_volume
+
+    rng = np.random.default_rng([config.seed, len(dataset.hard)])
+    for i in rng.choice(len(dataset), size=min(count, len(dataset)), replace=False):
+        image, target = dataset.read(int(i))
+        prob = predict_volume(model, image[None], replace(config, context=0, channels=None), amp=amp)
+        dataset.hard[int(i)] = hard_pixels(prob[0, 0], target[0])
 
 
 # ---- logging --------------------------------------------------------------------------------------------
@@ -217,8 +240,8 @@ class Logger:
     def flush_steps(self, step: int, optimizers: dict) -> dict[str, float]:
         means = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
         if self.writer is not None:
-            for key, value in means.items():
-                self.writer.add_scalar(f"train/{key}", value, step)
+            for key, value in means.items():  # a model's "dice" is the soft Dice of its training crops
+                self.writer.add_scalar(f"train/{'soft_dice' if key == 'dice' else key}", value, step)
             for name, opt in optimizers.items():
                 self.writer.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], step)
         self.sums, self.count = {}, 0
@@ -294,8 +317,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     elif last.exists():
         raise ConfigError(f"{last}: a run is already there; use --resume to continue it or another --out")
 
+    plan = validation_plan(config)
+    if dist.main and progress:
+        print(f"validating on {plan.description}", file=sys.stderr)
     dataset, sampler, loader = training_data(config, rank=dist.rank, world=dist.world,
-                                             pin_memory=device.type == "cuda")
+                                             pin_memory=device.type == "cuda", exclude=plan.excluded())
     model = build_model(config, dataset.in_channels).to(device)
     distribute(model, dist, device, config.frozen)
     optimizers = model.optimizers(config)
@@ -304,7 +330,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     state = restore(saved, model, optimizers, scheds, amp, dist) if saved else LoopState()
     if config.max_steps and state.step >= config.max_steps:
         raise ConfigError(f"{last}: the run is at step {state.step}, max_steps is {config.max_steps}; raise it")
-    val_cases = validation_cases(config)
     log = Logger(run_dir, dist.main)
     if dist.main:
         config.save(run_dir / "config.yaml")
@@ -322,6 +347,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             sampler.set_epoch(epoch, state.batch)
             weights = config.weights_at(epoch)
             model.train()
+            started = time.perf_counter()
             bar = tqdm(total=len(sampler), desc=f"epoch {epoch + 1}/{config.total_epochs}", unit="batch",
                        disable=not (progress and dist.main) or None, leave=False)
             batch = None
@@ -345,7 +371,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             if stopped == "max_steps" and state.batch < total_batches:
                 save(last)  # mid-epoch: resume continues at state.batch
                 break
-            stopped = end_epoch(model, config, state, scheds, amp, dist, log, val_cases, batch, windows, save)
+            checks = Checks(plan=plan, dataset=dataset, train_seconds=time.perf_counter() - started)
+            stopped = end_epoch(model, config, state, scheds, amp, dist, log, checks, batch, windows, save)
             if stopped == "completed" and config.max_steps and state.step >= config.max_steps:
                 stopped = "max_steps"
     finally:
@@ -355,15 +382,15 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
 
 def end_epoch(model: SegModel, config: TrainConfig, state: LoopState, scheds: dict, amp: Amp, dist: Distributed,
-              log: Logger, val_cases: list[str], batch: dict | None, windows: int, save) -> str:
+              log: Logger, checks: "Checks", batch: dict | None, windows: int, save) -> str:
     """Learning rates, validation, best model, images, history and checkpoint at the end of an epoch."""
     epoch = state.epoch
     state.epoch, state.batch = epoch + 1, 0
     for sched in scheds.values():
         sched.step()
     metrics: dict = {}
-    if dist.main and val_cases and (epoch + 1) % config.val_every == 0:
-        metrics = validate(model, config, val_cases, amp)
+    if dist.main and checks.due(config, state, epoch):
+        metrics = checks.run(model, config, state, amp)
     metrics = dist.broadcast(metrics)
     grid = None
     if dist.main and batch is not None and config.image_every and (epoch + 1) % config.image_every == 0:

@@ -60,8 +60,11 @@ def varied_split():
     raise RuntimeError("no split seed separates the phantom patients")  # pragma: no cover
 
 
-def write_nodule_case(folder: Path, margin_slices: int = 3, size: int = 64) -> None:
-    """The pyradiomics lung CT + nodule cropped around the nodule, as LiTS NIfTI (RAS affine)."""
+def write_nodule_case(folder: Path, margin_slices: int | None = 3, size: int | None = 64) -> None:
+    """The pyradiomics lung CT + nodule cropped around the nodule, as LiTS NIfTI (RAS affine).
+
+    ``size=None`` keeps whole 512 x 512 slices, ``margin_slices=None`` all 48 slices.
+    """
     import nibabel as nib
     import SimpleITK as sitk
 
@@ -74,11 +77,15 @@ def write_nodule_case(folder: Path, margin_slices: int = 3, size: int = 64) -> N
     hu = sitk.GetArrayFromImage(image)  # (z, y, x)
     mask = sitk.GetArrayFromImage(label) > 0
     zs, ys, xs = np.nonzero(mask)
-    z0, z1 = max(zs.min() - margin_slices, 0), min(zs.max() + margin_slices + 1, hu.shape[0])
-    cy, cx = int(round(ys.mean())), int(round(xs.mean()))
-    y0, x0 = cy - size // 2, cx - size // 2
-    hu = hu[z0:z1, y0:y0 + size, x0:x0 + size].astype(np.int16)
-    seg = (mask[z0:z1, y0:y0 + size, x0:x0 + size] * 2).astype(np.uint8)  # LiTS: 2 = tumour
+    z0, z1 = (0, hu.shape[0]) if margin_slices is None else (max(zs.min() - margin_slices, 0),
+                                                             min(zs.max() + margin_slices + 1, hu.shape[0]))
+    if size is None:
+        y0, x0, ny, nx = 0, 0, hu.shape[1], hu.shape[2]
+    else:
+        cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+        y0, x0, ny, nx = cy - size // 2, cx - size // 2, size, size
+    hu = hu[z0:z1, y0:y0 + ny, x0:x0 + nx].astype(np.int16)
+    seg = (mask[z0:z1, y0:y0 + ny, x0:x0 + nx] * 2).astype(np.uint8)  # LiTS: 2 = tumour
     spacing = np.array(image.GetSpacing())  # (x, y, z)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     origin = np.array(image.GetOrigin()) + direction @ (spacing * np.array([x0, y0, z0]))
@@ -99,3 +106,18 @@ def nodule_store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("nodule")
     write_nodule_case(root / "raw")
     return convert(root / "raw", root / "nodule.zarr", ("lung",))
+
+
+@pytest.fixture(scope="session")
+def whole_ct_store(tmp_path_factory) -> Path:
+    """The whole pyradiomics lung CT (48 slices) with its nodule, converted at 128 x 128 (lung window)."""
+    from ctprep.convert import ConvertConfig, convert_dataset
+    from ctprep.windowing import parse_window
+
+    root = tmp_path_factory.mktemp("whole")
+    write_nodule_case(root / "raw", margin_slices=None, size=None)
+    config = ConvertConfig(source="lits", input_dir=str(root / "raw"), output=str(root / "whole.zarr"),
+                           windows=(parse_window("lung"),), size=(128, 128))
+    report = convert_dataset(config, progress=False)
+    assert not report.with_status("skipped"), report.lines()
+    return root / "whole.zarr"

@@ -47,7 +47,7 @@ def test_a_run_writes_checkpoints_config_history_and_logs(phantom_store, tmp_pat
         SliceStore.open(phantom_store).case_ids())
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
-    assert {"train/loss", "train/dice", "lr/net", "val/dice"} <= set(events.Tags()["scalars"])
+    assert {"train/loss", "train/soft_dice", "lr/net", "val/dice", "val/precision", "val/recall"} <= set(events.Tags()["scalars"])
     assert events.Tags()["images"] == ["samples/ct_truth_prediction"]
 
 
@@ -59,7 +59,7 @@ def test_an_existing_run_is_not_overwritten(phantom_store, tmp_path):
 
 
 def test_early_stopping_ends_a_run_that_stops_improving(phantom_store, tmp_path):
-    config = tiny_config(phantom_store, tmp_path / "run", epochs=6, early_stopping=2, image_every=0,
+    config = tiny_config(phantom_store, tmp_path / "run", epochs=6, early_stopping=2, image_every=0, val_budget=0,
                          optimizers={"net": {"lr": 1e-12}}, model_options={"features": [8, 16], "norm": "instance"})
     result = train(config, progress=False)
     assert result.stopped == "early_stopping" and result.epoch == 3 and result.best_epoch == 1
