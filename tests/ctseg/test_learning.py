@@ -43,6 +43,7 @@ def assert_learns_the_nodule(model: str, options: dict, optimizers: dict, steps:
     layer = {"store": str(nodule_store), "target": "tumour", "out": str(tmp_path / model), "size": 64,
              "batch_size": 8, "steps_per_epoch": 20, "phases": phases or [{"epochs": steps // 20, "decay": "linear"}],
              "train_split": "all", "val_split": "all", "sampling": "balanced", "image_every": 0, "val_budget": 0,
+             "lesion_crops": 1.0,  # the crop-only figure: every crop centred on the nodule (as before issue 13)
              "augment": {"rotate_deg": 10, "scale": [0.9, 1.1], "intensity": 0.05},
              "model_options": options, "optimizers": optimizers, "loss_weights": loss_weights}
     result = train(build_config(model=model, layers=[layer]), progress=False)
