@@ -319,7 +319,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             weights = config.weights_at(epoch)
             model.train()
             bar = tqdm(total=len(sampler), desc=f"epoch {epoch + 1}/{config.total_epochs}", unit="batch",
-                       disable=not (progress and dist.main) or None, leave=False)
+                       disable=not (progress and dist.main) or None)
             batch = None
             total_batches = len(sampler) + sampler.start_batch
             for batch in loader:

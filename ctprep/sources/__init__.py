@@ -13,6 +13,7 @@ from ctprep.sources.kits19 import Kits19Source
 from ctprep.sources.lidc import LidcSource
 from ctprep.sources.lits import LitsSource
 from ctprep.sources.nsclc import NsclcSource
+from lkbase.choices import unknown
 from lkbase.errors import ParameterError
 
 SOURCES: dict[str, type[Source]] = {
@@ -29,7 +30,7 @@ def get_source(name: str, options: Mapping[str, Any] | None = None) -> Source:
     try:
         source_type = SOURCES[name]
     except KeyError:
-        raise ParameterError(f"unknown source {name!r}; known: {', '.join(sorted(SOURCES))}") from None
+        raise ParameterError(unknown("source", name, sorted(SOURCES))) from None
     return source_type(options=options)
 
 
