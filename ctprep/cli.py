@@ -169,9 +169,10 @@ def check(source, input_dir) -> None:
 
 @main.command()
 @click.argument("store")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (case ids included).")
+@click.option("--cases", "list_cases", is_flag=True, help="Also list every case: id, split, slices, lesion slices.")
 @_fail_cleanly
-def info(store, as_json) -> None:
+def info(store, as_json, list_cases) -> None:
     """Summarise a store: cases, slices, lesion slices, windows, labels, size and compression."""
     import dataclasses
 
@@ -180,14 +181,32 @@ def info(store, as_json) -> None:
     summary = store_info(store)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(summary) | {"compression_ratio": summary.compression_ratio}, indent=2))
-    else:
-        for line in summary.lines():
-            click.echo(line)
+        return
+    for line in summary.lines() + (summary.case_lines() if list_cases else []):
+        click.echo(line)
 
 
 @main.command()
 @click.argument("store")
-@click.option("--case", "case_id", required=True, help="Case id, as listed by the manifest or `ctprep info`.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder of the page.  [default: STORE.report beside a local store]")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def report(store, out, quiet) -> None:
+    """Write a browsable HTML page of a store: manifest summary, one thumbnail per case at its
+    largest lesion slice with label outlines (sortable by lesion volume), quirks and skipped cases.
+
+    Thumbnails are written once and reused while a case is unchanged; open OUT/index.html.
+    """
+    from ctprep.commands.report import write_store_report
+
+    for line in write_store_report(store, out, progress=not quiet).lines():
+        click.echo(line)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--case", "case_id", required=True, help="Case id, as listed by `ctprep info STORE --cases`.")
 @click.option("--z", "zs", type=int, multiple=True,
               help="Stored slice number (repeatable). Default: the slice with the most lesion.")
 @click.option("--channel", default=0, show_default=True, help="Which window to show.")
@@ -202,7 +221,7 @@ def preview(store, case_id, zs, channel, out) -> None:
 
 @main.command()
 @click.argument("store")
-@click.option("--case", "case_id", required=True, help="Case id, as listed by `ctprep info`.")
+@click.option("--case", "case_id", required=True, help="Case id, as listed by `ctprep info STORE --cases`.")
 @click.option("--label", required=True, help="Stored label: ground truth (e.g. tumour) or a prediction (pred_<run>).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="NIfTI to write (.nii or .nii.gz).")
 @_fail_cleanly

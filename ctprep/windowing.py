@@ -20,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from ctprep.lookup import LazySlices, lookup
+from lkbase.choices import closest
 from lkbase.errors import ParameterError
 
 
@@ -98,9 +99,10 @@ def parse_window(text: str) -> Window:
         if not hi > lo:
             raise ParameterError(f"window {text!r}: max must exceed min")
         return Window.from_range(name or f"w{m[1].lstrip('+')}_{m[2].lstrip('+')}", lo, hi)
-    raise ParameterError(
-                         f"window {text!r}: expected a preset ({', '.join(PRESETS)}), 'level,width' or 'min:max'"
-    )
+    guess = closest(spec, PRESETS)
+    hint = f"did you mean {guess!r}? " if guess is not None else ""
+    raise ParameterError(f"window {text!r}: {hint}expected a preset ({', '.join(PRESETS)}), 'level,width' "
+                         "(e.g. 40,400) or 'min:max' (e.g. -160:240)")
 
 
 @lru_cache(maxsize=64)

@@ -349,7 +349,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             model.train()
             started = time.perf_counter()
             bar = tqdm(total=len(sampler), desc=f"epoch {epoch + 1}/{config.total_epochs}", unit="batch",
-                       disable=not (progress and dist.main) or None, leave=False)
+                       disable=not (progress and dist.main) or None)
             batch = None
             total_batches = len(sampler) + sampler.start_batch
             for batch in loader:

@@ -14,29 +14,23 @@ from lkbase.cli import fail_cleanly
 
 @ctprep.command()
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Cases converted in parallel (processes).")
 @click.option("--no-train", is_flag=True, help="Skip the short training run at the end.")
+@click.option("--quiet", is_flag=True, help="No progress bars (each step's summary is still printed).")
 @fail_cleanly("ctprep")
-def demo(out_dir, workers, no_train) -> None:
+def demo(out_dir, workers, no_train, quiet) -> None:
     """The whole product on phantom data, no download: fabricate LiTS, KiTS19, NSCLC, LIDC and
     DeepLesion downloads in OUT_DIR, convert them, make soft masks (ctlabel), train a small
-    U-Net on the CPU and evaluate it (ctseg, when torch is installed).
+    U-Net on the CPU and evaluate it on held-out cases (ctseg, when torch is installed).
 
-    About a minute on a laptop; everything lands in OUT_DIR.
+    Each step's summary is printed as soon as it finishes; OUT_DIR/index.html links every
+    output with a sentence on what it shows. About 2-4 minutes on 2 cores (under a minute
+    with --no-train).
     """
     from lesionkit.demo import run_demo
 
-    result = run_demo(out_dir, workers=workers, train=not no_train)
-    for source, report in result.reports.items():
-        click.echo("")
-        for line in report.lines():
-            click.echo(line)
-        for line in result.infos[source].lines():
-            click.echo(f"  {line}")
-    for line in ["", *result.labelling, "", *result.training, ""]:
-        click.echo(line)
-    for path in result.previews:
-        click.echo(f"preview: {path}")
+    run_demo(out_dir, workers=workers, train=not no_train, progress=not quiet, say=click.echo)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,7 @@ class StoreInfo:
     bytes_on_disk: int
     uncompressed_bytes: int
     skipped: list[str]
+    case_table: list[dict]  # per case: id, split, slices, lesion_slices
 
     @property
     def compression_ratio(self) -> float:
@@ -47,6 +48,13 @@ class StoreInfo:
             out.append(f"skipped      {', '.join(self.skipped)} (reasons in the manifest)")
         return out
 
+    def case_lines(self) -> list[str]:
+        """One line per case: id, split, slices (with lesion)."""
+        width = max((len(c["case_id"]) for c in self.case_table), default=4)
+        return ["", f"{'case':<{width}}  split  slices  lesion slices"] + [
+            f"{c['case_id']:<{width}}  {c['split']:<5}  {c['slices']:>6}  {c['lesion_slices']:>13}"
+            for c in self.case_table]
+
 
 def store_info(path: str | Path) -> StoreInfo:
     store = SliceStore.open(path)
@@ -63,4 +71,6 @@ def store_info(path: str | Path) -> StoreInfo:
         lesion_slices=int(index.has_lesion.sum()), splits=splits, windows=windows, labels=labels,
         bytes_on_disk=store.bytes_on_disk(), uncompressed_bytes=store.uncompressed_bytes(),
         skipped=list(store.manifest().get("summary", {}).get("skipped", [])),
+        case_table=[{"case_id": r.case_id, "split": r.split, "slices": r.num_slices,
+                     "lesion_slices": sum(1 for n in r.lesion_pixels if n > 0)} for r in records],
     )

@@ -14,6 +14,7 @@ from ctprep.sources.lidc import LidcSource
 from ctprep.sources.lits import LitsSource
 from ctprep.sources.nifti_generic import NiftiGenericSource
 from ctprep.sources.nsclc import NsclcSource
+from lkbase.choices import unknown
 from lkbase.errors import ParameterError
 
 SOURCES: dict[str, type[Source]] = {
@@ -31,7 +32,7 @@ def get_source(name: str, options: Mapping[str, Any] | None = None) -> Source:
     try:
         source_type = SOURCES[name]
     except KeyError:
-        raise ParameterError(f"unknown source {name!r}; known: {', '.join(sorted(SOURCES))}") from None
+        raise ParameterError(unknown("source", name, sorted(SOURCES))) from None
     return source_type(options=options)
 
 

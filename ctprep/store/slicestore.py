@@ -31,8 +31,9 @@ from ctprep.store.reading import SliceReading
 from ctprep.store.integrity import case_problem, check_array, check_record, missing_chunks
 from ctprep.store.index import SliceIndex, read_index, write_index
 from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, FORMAT_NAME, FORMAT_VERSION, case_lock_name, case_path,
-                                 is_staged,
-                                 local_leftover, remote_leftover, staging_name, validate_case_id, validate_label_name)
+                                 is_staged, local_leftover, remote_leftover, staging_name, validate_case_id,
+                                 validate_label_name)
+from lkbase.choices import unknown
 from lkbase.errors import ParameterError
 
 
@@ -206,7 +207,7 @@ class SliceStore(SliceReading):
             group = self._root[case_path(case_id)]
             marker = group.attrs.get(_CASE_KEY, {})
         except (KeyError, FileNotFoundError, ValueError) as exc:
-            raise CaseNotFoundError(f"{self.path}: no case {case_id!r}") from exc
+            raise CaseNotFoundError(f"{self.path}: {unknown('case', case_id, self.case_ids())}") from exc
         if not isinstance(marker, dict) or not marker.get("complete"):
             raise CaseNotFoundError(f"{self.path}: case {case_id!r} is incomplete (interrupted write)")
         return group  # type: ignore[return-value]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from ctseg.errors import ConfigError
+from lkbase.choices import unknown
 from lkbase.errors import ParameterError
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ T = TypeVar("T")
 def check_name(name: str) -> str:
     """``name`` when the catalogue has it; else ConfigError listing the known names."""
     if name not in CATALOGUE:
-        raise ConfigError(f"unknown model {name!r}; registered: {', '.join(sorted(CATALOGUE))}")
+        raise ConfigError(unknown("model", name, sorted(CATALOGUE)))
     return name
 
 

@@ -278,38 +278,6 @@ def test_check_complete_download(tmp_path):
         f"  unreadable  case_00007: {root / 'case_00007' / 'segmentation.nii.gz'}: file not found"]
 
 
-# ---- demo ----------------------------------------------------------------------------------
-
-def test_demo(tmp_path):
-    out = tmp_path / "demo"
-    result = run("demo", out)
-    text = result.stdout
-    expected = {"lits": (3, 128), "kits19": (2, 80), "nsclc": (2, 40), "lidc": (2, 32)}
-    for source, (cases, slices) in expected.items():
-        store = SliceStore.open(out / f"{source}.zarr")
-        assert len(store.case_ids()) == cases
-        assert len(store.index()) == slices
-        lesion = int(store.index().has_lesion.sum())
-        assert 0 < lesion < slices
-        assert f"{out / f'{source}.zarr'}: {cases} converted, 0 already complete, 0 skipped; {slices} slices" in text
-        assert f"  slices       {slices} ({lesion} with lesion)" in text
-        assert manifest_path(out / f"{source}.zarr").is_file()
-    for png in ("lits_volume-0.png", "kits19_case_00000.png", "nsclc_LUNG1-001.png", "lidc_LIDC-IDRI-0001.png"):
-        assert f"preview: {out / png}" in text
-        assert cv2.imread(str(out / png)) is not None
-    # the three LiTS orientations landed on the same canonical anatomy: liver on the patient's right
-    store = SliceStore.open(out / "lits.zarr")
-    for case_id in store.case_ids():
-        liver = store.read_case(case_id).labels["liver"]
-        assert np.nonzero(liver)[2].mean() < 0.4 * liver.shape[2]
-    # the DICOM phantoms: NSCLC's two GTVs and the lungs (--roi), LIDC's readers and consensus
-    nsclc = SliceStore.open(out / "nsclc.zarr").read_case("LUNG1-001").labels
-    assert set(nsclc) == {"tumour", "gtv_1", "gtv_2", "lungs"}
-    np.testing.assert_array_equal(nsclc["tumour"], nsclc["gtv_1"] | nsclc["gtv_2"])
-    lidc = SliceStore.open(out / "lidc.zarr").read_case("LIDC-IDRI-0001").labels
-    assert lidc["nodule_any"].sum() > lidc["nodule_consensus_50"].sum() > lidc["nodule_all"].sum() > 0
-
-
 # ---- help ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", [[], ["convert"], ["info"], ["preview"], ["check"], ["demo"]])
