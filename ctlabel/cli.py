@@ -135,7 +135,8 @@ def softmask(recist_flag, recist_from, **options) -> None:
     """
     if recist_flag or recist_from:
         if options["source"] not in (None, "recist"):
-            raise click.UsageError(f"--recist/--recist-from contradicts --from {options['source']}")
+            flag = "--recist-from" if recist_from else "--recist"
+            raise click.UsageError(f"{flag} contradicts --from {options['source']}")
         options["source"] = "recist"
     _run_labelling(matting=True, recist_from=recist_from, **options)
 
