@@ -23,7 +23,7 @@ from ctlabel.channels import ChannelChoice, choose_channels
 from ctlabel.config import ATTRIBUTE_KEY, LabelConfig, as_stored
 from ctlabel.errors import LabelInputError
 from ctlabel.jobs import LesionJob, LesionResult, run_lesion_job
-from ctlabel.lesions import SliceLesion, component_lesions, crop_box, recist_lesions
+from ctlabel.lesions import SliceLesion, component_lesions, crop_box, measured_recist_lesions, recist_lesions
 from ctlabel.matting import matting_image
 from ctlabel.report import LabelOutcome, LesionOutcome
 from ctlabel.trimap import TRIMAP_VALUES, TrimapParams, band_width_mm
@@ -59,7 +59,10 @@ def prepare_case(store: SliceStore, case_id: str, config: LabelConfig) -> CaseWo
     pick = list(channels.indices)
     problems: list[LesionOutcome] = []
     if config.source == "recist":
-        lesions, errors = recist_lesions(record)
+        if config.recist_from:
+            lesions, errors = _measured_lesions(store, record, config.recist_from, spacing)
+        else:
+            lesions, errors = recist_lesions(record)
         problems = [LesionOutcome(lesion_id=e.lesion, z=None, status="skipped", reason=e.reason) for e in errors]
         zs = sorted({lesion.z for lesion in lesions})
         batch = store.read_slices([(case_id, z) for z in zs]) if zs else None
@@ -80,6 +83,20 @@ def prepare_case(store: SliceStore, case_id: str, config: LabelConfig) -> CaseWo
             jobs = _component_jobs(case_id, zs, batch, names, spacing, config, pick)
     return CaseWork(case_id=case_id, shape=shape, jobs=tuple(jobs), problems=tuple(problems), started=started,
                     channels=channels)
+
+
+def _measured_lesions(store: SliceStore, record, name: str, spacing: tuple[float, float]):
+    """``--recist-from``: RECIST axes measured on the label ``name`` (binary), one lesion per 3D component."""
+    available = store.label_names(record.case_id)
+    if name not in available:
+        raise LookupError(f"case {record.case_id} has no label {name!r} for --recist-from "
+                          f"(labels: {', '.join(available) or 'none'})")
+    zs = _slices_to_read(record, [name])
+    if not zs:
+        return [], []
+    mask = store.read_slices([(record.case_id, z) for z in zs], labels=[name]).labels[name]
+    _require_binary(mask, record.case_id, name)
+    return measured_recist_lesions(mask, zs, spacing)
 
 
 def _slices_to_read(record, names: Sequence[str]) -> list[int]:

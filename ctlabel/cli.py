@@ -70,7 +70,7 @@ def _labelling_options(func):
 
 def _run_labelling(*, matting: bool, store, source, label, intersection, union, name, band_fraction, min_band_mm,
                    max_band_mm, margin_mm, iterations, channels, cases, workers, dask_scheduler, overwrite, quiet, epsilon=None,
-                   max_unknown=None) -> None:
+                   max_unknown=None, recist_from=None) -> None:
     from ctlabel.label import LabelConfig, label_store
     from ctlabel.matting import MattingParams
     from ctlabel.trimap import TrimapParams
@@ -78,7 +78,7 @@ def _run_labelling(*, matting: bool, store, source, label, intersection, union, 
     if source is None:
         raise click.UsageError("choose the evidence with --from recist|readers|mask (or --recist)")
     config = LabelConfig(
-        store=store, source=source, name=name, label=label, intersection=intersection, union=union,
+        store=store, source=source, name=name, label=label, recist_from=recist_from, intersection=intersection, union=union,
         matting=matting, channels=_names(channels),
         trimap=TrimapParams(band_fraction=band_fraction, min_band_mm=min_band_mm, max_band_mm=max_band_mm,
                             readers_margin_mm=margin_mm, grabcut_iterations=iterations),
@@ -112,12 +112,17 @@ def trimap(**options) -> None:
 @main.command()
 @_labelling_options
 @click.option("--recist", "recist_flag", is_flag=True, help="Shorthand for --from recist.")
+@click.option("--recist-from", metavar="LABEL",
+              help="RECIST measured on a binary mask label (implies --from recist): per 3D connected lesion, "
+                   "the longest diameter on its largest slice and the longest diameter perpendicular to it "
+                   "(DeepLesion's rule). SoftGAN's RECIST experiment on NSCLC, LiTS, KiTS19, LIDC stores; "
+                   "score it with ctlabel evaluate --reference LABEL.")
 @click.option("--epsilon", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True,
               help="Closed-form matting regularisation (larger: smoother alpha).")
 @click.option("--max-unknown", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Lesions with more unknown pixels are solved on a coarser grid (0: always full resolution).")
 @_fail_cleanly
-def softmask(recist_flag, **options) -> None:
+def softmask(recist_flag, recist_from, **options) -> None:
     """Trimap and closed-form matting in one: trimap_NAME and soft_NAME (float32 alpha in [0, 1]).
 
     \b
@@ -126,12 +131,14 @@ def softmask(recist_flag, **options) -> None:
       ctlabel softmask deeplesion.zarr --recist --dask tcp://scheduler:8786
       ctlabel softmask lidc.zarr --from readers
       ctlabel softmask lits.zarr --from mask --label tumour
+      ctlabel softmask nsclc.zarr --recist-from tumour
     """
-    if recist_flag:
+    if recist_flag or recist_from:
         if options["source"] not in (None, "recist"):
-            raise click.UsageError(f"--recist contradicts --from {options['source']}")
+            flag = "--recist-from" if recist_from else "--recist"
+            raise click.UsageError(f"{flag} contradicts --from {options['source']}")
         options["source"] = "recist"
-    _run_labelling(matting=True, **options)
+    _run_labelling(matting=True, recist_from=recist_from, **options)
 
 
 @main.command()

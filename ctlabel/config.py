@@ -32,6 +32,7 @@ class LabelConfig:
     source: str  # recist | readers | mask
     name: str | None = None  # outputs trimap_<name>, soft_<name>; default recist, nodule or the mask label
     label: str | None = None  # --from mask: the binary label (default: the store's lesion label)
+    recist_from: str | None = None  # --from recist: measure the axes on this binary label (ctlabel/lesions.py)
     intersection: str = "nodule_all"  # --from readers: where all readers agree
     union: str = "nodule_any"  # --from readers: where any reader marked
     matting: bool = True  # False: trimaps only
@@ -46,6 +47,8 @@ class LabelConfig:
     def __post_init__(self) -> None:
         if self.source not in EVIDENCE_KINDS:
             raise ParameterError(f"--from {self.source!r}: expected one of {', '.join(EVIDENCE_KINDS)}")
+        if self.recist_from is not None and self.source != "recist":
+            raise ParameterError(f"--recist-from {self.recist_from}: RECIST evidence, contradicts --from {self.source}")
         if self.workers < 1:
             raise ParameterError(f"workers must be >= 1, found {self.workers}")
         if self.dask is not None and self.workers > 1:
@@ -80,6 +83,8 @@ class LabelConfig:
 
     def evidence(self) -> dict:
         if self.source == "recist":
+            if self.recist_from:
+                return {"recist_from": self.recist_from, "measured": "largest slice of each 3D component"}
             return {"annotations": "lesions"}
         if self.source == "readers":
             return {"intersection": self.intersection, "union": self.union}
@@ -95,7 +100,7 @@ class LabelConfig:
 
     def to_dict(self) -> dict:
         return {"store": self.store, "source": self.source, "name": self.name, "label": self.label,
-                "intersection": self.intersection, "union": self.union, "matting": self.matting,
+                "recist_from": self.recist_from, "intersection": self.intersection, "union": self.union, "matting": self.matting,
                 "channels": list(self.channels) if self.channels else None, "trimap": self.trimap.to_dict(), "matting_params": self.matting_params.to_dict(),
                 "cases": list(self.cases) if self.cases else None, "workers": self.workers, "dask": self.dask,
                 "overwrite": self.overwrite}

@@ -1,4 +1,5 @@
-"""Which lesions a case has: from RECIST annotations, or as connected components of a mask per slice.
+"""Which lesions a case has: from RECIST annotations, as connected components of a mask per slice,
+or as RECIST axes measured on a mask (:func:`measured_recist_lesions`, ``--recist-from``).
 
 A :class:`SliceLesion` is one lesion on one stored slice, with its pixel box; :func:`crop_box`
 grows that box by a margin into the crop that trimaps and matting work on.
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 
 from ctlabel.errors import LesionError
-from ctlabel.trimap import Recist
+from ctlabel.trimap import Recist, recist_from_mask
 from ctprep.case import CaseRecord
 
 ANNOTATION_KEY = "lesions"  # CaseRecord.annotations[...] written by the DeepLesion source
@@ -111,3 +112,40 @@ def crop_box(box: Sequence[int], shape: tuple[int, int], spacing: Sequence[float
     my, mx = math.ceil(margin_mm / sy), math.ceil(margin_mm / sx)
     x0, y0, x1, y1 = (int(v) for v in box)
     return max(0, y0 - my), min(shape[0], y1 + my), max(0, x0 - mx), min(shape[1], x1 + mx)
+
+
+def measured_recist_lesions(mask: np.ndarray, zs: Sequence[int], spacing: Sequence[float]
+                            ) -> tuple[list[SliceLesion], list[LesionError]]:
+    """RECIST axes measured on a (n, y, x) mask as DeepLesion's annotators did: one lesion per
+    3D connected component (26-connected: a lesion is one object however it runs through the
+    slices), measured on its largest slice (the slice where the component has most pixels; the
+    first of equals) with :func:`ctlabel.trimap.recist_from_mask` (longest diameter, then the
+    longest diameter perpendicular to it). ``zs`` are the stored indices of the ``n`` slices.
+
+    Ids are ``c<k>-z<z>``, components numbered by scipy's raster order. A component too small
+    to measure (one pixel on its largest slice, a line) is an error in the second list.
+    """
+    from scipy import ndimage
+
+    zs = [int(z) for z in zs]
+    components, count = ndimage.label(np.asarray(mask) != 0, structure=np.ones((3, 3, 3), dtype=bool))
+    lesions, problems = [], []
+    for k, found in enumerate(ndimage.find_objects(components), start=1):
+        if found is None:
+            continue
+        part = components[found] == k
+        largest = int(np.argmax(part.reshape(part.shape[0], -1).sum(axis=1)))
+        plane = np.zeros(mask.shape[1:], dtype=bool)
+        plane[found[1:]] = part[largest]
+        i = found[0].start + largest
+        lesion_id = f"c{k}-z{zs[i]}"
+        try:
+            recist = recist_from_mask(plane, spacing)
+            ys, xs = np.nonzero(plane)
+            lesions.append(SliceLesion(lesion_id=lesion_id, z=zs[i], recist=recist,
+                                       box=(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)))
+        except LesionError as exc:
+            problems.append(LesionError(lesion_id, exc.reason))
+        except ValueError as exc:
+            problems.append(LesionError(lesion_id, f"RECIST cannot be measured: {exc}"))
+    return lesions, problems

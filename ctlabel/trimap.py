@@ -63,7 +63,7 @@ class TrimapParams:
     # --from recist: GrabCut is kept only when plausible against the RECIST ellipse (ctlabel/recist_check.py)
     max_area_ratio: float = 1.25  # its area within [1/r, r] x the ellipse's
     min_axis_cover: float = 0.9  # it covers this fraction of each axis
-    min_ellipse_dice: float = 0.95  # and its Dice with the ellipse is at least this
+    max_diameter_error: float = 0.1  # and RECIST measured on it is within this fraction of the given axes
 
     def __post_init__(self) -> None:
         for name in ("band_fraction", "min_band_mm", "max_band_mm", "readers_margin_mm", "box_margin",
@@ -71,10 +71,10 @@ class TrimapParams:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ParameterError(f"trimap parameter {name} must be a number >= 0, found {value!r}")
-        if not (self.max_area_ratio >= 1 and 0 <= self.min_axis_cover <= 1 and 0 <= self.min_ellipse_dice <= 1):
-            raise ParameterError(f"trimap parameters: max_area_ratio must be >= 1, min_axis_cover and "
-                                 f"min_ellipse_dice in [0, 1], found {self.max_area_ratio}, {self.min_axis_cover}, "
-                                 f"{self.min_ellipse_dice}")
+        if not (self.max_area_ratio >= 1 and 0 <= self.min_axis_cover <= 1 and 0 <= self.max_diameter_error):
+            raise ParameterError(f"trimap parameters: max_area_ratio must be >= 1, min_axis_cover in [0, 1] and "
+                                 f"max_diameter_error >= 0, found {self.max_area_ratio}, {self.min_axis_cover}, "
+                                 f"{self.max_diameter_error}")
         if self.min_band_mm > self.max_band_mm:
             raise ParameterError(f"trimap parameters: min_band_mm {self.min_band_mm} > max_band_mm {self.max_band_mm}")
         if not 0 < self.seed_scale < 1:

@@ -211,12 +211,18 @@ def report(store, out, quiet) -> None:
               help="Stored slice number (repeatable). Default: the slice with the most lesion.")
 @click.option("--channel", default=0, show_default=True, help="Which window to show.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--label", "labels", multiple=True,
+              help="Label to draw (repeatable). Default: every stored label of the case.")
 @_fail_cleanly
-def preview(store, case_id, zs, channel, out) -> None:
-    """Write a PNG of stored slices with the outline of every label."""
+def preview(store, case_id, zs, channel, out, labels) -> None:
+    """Write a PNG of stored slices with the outline of each label.
+
+    Every label has its own colour and legend entry; float labels (pred_*, soft_*) are outlined at
+    0.5. Tiles show the canonical orientation (R/L, A/P) and a scale bar in mm.
+    """
     from ctprep.commands.preview import write_preview
 
-    click.echo(f"wrote {write_preview(store, case_id, out, zs, channel)}")
+    click.echo(f"wrote {write_preview(store, case_id, out, zs, channel, labels)}")
 
 
 @main.command()

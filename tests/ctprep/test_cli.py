@@ -247,6 +247,47 @@ def test_preview_default_slice_and_errors(store, tmp_path):
                               expect=None), str(output), "volume-1", "24 stored slices", "z=99")
 
 
+def test_preview_float_labels_every_label_in_the_legend(store, tmp_path):
+    """A store with float labels (pred_*, soft_*) and 9 labels: outlined at 0.5, 9 distinct legend entries."""
+    import shutil
+
+    from ctprep.commands.preview import label_colour, legend, render_preview
+
+    _, output, _ = store
+    copy = tmp_path / "many.zarr"
+    shutil.copytree(output, copy)
+    writable = SliceStore.open(copy, mode="a")
+    data = writable.read_case("volume-0")
+    tumour = data.labels["tumour"].astype(np.float32)
+    writable.write_label("volume-0", "pred_run", np.roll(tumour * 0.8, 4, axis=1).astype(np.float32))
+    writable.write_label("volume-0", "soft_tumour", (tumour * 0.3).astype(np.float32))  # never >= 0.5
+    for k in range(5):
+        writable.write_label("volume-0", f"extra_{k}", np.roll(data.labels["liver"], 3 * (k + 1), axis=2))
+    out = tmp_path / "many.png"
+    z = int(np.argmax(data.labels["tumour"].reshape(data.labels["tumour"].shape[0], -1).sum(1)))
+    assert run("preview", copy, "--case", "volume-0", "--z", z, "--out", out).stdout.strip() == f"wrote {out}"
+    names = SliceStore.open(copy).label_names("volume-0")
+    assert len(names) == 9
+    floats = [n in ("pred_run", "soft_tumour") for n in names]
+    entries = legend(names, floats, MIN_TILE)
+    assert len(entries) == 9 and len({e.colour for e in entries}) == 9 and entries[-1].line >= 1  # wrapped
+    assert sum("(>= 0.5)" in e.name for e in entries) == 2
+    image = cv2.imread(str(out), cv2.IMREAD_COLOR)
+    header = (1 + entries[-1].line + 1) * CAPTION_HEIGHT
+    assert image.shape[0] == header + MIN_TILE
+    tile = image[header:]
+    pred = label_colour(names.index("pred_run"))
+    soft = label_colour(names.index("soft_tumour"))
+    assert np.any(np.all(tile == pred, axis=-1))  # 0.8 x tumour crosses 0.5: outlined
+    assert not np.any(np.all(tile == soft, axis=-1))  # 0.3 never does
+    # --label chooses what is drawn: one label, one legend line
+    only = tmp_path / "only.png"
+    run("preview", copy, "--case", "volume-0", "--z", z, "--label", "pred_run", "--out", only)
+    assert cv2.imread(str(only)).shape[0] == 2 * CAPTION_HEIGHT + MIN_TILE
+    assert_one_line_error(run("preview", copy, "--case", "volume-0", "--label", "nope", "--out", only,
+                              expect=None), "no label 'nope'")
+
+
 # ---- check ---------------------------------------------------------------------------------
 
 def test_check_reports_missing_unexpected_unreadable(tmp_path):
