@@ -190,8 +190,11 @@ def _clip_int16(path: Path, values: np.ndarray) -> np.ndarray:
 
 
 def label_uint8(volume: NiftiVolume) -> np.ndarray:
-    """Segmentation values as uint8, refusing non-integral, negative or >255 values."""
-    array = volume.array
+    """Segmentation values as uint8, refusing non-integral, negative or >255 values.
+
+    NIfTI scaling (``value = stored * scl_slope + scl_inter``) applies to a segmentation as to any
+    volume: it is applied when it maps every stored code to an integer, refused otherwise."""
+    array = volume.array if (volume.slope, volume.inter) == (1.0, 0.0) else _scaled_labels(volume)
     if array.dtype == np.uint8:
         return array
     if array.dtype.kind == "f":
@@ -203,3 +206,24 @@ def label_uint8(volume: NiftiVolume) -> np.ndarray:
     if lo < 0 or hi > 255:
         raise CaseInputError(volume.path, f"segmentation values range [{lo}, {hi}], expected 0..255 labels")
     return array.astype(np.uint8)
+
+
+def _scaled_labels(volume: NiftiVolume) -> np.ndarray:
+    """The label codes a scaled segmentation stands for (uint8), code by code: a segmentation holds
+    few distinct codes, and a float multiply of the whole volume would round silently."""
+    codes = np.unique(volume.array)
+    mapped = codes.astype(np.float64) * volume.slope + volume.inter
+    scaling = f"scl_slope {volume.slope:g}, scl_inter {volume.inter:g}"
+    off = ~np.isfinite(mapped) | (mapped != np.rint(mapped))
+    if off.any():
+        pairs = ", ".join(f"{c:g} -> {m:g}" for c, m in zip(codes[off][:4].tolist(), mapped[off][:4].tolist()))
+        raise CaseInputError(volume.path, f"segmentation scaling ({scaling}) maps stored codes to non-integer "
+                                          f"labels ({pairs}); labels must be integers")
+    if mapped.min() < 0 or mapped.max() > 255:
+        raise CaseInputError(volume.path, f"segmentation values range [{mapped.min():g}, {mapped.max():g}] "
+                                          f"after scaling ({scaling}), expected 0..255 labels")
+    out = np.zeros(volume.array.shape, dtype=np.uint8)
+    for code, value in zip(codes.tolist(), mapped.astype(np.uint8).tolist()):
+        if value:
+            out[volume.array == code] = value
+    return out
