@@ -10,6 +10,7 @@ fastest gzip decoder we measured (benchmarks/bench_convert.py).
 from __future__ import annotations
 
 import hashlib
+import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ def read_nifti(path: str | Path) -> NiftiVolume:
         hashing = pool.submit(lambda: hashlib.sha256(data).hexdigest())
         raw = _inflate(path, data) if data[:2] == _GZIP_MAGIC else data
         digest = hashing.result()
-    image = _parse_header(path, raw)
+    image = _parse_header(path, bytes(raw[:_HEADER_BYTES]))
     proxy = image.dataobj
     dtype, volume = _checked_layout(path, image, len(raw))
     array = np.ndarray(volume, dtype=dtype, buffer=raw, offset=int(proxy.offset), order=proxy.order)
@@ -145,11 +146,37 @@ def _real_dtype(path: Path, image: nib.Nifti1Image) -> np.dtype:
     return dtype
 
 
-def _inflate(path: Path, data: bytes) -> bytes:
+# Bytes a gzip stream may hold past the voxel data its header promises (some writers pad) before
+# the file counts as a decompression bomb and is refused, unread.
+_INFLATE_TOLERANCE = 1 << 20
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _inflate(path: Path, data: bytes) -> memoryview:
+    """The inflated file, streamed and stopped at the size its NIfTI header implies (plus
+    :data:`_INFLATE_TOLERANCE`): a small file inflating to gigabytes is refused, not held in memory."""
     try:
-        return igzip.decompress(data)
+        with igzip.IGzipFile(fileobj=io.BytesIO(data)) as stream:
+            head = stream.read(_HEADER_BYTES)
+            image = _parse_header(path, head)
+            proxy = image.dataobj
+            needed = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
+            limit = max(needed, len(head)) + _INFLATE_TOLERANCE
+            # deflate inflates at most ~1032:1, which bounds the buffer when a header promises terabytes
+            buffer = bytearray(min(limit, _DEFLATE_MAX_RATIO * len(data) + len(head)) + 1)
+            buffer[:len(head)] = head
+            view, filled = memoryview(buffer), len(head)
+            while filled < len(buffer) and (got := stream.readinto(view[filled:])):
+                filled += got
+    except CaseInputError:
+        raise
     except (OSError, EOFError, ValueError) as exc:
         raise CaseInputError(path, f"truncated or corrupt gzip stream ({exc})") from exc
+    if filled > limit:
+        raise CaseInputError(path, f"gzip stream inflates past the {needed} bytes its NIfTI header promises "
+                                   f"(more than {_INFLATE_TOLERANCE} bytes beyond them); refusing to inflate "
+                                   "the rest (decompression bomb?)")
+    return view[:filled]
 
 
 def _parse_header(path: Path, raw: bytes) -> nib.Nifti1Image:
