@@ -14,7 +14,9 @@ CLI can check a checkpoint path without it.
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,10 @@ import numpy as np
 
 from ctseg.errors import CheckpointError
 from lkbase.atomic import atomic_write
+
+# torch's weights_only refusal names the global it met: 'unsupported GLOBAL posix.system whose ...' or
+# 'Unsupported global: GLOBAL posix.system'
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 FORMAT = "ctseg-checkpoint"
 VERSION = 1
@@ -50,6 +56,12 @@ def load(path: str | Path, map_location: str = "cpu") -> dict:
     path = require_file(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = _REFUSED_GLOBAL.search(str(exc))
+        if refused is None:
+            raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError: {str(exc)[:120]})") from exc
+        raise CheckpointError(f"{path}: not a ctseg checkpoint: it holds the Python object {refused[1]}, which "
+                              "weights-only loading refuses (ctseg never runs code from a checkpoint)") from None
     except Exception as exc:  # torch raises several types for a foreign or truncated file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -357,9 +357,22 @@ def load_yaml(path: str | Path) -> dict:
     except FileNotFoundError:
         raise
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of config keys, found {type(data).__name__}")
     return data
+
+
+def _yaml_problem(exc) -> str:
+    """One short line for a YAML error: where, and what (a tag safe_load refuses named as such)."""
+    import yaml
+
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+        tag = problem.split("tag", 1)[1].strip().strip("'")
+        return f"{where}YAML tag {tag!r} is not allowed (plain YAML values only: numbers, strings, lists, mappings)"
+    return f"{where}not valid YAML ({problem})"

@@ -28,6 +28,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -118,9 +119,11 @@ _PARENT_POLL_S = 0.5
 def _die_with_parent(owner: int, initializer: Callable[[], None] | None) -> None:
     """Worker initializer: end this worker when its parent (the pool's maker, or the forkserver) dies."""
     parent = os.getppid()
+    # Ctrl-C reaches the whole process group: the parent alone reports it (lkbase.cli.fail_cleanly) and
+    # shuts the pool down; a worker printing its own KeyboardInterrupt traceback would only add noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG: the kernel kills us when our parent dies

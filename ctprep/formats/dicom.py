@@ -31,6 +31,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 
 from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.formats import dicom_scan
+from ctprep.formats.dicom_rescale import Rescale, check_series_rescale, read_rescale
 from ctprep.geometry import Geometry, SourceGrid, canonicalize
 from lkbase.errors import ParameterError
 
@@ -131,6 +132,8 @@ class _Slice:
     padded: int
     technical: dict
     header: pydicom.Dataset
+    rescale: Rescale
+    raw_min: int
 
 
 def _technical_value(value):
@@ -141,13 +144,6 @@ def _technical_value(value):
         if isinstance(value, kind):
             return kind(value)
     return str(value)
-
-
-def _number(ds, keyword, default):
-    value = ds.get(keyword, None)
-    if value is None or value == "":
-        return default
-    return float(value)
 
 
 def _padding_range(ds, stored_dtype: np.dtype) -> tuple[int, int] | None:
@@ -257,14 +253,14 @@ def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
         if position.shape != (3,) or orientation.shape != (6,) or len(spacing) != 2:
             raise ValueError("wrong number of values")
         raw = _raw_pixels(path, ds)
-        slope, inter = _number(ds, "RescaleSlope", 1.0), _number(ds, "RescaleIntercept", 0.0)
+        rescale = read_rescale(path, ds)
     except CaseInputError:
         raise
     except Exception as exc:
         raise CaseInputError(path, f"bad geometry or pixel attributes ({type(exc).__name__}: {exc})") from exc
     if not (np.all(np.isfinite(position)) and np.all(np.isfinite(orientation))) or min(spacing) <= 0:
         raise CaseInputError(path, "non-finite position/orientation or non-positive pixel spacing")
-    hu, padded = _to_hu(path, raw, slope, inter, _padding_range(ds, raw.dtype))
+    hu, padded = _to_hu(path, raw, rescale.slope, rescale.inter, _padding_range(ds, raw.dtype))
     technical = {}
     if with_technical:  # converting the values costs as much as the pixels: first slice only
         for key in _TECHNICAL_TAGS:
@@ -275,7 +271,8 @@ def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
     del ds["PixelData"]  # the header stays (CtSeries.headers); the pixels now live in ``hu``
     return _Slice(header=ds, path=path, sop_uid=dicom_scan.sop_instance(ds), series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
                   position=position, orientation=orientation, spacing=spacing,  # type: ignore[arg-type]
-                  shape=(int(ds.Rows), int(ds.Columns)), hu=hu, padded=padded, technical=technical)
+                  shape=(int(ds.Rows), int(ds.Columns)), hu=hu, padded=padded, technical=technical,
+                  rescale=rescale, raw_min=int(raw.min()) if raw.size else 0)
 
 
 def _check_consistent(slices: list[_Slice]) -> None:
@@ -412,6 +409,8 @@ def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtS
     d = d[order]
     slices, d = _dedupe(first.path, slices, d, notes)
     _check_unique_sop_uids(slices)
+    notes += check_series_rescale([s.path for s in slices], [s.rescale for s in slices],
+                                  min(s.raw_min for s in slices))
     n = len(slices)
     row_spacing, col_spacing = first.spacing  # DICOM: between rows, between columns
     padded = sum(s.padded for s in slices)

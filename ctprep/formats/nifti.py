@@ -10,6 +10,7 @@ fastest gzip decoder we measured (benchmarks/bench_convert.py).
 from __future__ import annotations
 
 import hashlib
+import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ def read_nifti(path: str | Path) -> NiftiVolume:
         hashing = pool.submit(lambda: hashlib.sha256(data).hexdigest())
         raw = _inflate(path, data) if data[:2] == _GZIP_MAGIC else data
         digest = hashing.result()
-    image = _parse_header(path, raw)
+    image = _parse_header(path, bytes(raw[:_HEADER_BYTES]))
     proxy = image.dataobj
     dtype, volume = _checked_layout(path, image, len(raw))
     array = np.ndarray(volume, dtype=dtype, buffer=raw, offset=int(proxy.offset), order=proxy.order)
@@ -145,11 +146,37 @@ def _real_dtype(path: Path, image: nib.Nifti1Image) -> np.dtype:
     return dtype
 
 
-def _inflate(path: Path, data: bytes) -> bytes:
+# Bytes a gzip stream may hold past the voxel data its header promises (some writers pad) before
+# the file counts as a decompression bomb and is refused, unread.
+_INFLATE_TOLERANCE = 1 << 20
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _inflate(path: Path, data: bytes) -> memoryview:
+    """The inflated file, streamed and stopped at the size its NIfTI header implies (plus
+    :data:`_INFLATE_TOLERANCE`): a small file inflating to gigabytes is refused, not held in memory."""
     try:
-        return igzip.decompress(data)
+        with igzip.IGzipFile(fileobj=io.BytesIO(data)) as stream:
+            head = stream.read(_HEADER_BYTES)
+            image = _parse_header(path, head)
+            proxy = image.dataobj
+            needed = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
+            limit = max(needed, len(head)) + _INFLATE_TOLERANCE
+            # deflate inflates at most ~1032:1, which bounds the buffer when a header promises terabytes
+            buffer = bytearray(min(limit, _DEFLATE_MAX_RATIO * len(data) + len(head)) + 1)
+            buffer[:len(head)] = head
+            view, filled = memoryview(buffer), len(head)
+            while filled < len(buffer) and (got := stream.readinto(view[filled:])):
+                filled += got
+    except CaseInputError:
+        raise
     except (OSError, EOFError, ValueError) as exc:
         raise CaseInputError(path, f"truncated or corrupt gzip stream ({exc})") from exc
+    if filled > limit:
+        raise CaseInputError(path, f"gzip stream inflates past the {needed} bytes its NIfTI header promises "
+                                   f"(more than {_INFLATE_TOLERANCE} bytes beyond them); refusing to inflate "
+                                   "the rest (decompression bomb?)")
+    return view[:filled]
 
 
 def _parse_header(path: Path, raw: bytes) -> nib.Nifti1Image:
@@ -190,8 +217,11 @@ def _clip_int16(path: Path, values: np.ndarray) -> np.ndarray:
 
 
 def label_uint8(volume: NiftiVolume) -> np.ndarray:
-    """Segmentation values as uint8, refusing non-integral, negative or >255 values."""
-    array = volume.array
+    """Segmentation values as uint8, refusing non-integral, negative or >255 values.
+
+    NIfTI scaling (``value = stored * scl_slope + scl_inter``) applies to a segmentation as to any
+    volume: it is applied when it maps every stored code to an integer, refused otherwise."""
+    array = volume.array if (volume.slope, volume.inter) == (1.0, 0.0) else _scaled_labels(volume)
     if array.dtype == np.uint8:
         return array
     if array.dtype.kind == "f":
@@ -203,3 +233,24 @@ def label_uint8(volume: NiftiVolume) -> np.ndarray:
     if lo < 0 or hi > 255:
         raise CaseInputError(volume.path, f"segmentation values range [{lo}, {hi}], expected 0..255 labels")
     return array.astype(np.uint8)
+
+
+def _scaled_labels(volume: NiftiVolume) -> np.ndarray:
+    """The label codes a scaled segmentation stands for (uint8), code by code: a segmentation holds
+    few distinct codes, and a float multiply of the whole volume would round silently."""
+    codes = np.unique(volume.array)
+    mapped = codes.astype(np.float64) * volume.slope + volume.inter
+    scaling = f"scl_slope {volume.slope:g}, scl_inter {volume.inter:g}"
+    off = ~np.isfinite(mapped) | (mapped != np.rint(mapped))
+    if off.any():
+        pairs = ", ".join(f"{c:g} -> {m:g}" for c, m in zip(codes[off][:4].tolist(), mapped[off][:4].tolist()))
+        raise CaseInputError(volume.path, f"segmentation scaling ({scaling}) maps stored codes to non-integer "
+                                          f"labels ({pairs}); labels must be integers")
+    if mapped.min() < 0 or mapped.max() > 255:
+        raise CaseInputError(volume.path, f"segmentation values range [{mapped.min():g}, {mapped.max():g}] "
+                                          f"after scaling ({scaling}), expected 0..255 labels")
+    out = np.zeros(volume.array.shape, dtype=np.uint8)
+    for code, value in zip(codes.tolist(), mapped.astype(np.uint8).tolist()):
+        if value:
+            out[volume.array == code] = value
+    return out

@@ -7,9 +7,10 @@ SeriesInstanceUID (an RTSTRUCT for NSCLC-Radiomics, an XML for LIDC-IDRI).
 
 * **Patient** (and the public case id): the path component (below the input
   folder) that has the dataset's id format (``LUNG1-001``, ``LIDC-IDRI-0001``);
-  else the header's PatientID when *it* has that format; else the first folder
-  below the input folder. Apart from that format-checked fallback, no header
-  value becomes an id, so a PatientID holding a name never reaches the store.
+  else the header's PatientID when *it* has that format; else ``unnamed-<hash>``,
+  the first 12 hex digits of the sha256 of the first folder below the input folder
+  (logged as a warning): a folder named after the patient never becomes an id.
+  Apart from the format-checked ones, no header value or folder name becomes an id.
 * **Pairing**: by SeriesInstanceUID, across the whole input. An annotation
   without a referenced series is paired with its patient's only CT series.
 * **Cases**: one per CT series that an annotation names; one per annotation
@@ -32,7 +33,9 @@ manifest lists 1000 series rather than 250 000 files; verify one with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import logging
 import os
 import re
 from collections import Counter
@@ -46,6 +49,8 @@ import numpy as np
 from ctprep.case import CaseRef, InputFile
 from ctprep.errors import CaseInputError
 from ctprep.sources.base import Source
+
+log = logging.getLogger(__name__)
 
 ROLE_CT = "ct"
 ROLE_UNREADABLE = "unreadable"
@@ -84,7 +89,16 @@ def patient_of(path: Path, root: Path, pattern: re.Pattern, header_patient_id: s
             return part
     if header_patient_id and pattern.fullmatch(header_patient_id):
         return header_patient_id
-    return parts[0] if parts else root.name
+    return _unnamed_patient(parts[0] if parts else root.name, pattern.pattern)
+
+
+@functools.lru_cache(maxsize=4096)
+def _unnamed_patient(folder: str, pattern: str) -> str:
+    """The id of a patient whose folder and PatientID lack the dataset's id format (logged once)."""
+    case_id = "unnamed-" + hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    log.warning("a patient folder and its PatientID do not have the id format %s: case id %s (a hash of the "
+                "folder name, which is not stored)", pattern, case_id)
+    return case_id
 
 
 def looks_like_dicom(path: Path) -> bool:

@@ -238,6 +238,23 @@ def _uint16_with_intercept(path: Path) -> None:
     nib.save(out, path)
 
 
+def _scaled_label(slope: float, inter: float) -> Callable[[Path], None]:
+    """The segmentation rewritten as uint8 codes with NIfTI scaling: ``label = code * slope + inter``
+    wherever that has an integer solution, the plain label elsewhere (then the scaling is not integral)."""
+    def edit(path: Path) -> None:
+        image = nib.load(path)
+        label = np.asarray(image.dataobj).astype(np.float64)
+        code = (label - inter) / slope
+        code = np.where(code == np.rint(code), code, label).astype(np.uint8)
+        out = nib.Nifti1Image(code, image.affine.copy())
+        out.header.set_data_dtype(np.uint8)
+        out.header.set_slope_inter(slope, inter)
+        out.set_sform(image.affine, code=1)
+        out.set_qform(image.affine, code=1)
+        nib.save(out, path)
+    return edit
+
+
 def _empty_the_folder(path: Path) -> None:
     for f in path.parent.iterdir():
         f.unlink()
@@ -287,6 +304,13 @@ LITS_DEFECTS = tuple(_nifti("lits", *args, **kwargs) for args, kwargs in (
      dict(edit=lambda p: resave_nifti(p, _flip_axis_0), check=SAME)),
     ((23, "inconsistent-metadata", "image-affine-singular", r"affine is singular or not finite"),
      dict(target="image", edit=_singular_sform, check=SAME)),
+    # scl_slope/scl_inter on a segmentation: applied when integral (background 0 stored as code 2,
+    # tumour 2 as code 0), refused when it maps a code to a fraction
+    ((25, "inconsistent-metadata", "label-scaled-integral"),
+     dict(outcome="converted", edit=_scaled_label(-1.0, 2.0))),
+    ((26, "inconsistent-metadata", "label-scaled-to-fractions", r"segmentation scaling \(scl_slope 1\.5, "
+      r"scl_inter 0\) maps stored codes to non-integer labels \(1 -> 1\.5\)"),
+     dict(edit=_scaled_label(1.5, 0.0))),
     # (the name reported is segmentation-N.nii; a segmentation without its volume is not a case)
     ((24, "missing-partner", "label-gz-missing", r"segmentation-24\.nii: file not found"),
      dict(write={"gz": True}, edit=lambda p: (p.unlink(), p.with_name("segmentation-24.nii"))[1], check=SAME)),
@@ -415,6 +439,34 @@ def _contour_coordinates_not_triples(phantom, path: Path) -> None:
     edit_dicom(path, edit)
 
 
+def _every_slice(edit: Callable[[pydicom.Dataset], None]) -> Callable:
+    """An edit applied to every CT slice of the case; the reason names the series folder."""
+    def apply(phantom, path: Path) -> Path:
+        for f in phantom.ct_files:
+            edit_dicom(Path(f), edit)
+        return path.parent
+    return apply
+
+
+def _no_rescale(ds: pydicom.Dataset) -> None:
+    del ds.RescaleSlope, ds.RescaleIntercept
+
+
+def _raw_unsigned_without_rescale(ds: pydicom.Dataset) -> None:
+    """Raw unsigned scanner values (air near 0), the rescale tags dropped: HU cannot be known."""
+    raw = np.frombuffer(ds.PixelData, dtype="<i2" if ds.PixelRepresentation else "<u2")
+    ds.PixelData, ds.PixelRepresentation = np.clip(raw, 0, None).astype("<u2").tobytes(), 0
+    _no_rescale(ds)
+
+
+def _hu_without_rescale(ds: pydicom.Dataset) -> None:
+    """The stored values made HU themselves (signed), the rescale tags dropped: legal, identity LUT."""
+    raw = np.frombuffer(ds.PixelData, dtype="<i2" if ds.PixelRepresentation else "<u2")
+    hu = raw.astype(np.int32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    ds.PixelData, ds.PixelRepresentation = hu.astype("<i2").tobytes(), 1
+    _no_rescale(ds)
+
+
 def _dicom(source, number, kind, what, reason="", *, target="ct", edit=None, **kwargs) -> Defect:
     """A DICOM defect; ``edit(phantom, path)`` (a one-argument edit gets the path alone)."""
     return Defect(source=source, number=number, kind=kind, what=what, reason=reason, target=target, edit=edit,
@@ -488,6 +540,18 @@ NSCLC_DEFECTS = tuple(_dicom("nsclc", *args, **kwargs) for args, kwargs in (
       r"RTSTRUCT refers to is not in the input folder"),
      dict(target="rtstruct", edit=lambda phantom, path: _empty_ct_folder(phantom), check=r"the CT series it "
           r"names is not in the input folder")),
+    # rescale (modality LUT) across the series: ctprep/formats/dicom_rescale.py
+    ((36, "inconsistent-metadata", "ct-slice-without-rescale-intercept", r"inconsistent rescale: 1 of 8 slices "
+      r"lack RescaleIntercept that the others carry \([0-9a-f]{12}\.dcm\)"),
+     dict(edit=lambda phantom, path: (edit_dicom(path, lambda ds: delattr(ds, "RescaleIntercept")), path.parent)[1])),
+    ((37, "inconsistent-metadata", "ct-no-rescale-raw-unsigned", r"no slice carries RescaleSlope/RescaleIntercept "
+      r"and every stored value is >= 0 \(min \d+\): raw unsigned scanner values"),
+     dict(edit=_every_slice(_raw_unsigned_without_rescale))),
+    ((38, "wrong-dtype", "ct-rescale-slope-zero", r"RescaleSlope 0 is degenerate"),
+     dict(edit=_path_only(_setter("RescaleSlope", "0")))),
+    ((39, "inconsistent-metadata", "ct-hu-without-rescale-tags"),
+     dict(outcome="converted", note=r"no RescaleSlope/RescaleIntercept on any slice: stored values taken as HU",
+          edit=_every_slice(_hu_without_rescale))),
 ))
 
 

@@ -116,7 +116,7 @@ def written(corpus: bc.Corpus, defect: bc.Defect) -> bc.BadCase:
 
 
 def test_corpus_covers_every_defect_kind_for_every_source():
-    assert len(bc.ALL_DEFECTS) == 98  # quoted in docs/bad-input.md
+    assert len(bc.ALL_DEFECTS) == 104  # quoted in docs/bad-input.md
     for source, defects in bc.DEFECTS.items():
         assert {d.kind for d in defects} == set(bc.DEFECT_KINDS), source
         assert len({d.what for d in defects}) == len({d.number for d in defects}) == len(defects), source

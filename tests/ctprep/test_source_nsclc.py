@@ -6,6 +6,7 @@ end-to-end conversions with every kind of bad case beside good ones.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -390,8 +391,10 @@ def test_visible_human_through_the_source(ct, tmp_path):
     config = ConvertConfig(source="nsclc", input_dir=str(folder), output=str(out), keep_hu=True,
                            source_options={"rois": ["body", "SpinalCord=spinal_cord"], "gtvs": "merge"})
     report = convert_dataset(config, progress=False)
-    assert [(o.case_id, o.status) for o in report.outcomes] == [("rtstruct_visible_human", "converted")]
-    data = SliceStore.open(out).read_case("rtstruct_visible_human", hu=True)
+    # neither the folder (the input itself) nor the PatientID has the LUNG1-NNN format: a hashed id
+    [(case_id, status)] = [(o.case_id, o.status) for o in report.outcomes]
+    assert re.fullmatch(r"unnamed-[0-9a-f]{12}", case_id) and status == "converted", case_id
+    data = SliceStore.open(out).read_case(case_id, hu=True)
     image, mask = (nib.load(folder / name) for name in ("Image.nii.gz", "Mask.nii.gz"))
     reference_hu, geometry, _ = canonicalize(np.asarray(image.dataobj), image.affine)
     reference, _, _ = canonicalize(np.asarray(mask.dataobj), mask.affine)
