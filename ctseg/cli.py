@@ -131,19 +131,34 @@ def predict(checkpoint, store, cases, name, threshold, device, batch_size, expor
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: RUN/best.pt (else last.pt).")
 @click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--protocol", "protocols", multiple=True, metavar="PAPER",
+              help="Also score as a seed paper did (ctumorgan, segan, crgan, lgan, casgan; repeatable): "
+                   "writes protocol_<PAPER>.csv/.json next to the report and prints paper vs measured.")
 @click.option("--no-progress", is_flag=True)
 @_fail_cleanly
-def evaluate(run_dir, store, split, checkpoint, threshold, device, no_progress) -> None:
+def evaluate(run_dir, store, split, checkpoint, threshold, device, protocols, no_progress) -> None:
     """Evaluate a run on a split: predicts the cases if needed, then per-case and global metrics.
 
     Writes RUN/eval/<split>/ per_case.csv, per_case.json, per_slice.csv, summary.json and
-    report.html (metrics table, box plots, best and worst cases).
+    report.html (metrics table, box plots, best and worst cases). A model with other outputs
+    (crgan: G alone) also gets outputs.csv/.json: each output's Dice next to the final one.
     """
+    from ctseg.protocols import check_name
+
+    for name in protocols:
+        check_name(name)  # before anything is predicted
+    from ctseg.outputs import compare_run_outputs
     from ctseg.predict import evaluate_checkpoint_run
+    from ctseg.protocols import protocol_for_evaluation
 
     for output in evaluate_checkpoint_run(run_dir, store, split, checkpoint=checkpoint, device=device,
                                           threshold=threshold, progress=not no_progress):
         for line in output.lines():
+            click.echo(line)
+        for name in protocols:
+            for line in protocol_for_evaluation(name, output.evaluation, output.folder).lines():
+                click.echo(line)
+        for line in compare_run_outputs(run_dir, output, checkpoint=checkpoint, device=device):
             click.echo(line)
 
 
