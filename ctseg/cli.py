@@ -162,6 +162,25 @@ def evaluate(run_dir, store, split, checkpoint, threshold, device, protocols, no
             click.echo(line)
 
 
+@main.group()
+def recipe() -> None:
+    """Paper recipes (recipes/*.yaml): convert, label, train and evaluate as a paper did."""
+
+
+@recipe.command("run")
+@click.argument("recipe_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "raw", required=True, type=click.Path(file_okay=False), help="The raw download.")
+@click.option("--work", required=True, type=click.Path(file_okay=False), help="Folder for the store and the run.")
+@click.option("--budget", type=click.Choice(["paper", "tiny"]), default="paper", show_default=True,
+              help="tiny: a few training steps on 32 x 32 inputs (a smoke run, e.g. on phantoms).")
+@_fail_cleanly
+def run_recipe_command(recipe_file, raw, work, budget) -> None:
+    """Run a recipe end to end and print the paper's figures next to the measured ones."""
+    from ctseg.recipe import run_recipe
+
+    run_recipe(recipe_file, raw, work, budget, echo=click.echo)
+
+
 @main.command("models")
 def list_models() -> None:
     """List the registered models."""
