@@ -160,21 +160,55 @@ def predict(checkpoint, store, cases, name, threshold, device, batch_size, expor
 @click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
 @click.option("--device", default="auto", show_default=True)
 @_inference_options
+@click.option("--protocol", "protocols", multiple=True, metavar="PAPER",
+              help="Also score as a seed paper did (ctumorgan, segan, crgan, lgan, casgan; repeatable): "
+                   "writes protocol_<PAPER>.csv/.json next to the report and prints paper vs measured.")
 @click.option("--no-progress", is_flag=True)
 @_fail_cleanly
-def evaluate(run_dir, store, split, checkpoint, threshold, device, no_progress, **inference) -> None:
+def evaluate(run_dir, store, split, checkpoint, threshold, device, protocols, no_progress, **inference) -> None:
     """Evaluate a run on a split: predicts the cases if needed, then per-case and global metrics.
 
     Writes RUN/eval/<split>/ per_case.csv, per_case.json, per_slice.csv, summary.json and
-    report.html (metrics table, box plots, best and worst cases).
+    report.html (metrics table, box plots, best and worst cases). A model with other outputs
+    (crgan: G alone) also gets outputs.csv/.json: each output's Dice next to the final one.
     """
+    from ctseg.protocols import check_name
+
+    for name in protocols:
+        check_name(name)  # before anything is predicted
+    from ctseg.outputs import compare_run_outputs
     from ctseg.predict import evaluate_checkpoint_run
+    from ctseg.protocols import protocol_for_evaluation
 
     for output in evaluate_checkpoint_run(run_dir, store, split, checkpoint=checkpoint, device=device,
                                           threshold=threshold, progress=not no_progress,
                                           **dict(zip(("inference", "post"), _inference(**inference)))):
         for line in output.lines():
             click.echo(line)
+        for name in protocols:
+            for line in protocol_for_evaluation(name, output.evaluation, output.folder).lines():
+                click.echo(line)
+        for line in compare_run_outputs(run_dir, output, checkpoint=checkpoint, device=device):
+            click.echo(line)
+
+
+@main.group()
+def recipe() -> None:
+    """Paper recipes (recipes/*.yaml): convert, label, train and evaluate as a paper did."""
+
+
+@recipe.command("run")
+@click.argument("recipe_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "raw", required=True, type=click.Path(file_okay=False), help="The raw download.")
+@click.option("--work", required=True, type=click.Path(file_okay=False), help="Folder for the store and the run.")
+@click.option("--budget", type=click.Choice(["paper", "tiny"]), default="paper", show_default=True,
+              help="tiny: a few training steps on 32 x 32 inputs (a smoke run, e.g. on phantoms).")
+@_fail_cleanly
+def run_recipe_command(recipe_file, raw, work, budget) -> None:
+    """Run a recipe end to end and print the paper's figures next to the measured ones."""
+    from ctseg.recipe import run_recipe
+
+    run_recipe(recipe_file, raw, work, budget, echo=click.echo)
 
 
 @main.command("models")

@@ -55,8 +55,11 @@ algorithm; ``repeat`` runs n_critic critic steps on each batch, then the generat
 ``pos_weight`` weighs the foreground pixels in the BCE (1, the paper's plain BCE, by
 default: lungs are large; null: the batch's background/foreground ratio, for small lesions).
 
-Paper preset (``--preset paper``): Adam lr 1e-5 for both networks, 224 x 224 whole slices
-(``crop: resize``). The defaults use Adam 1e-4 with WGAN-GP's betas (0.5, 0.9).
+Paper preset (``--preset paper``, Sec. 4.2): Adam lr 1e-5 (beta1 0.9, "momentum 0.9") with
+weight decay 5e-4 for both networks, Gaussian initialisation (``init: gaussian``, N(0, 0.02):
+the paper gives no std), 224 x 224 whole slices (``crop: resize``). The paper names neither
+n_critic nor a Lipschitz constraint: n_critic 5 and the gradient penalty are WGAN-GP's
+(assumptions); ``--preset paper-n1`` trains one critic step per generator step. The defaults use Adam 1e-4 with WGAN-GP's betas (0.5, 0.9).
 """
 
 from __future__ import annotations
@@ -69,11 +72,12 @@ import torch.nn.functional as F
 
 from ctseg.errors import ConfigError
 from ctseg.models.base import SegModel, StepContext, scalar
-from ctseg.models.blocks import PoolUNet, conv_norm_act
+from ctseg.models.blocks import PoolUNet, conv_norm_act, init_weights
 from ctseg.models.losses import soft_dice
 
 DESIGNS = ("basic", "product", "ef", "lf", "regression")
 LIPSCHITZ = ("gp", "clip")
+INITS = ("default", "gaussian")  # PyTorch's default, or N(0, 0.02) (blocks.init_weights)
 SCHEDULES = ("alternate", "repeat")
 
 
@@ -151,7 +155,7 @@ class LGAN(SegModel):
     options_defaults = {"features": [64, 128, 256, 512, 1024], "norm": "batch",
                         "critic_features": [64, 128, 256, 512], "critic_norm": "none", "pool": 4, "fc": 1024,
                         "branch_layers": None, "lipschitz": "gp", "clip": 0.01, "n_critic": 5,
-                        "critic_schedule": "alternate", "pos_weight": 1.0}
+                        "critic_schedule": "alternate", "pos_weight": 1.0, "init": "default"}
 
     def build(self):
         opts = self.options
@@ -162,11 +166,13 @@ class LGAN(SegModel):
         d = LGANCritic(self.design, cond_ch, self.out_channels, features=opts["critic_features"],
                        norm=opts["critic_norm"], pool=opts["pool"], fc=int(opts["fc"]),
                        branch_layers=opts["branch_layers"], size=self.config.size)
+        if opts["init"] == "gaussian":  # Sec. 4.2: "initialized with a Gaussian distribution" (std: ours)
+            g, d = init_weights(g), init_weights(d)
         return {"g": g, "d": d}
 
     def _check_options(self) -> None:
         opts = self.options
-        for key, allowed in (("lipschitz", LIPSCHITZ), ("critic_schedule", SCHEDULES)):
+        for key, allowed in (("lipschitz", LIPSCHITZ), ("critic_schedule", SCHEDULES), ("init", INITS)):
             if opts[key] not in allowed:
                 raise ConfigError(f"{self.name}: model_options.{key} must be one of {allowed}, found {opts[key]!r}")
         if opts["lipschitz"] == "gp" and opts["critic_norm"] == "batch":
@@ -183,8 +189,18 @@ class LGAN(SegModel):
 
     @classmethod
     def paper_preset(cls) -> dict:
-        adam = {"name": "adam", "lr": 1e-5, "betas": [0.9, 0.999]}
-        return {"size": 224, "crop": "resize", "optimizers": {"g": adam, "d": adam}}
+        # Sec. 4.2: Adam lr 1e-5, momentum 0.9, weight decay 0.0005, Gaussian initialisation
+        adam = {"name": "adam", "lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 5e-4}
+        return {"size": 224, "crop": "resize", "optimizers": {"g": adam, "d": adam},
+                "model_options": {"init": "gaussian"}}
+
+    @classmethod
+    def presets(cls) -> dict[str, dict]:
+        # n_critic 5 and the gradient penalty are WGAN-GP's, not the paper's (it names neither):
+        # paper-n1 trains the critic and the segmentor one step each
+        paper = cls.paper_preset()
+        n1 = {**paper, "model_options": {**paper["model_options"], "n_critic": 1}}
+        return {"paper": paper, "paper-n1": n1}
 
     # ---- pieces of the step ------------------------------------------------------------------------------
     def condition(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -322,6 +322,16 @@ class TestLGANCommon:
         default = build_config(model="lgan-lf", layers=[{"store": "s.zarr", "target": "lung"}])
         assert default.size == 224 and default.model_options["n_critic"] == 5
         assert default.model_options["lipschitz"] == "gp" and default.loss_weights["gp"] == 10.0
+        # LGAN Sec. 4.2: weight decay 0.0005 and a Gaussian initialisation; paper-n1: one critic step
+        assert all(o.weight_decay == 5e-4 for o in config.optimizers.values())
+        assert config.model_options["init"] == "gaussian" and default.model_options["init"] == "default"
+        n1 = build_config(model="lgan-lf", layers=[{"store": "s.zarr", "target": "lung"}], preset="paper-n1")
+        assert n1.model_options["n_critic"] == 1 and n1.model_options["init"] == "gaussian"
+        gaussian = build_model(n1.__class__.from_dict({**n1.to_dict(), "size": 32,
+                                                       "model_options": {**n1.model_options, **self.options}}), 1)
+        weights = torch.cat([m.weight.flatten() for m in gaussian.nets["g"].modules()
+                             if isinstance(m, torch.nn.Conv2d)])
+        assert float(weights.detach().std()) == pytest.approx(0.02, rel=0.05)
 
 
 # ---- learning the real nodule (slow) ----------------------------------------------------------------------

@@ -191,6 +191,30 @@ class TestSegAN(ModelContract):
         assert math.isfinite(float(logs["loss_s"]))
         assert model.eval().predict(batch["image"]).shape == (4, 3, SIZE, SIZE)
 
+    def test_s1_1c_is_one_segmentor_and_one_critic_per_label(self):
+        """SegAN Sec. 3.1: S1-1C builds a separate SegAN per label; label 1 ignores label 0's segmentor."""
+        config = self.config(target="a,b", model_options={**self.options, "variant": "S1-1C"})
+        model = build_model(config, 2)
+        assert sorted(model.nets) == ["c", "c1", "s"] and len(model.nets["s"].nets) == 2
+        image = synthetic_batch()["image"]
+        before = model.eval().predict(image)
+        with torch.no_grad():
+            for p in model.nets["s"].nets[0].parameters():
+                p.add_(0.5)
+        after = model.predict(image)
+        assert torch.equal(before[:, 1], after[:, 1]) and not torch.equal(before[:, 0], after[:, 0])
+
+    def test_single_scale_ablations_use_the_input_or_the_output_layer(self):
+        from ctseg.models.segan import SCALES, multiscale_l1
+
+        fake = [torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)]
+        real = [torch.full((1, 1, 2, 2), float(i + 1)) for i in range(4)]  # layer i differs by i + 1
+        assert float(multiscale_l1(fake, real)) == pytest.approx(2.5)  # S3: all four scales
+        assert float(multiscale_l1(fake, real, SCALES["S3-3C-s0"])) == pytest.approx(1.0)
+        assert float(multiscale_l1(fake, real, SCALES["S3-3C-s3"])) == pytest.approx(4.0)
+        config = self.config(target="a,b", model_options={**self.options, "variant": "S3-3C-s0"})
+        assert sorted(build_model(config, 2).nets) == ["c", "c1", "s"]
+
 
 def test_the_catalogue_names_exactly_the_registered_models():
     """ctseg.models.registry.CATALOGUE (what `ctseg models` prints without torch) is the registry."""
