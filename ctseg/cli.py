@@ -26,6 +26,7 @@ def main() -> None:
     ctseg models                                   the registered models
     ctseg train --model unet --store S.zarr --target tumour --out runs/unet
     ctseg predict --checkpoint runs/unet/best.pt --store S.zarr
+    ctseg predict --checkpoint runs/unet/best.pt --input ct.nii.gz (or a DICOM folder) --format nifti,seg
     """
 
 
@@ -124,7 +125,15 @@ def _inference(tta: bool, window: bool, largest: int, min_size_mm3: float, organ
 
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="best.pt or last.pt of a run.")
-@click.option("--store", required=True, type=click.Path(), help="Store to predict (labels are added to it).")
+@click.option("--store", type=click.Path(), help="Store to predict (labels are added to it).")
+@click.option("--input", "input_path", type=click.Path(),
+              help="Instead of --store: a CT as a NIfTI file, a DICOM series folder, or a folder of them.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="With --input: output folder (default: beside a NIfTI input, the series folder's parent).")
+@click.option("--format", "formats", default="nifti", show_default=True,
+              help="With --input: comma-separated nifti, rtstruct, seg (the DICOM ones need a DICOM input).")
+@click.option("--series", help="With --input: the SeriesInstanceUID to predict when a folder holds several, or 'all'.")
+@click.option("--overwrite", is_flag=True, help="With --input: replace existing output files.")
 @click.option("--cases", multiple=True, help="Case ids (repeat or comma-separate); default all.")
 @click.option("--name", help="Run name in the label names pred_<name>[_mask] (default: the run folder).")
 @click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
@@ -135,11 +144,30 @@ def _inference(tta: bool, window: bool, largest: int, min_size_mm3: float, organ
               help="Also write each prediction as <case>_<label>.nii.gz on the case's original grid.")
 @click.option("--no-progress", is_flag=True)
 @_fail_cleanly
-def predict(checkpoint, store, cases, name, threshold, device, batch_size, export_nifti, no_progress, **inference) -> None:
-    """Predict cases slice by slice; writes pred_<run> (probabilities) and pred_<run>_mask into the store."""
+def predict(checkpoint, store, input_path, out, formats, series, overwrite, cases, name, threshold, device,
+            batch_size, export_nifti, no_progress, **inference) -> None:
+    """Predict cases slice by slice.
+
+    With --store: writes pred_<run> (probabilities) and pred_<run>_mask into the store.
+    With --input: reads CT files with the run's windows, spacing and size (recorded in the
+    checkpoint) and writes <name>_pred_<run>_mask.nii.gz on the input's own grid, plus a
+    DICOM RTSTRUCT and/or SEG referring to a DICOM input series (--format rtstruct,seg).
+    """
     from ctseg.checkpoint import require_file
 
+    if (store is None) == (input_path is None):
+        raise click.UsageError("give exactly one of --store or --input")
     require_file(checkpoint)  # before torch is imported
+    if input_path is not None:
+        from ctseg.predict_file import parse_formats, predict_files
+
+        done = predict_files(checkpoint, input_path, out=out, formats=parse_formats(formats), series=series,
+                             threshold=threshold, name=name, device=device, batch_size=batch_size,
+                             overwrite=overwrite, progress=not no_progress)
+        for item in done:
+            click.echo(f"ctseg: {item.line()}")
+        click.echo(f"ctseg: predicted {len(done)} input(s)")
+        return
     from ctseg.predict import predict_store
 
     wanted = [c.strip() for text in cases for c in text.split(",") if c.strip()] or None

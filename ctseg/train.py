@@ -34,6 +34,7 @@ from ctseg.data import held_out_crops, training_data
 from ctseg.errors import ConfigError
 from ctseg.models.base import Amp, SegModel, StepContext
 from ctseg.models.blocks import has_batch_norm
+from ctseg.preprocessing import store_preprocessing
 from ctseg.validation import ValidationPlan, validate_plan, validation_interval, validation_plan
 from lkbase.atomic import copy_atomic, remove_temporaries, write_text_atomic
 
@@ -334,10 +335,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if dist.main:
         config.save(run_dir / "config.yaml")
 
+    preprocessing = store_preprocessing(config.store)  # what `ctseg predict --input` needs without the store
+
     def save(path: Path) -> None:
         rng = dist.gather(ckpt.rng_state())
         if dist.main:
-            ckpt.save_atomic(checkpoint_dict(model, optimizers, scheds, amp, state, config, rng), path)
+            ckpt.save_atomic({**checkpoint_dict(model, optimizers, scheds, amp, state, config, rng),
+                              "preprocessing": preprocessing}, path)
 
     stopped = "completed"
     windows = dataset.in_channels // (2 * config.context + 1)

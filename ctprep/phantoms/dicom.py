@@ -78,6 +78,7 @@ def write_ct_series(folder: Path, hu_volume: np.ndarray, spacing: Sequence[float
     series_uid = series_uid or generate_uid()
     syntax = TRANSFER_SYNTAXES[transfer_syntax]
     rng = np.random.default_rng(seed)
+    study_uid, frame_uid = generate_uid(), generate_uid()  # one study and frame of reference per series
     spacing_of = {"x": sx, "y": sy}
     size_of = {"x": nx, "y": ny}
     paths = []
@@ -89,7 +90,8 @@ def write_ct_series(folder: Path, hu_volume: np.ndarray, spacing: Sequence[float
                 corner[axis] += (size_of[cosine[1]] - 1) * spacing_of[cosine[1]]
         corner[:2] += k * np.asarray(tilt_mm, float)
         image = np.ascontiguousarray(_slice_image(stored[k], row, col))
-        ds = _dataset(image, signed, series_uid, patient_id, k, sop_uids[k] if sop_uids is not None else None)
+        ds = _dataset(image, signed, series_uid, patient_id, k, sop_uids[k] if sop_uids is not None else None,
+                      study_uid=study_uid, frame_uid=frame_uid)
         ds.ImagePositionPatient = [f"{v:.6g}" if abs(v) < 1e5 else str(v) for v in corner.round(6)]
         ds.ImageOrientationPatient = [int(v) for v in (*row_vec, *col_vec)]
         ds.PixelSpacing = [spacing_of[col[1]], spacing_of[row[1]]]  # between rows, between columns
@@ -109,7 +111,7 @@ def write_ct_series(folder: Path, hu_volume: np.ndarray, spacing: Sequence[float
 
 
 def _dataset(image: np.ndarray, signed: bool, series_uid: str, patient_id: str, k: int,
-             sop_uid: str | None = None) -> Dataset:
+             sop_uid: str | None = None, *, study_uid: str, frame_uid: str) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     sop_uid = sop_uid or generate_uid()
@@ -120,8 +122,8 @@ def _dataset(image: np.ndarray, signed: bool, series_uid: str, patient_id: str, 
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
     ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = "CT", "lesionkit", "dicom_phantom"
     ds.PatientID = patient_id
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), series_uid
-    ds.FrameOfReferenceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.FrameOfReferenceUID = frame_uid
     ds.InstanceNumber = 1000 - k  # deliberately not the z order
     ds.KVP, ds.ConvolutionKernel, ds.RescaleType = 120, "B30f", "HU"
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
