@@ -69,7 +69,7 @@ def prepare_case(store: SliceStore, case_id: str, config: LabelConfig) -> CaseWo
         images = {z: batch.image[i][pick] for i, z in enumerate(zs)} if batch is not None else {}
         jobs = [_recist_job(case_id, lesion, images[lesion.z], spacing, config) for lesion in lesions]
     else:
-        names = [config.label] if config.source == "mask" else [config.intersection, config.union]
+        names = config.evidence_labels
         available = store.label_names(case_id)
         missing = [n for n in names if n not in available]
         if missing:

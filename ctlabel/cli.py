@@ -24,7 +24,7 @@ def main() -> None:
     ctlabel softmask lits.zarr --from mask --label tumour     trimap_tumour + soft_tumour
     ctlabel softmask deeplesion.zarr --recist                 trimap_recist + soft_recist
     ctlabel soften lits.zarr --soft soft_tumour --binary tumour
-    ctlabel preview deeplesion.zarr --case 000089_01_01 --out lesions.png
+    ctlabel preview deeplesion.zarr --case 000089_01_01_037 --out lesions.png   (ids: ctprep info STORE --cases)
     """
 
 
@@ -167,7 +167,8 @@ def soften(store, soft, binary, threshold, name, cases) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
 @click.option("--name", help="Which trimap_NAME / soft_NAME (default: the only one).")
 @click.option("--channel", default=0, show_default=True, help="Which stored window to show.")
-@click.option("--max-lesions", default=12, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-lesions", default=12, show_default=True, type=click.IntRange(min=1),
+              help="At most this many lesions in the grid (the largest first).")
 @_fail_cleanly
 def preview(store, case_id, out, name, channel, max_lesions) -> None:
     """PNG grid of a case's lesions: slice with RECIST axes and outlines, trimap, soft mask."""

@@ -81,6 +81,15 @@ class LabelConfig:
     def soft_label(self) -> str:
         return soft_label(self.output_name)
 
+    @property
+    def evidence_labels(self) -> list[str]:
+        """The stored labels the evidence is read from (none for RECIST annotations)."""
+        if self.source == "mask":
+            return [self.label]
+        if self.source == "readers":
+            return [self.intersection, self.union]
+        return [self.recist_from] if self.recist_from else []
+
     def evidence(self) -> dict:
         if self.source == "recist":
             if self.recist_from:

@@ -32,7 +32,7 @@ from ctlabel.config import LabelConfig
 from ctlabel.matting import load_pymatting
 from ctlabel.per_lesion import run_per_lesion
 from ctlabel.report import LabelOutcome, LabelReport
-from ctlabel.resume import case_state, resolve_label, selected_cases
+from ctlabel.resume import case_state, require_evidence, resolve_label, selected_cases
 from ctprep.errors import StoreParameterError
 from ctprep.store import SliceStore, check_shared
 from lkbase.executor import dask_executor
@@ -53,6 +53,7 @@ def label_store(config: LabelConfig, *, progress: bool = True,
         store = SliceStore.open(config.store, mode="a")
         case_ids = selected_cases(store, config.cases)
         config = resolve_label(store, config, case_ids)
+        require_evidence(store, config, case_ids)
         states = {c: case_state(store, c, config) for c in case_ids}
         _refuse_conflicts(store, [detail for state, detail in states.values() if state == "conflict"])
         outcomes = {c: LabelOutcome(case_id=c, status="existing") for c in case_ids if states[c][0] == "done"}

@@ -15,6 +15,8 @@ from ctlabel.config import ATTRIBUTE_KEY, LabelConfig, as_stored
 from ctlabel.errors import LabelInputError
 from ctprep.errors import CaseNotFoundError
 from ctprep.store import SliceStore
+from lkbase.choices import unknown
+from lkbase.plain import differences
 
 
 def case_state(store: SliceStore, case_id: str, config: LabelConfig) -> tuple[str, str]:
@@ -43,9 +45,7 @@ def case_state(store: SliceStore, case_id: str, config: LabelConfig) -> tuple[st
 def _difference(made, wanted) -> str:
     if not isinstance(made, dict):
         return "not made by ctlabel"
-    flat_made, flat_wanted = _flatten(made), _flatten(wanted)
-    keys = sorted(k for k in set(flat_made) | set(flat_wanted) if flat_made.get(k) != flat_wanted.get(k))
-    return "; ".join(f"{k}: has {flat_made.get(k)!r}, asked {flat_wanted.get(k)!r}" for k in keys[:3])
+    return differences(_flatten(made), _flatten(wanted))
 
 
 def _flatten(value: dict, prefix: str = "") -> dict:
@@ -68,6 +68,14 @@ def resolve_label(store: SliceStore, config: LabelConfig, case_ids: Sequence[str
         raise LabelInputError(f"{store.path}: --from mask needs --label NAME "
                               f"(the cases' lesion labels: {sorted(names) or 'none'})")
     return dataclasses.replace(config, label=names.pop())
+
+
+def require_evidence(store: SliceStore, config: LabelConfig, case_ids: Sequence[str]) -> None:
+    """Refuse, once and before any case, evidence labels that no selected case has (a typo in --label)."""
+    stored = sorted({name for c in case_ids for name in store.label_names(c)})
+    for name in config.evidence_labels:
+        if case_ids and name not in stored:
+            raise LabelInputError(f"{store.path}: {unknown('label', name, stored)}")
 
 
 def selected_cases(store: SliceStore, cases: Sequence[str] | None) -> list[str]:

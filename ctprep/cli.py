@@ -289,7 +289,7 @@ def audit(store, extra) -> None:
 @click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of the raw download the store was made from.")
 @click.option("--output", required=True, type=click.Path(), help="Store to write.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Cases rebuilt in parallel.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def rebuild(manifest, input_dir, output, workers, quiet) -> None:

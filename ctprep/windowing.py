@@ -92,6 +92,9 @@ def parse_window(text: str) -> Window:
         return Window(name=name or preset.name, level=float(preset.level), width=float(preset.width))
     if m := re.fullmatch(rf"({_NUMBER})\s*,\s*({_NUMBER})", spec):
         level, width = float(m[1]), float(m[2])
+        if width <= 0:
+            raise ParameterError(f"window {text!r}: the width (second number of level,width) must be > 0, "
+                                 f"found {m[2]}")
         # A leading '+' is dropped from generated names: window names allow no '+'.
         return Window(name=name or f"L{m[1].lstrip('+')}_W{m[2].lstrip('+')}", level=level, width=width)
     if m := re.fullmatch(rf"({_NUMBER})\s*:\s*({_NUMBER})", spec):

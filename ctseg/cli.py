@@ -37,29 +37,35 @@ _FLAG_KEYS = {"epochs": "epochs", "batch_size": "batch_size", "size": "size", "w
 
 
 @main.command()
-@click.option("--model", help="Registered model name (see `ctseg models`).")
-@click.option("--store", type=click.Path(), help="Slice store to train from.")
-@click.option("--target", help="Label to learn (several: comma-separated).")
+@click.option("--model", help="Registered model name (see `ctseg models`). Required, unless --config or --resume gives it.")
+@click.option("--store", type=click.Path(), help="Slice store to train from (path or URL). Required, unless --config "
+              "or --resume gives it.")
+@click.option("--target", help="Label to learn (several: comma-separated). Required, unless --config or --resume "
+              "gives it.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints, logs).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of config keys.")
 @click.option("--preset", help="A preset of the model, e.g. `paper`.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt, exactly.")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
+@click.option("--epochs", type=int, help="Training epochs in all (default: the model's phases).")
+@click.option("--batch-size", type=int, help="Slices per batch (default: the model's).")
 @click.option("--size", type=int, help="Model input size (square crops or resized slices).")
-@click.option("--crop", type=click.Choice(["lesion", "random", "center", "resize"]))
-@click.option("--sampling", type=click.Choice(["all", "lesion_only", "balanced"]))
+@click.option("--crop", type=click.Choice(["lesion", "random", "center", "resize"]),
+              help="How --size inputs are cut: around lesions (mixed with crops elsewhere), at random, at the "
+                   "centre, or whole slices resized (default: the model's).")
+@click.option("--sampling", type=click.Choice(["all", "lesion_only", "balanced"]),
+              help="Which slices batches are drawn from (default: the model's).")
 @click.option("--workers", type=int, help="DataLoader worker processes.")
 @click.option("--device", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
-@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]))
-@click.option("--seed", type=int)
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]),
+              help="Mixed precision on CUDA (auto: bf16 where supported, else fp16; off on the CPU).")
+@click.option("--seed", type=int, help="Seed of sampling, augmentation and initialisation (default 0).")
 @click.option("--threshold", type=float, help="Binarisation threshold of probabilities.")
 @click.option("--max-steps", type=int, help="Stop (and checkpoint) after this many steps in total.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Any config key (dotted for nested: optimizers.g.lr=1e-4); repeatable.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @_fail_cleanly
-def train(model, store, target, out, config_file, preset, resume, assignments, no_progress, **flags) -> None:
+def train(model, store, target, out, config_file, preset, resume, assignments, quiet, **flags) -> None:
     """Train a model from a store (one loop for every model; DDP under torchrun)."""
     from pathlib import Path
 
@@ -91,7 +97,7 @@ def train(model, store, target, out, config_file, preset, resume, assignments, n
 
     from ctseg.train import train as run_training
 
-    result = run_training(config, resume=resume, progress=not no_progress)
+    result = run_training(config, resume=resume, progress=not quiet)
     best = f", best val Dice {result.best_metric:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else ""
     click.echo(f"ctseg: {config.model}: {result.epoch} epochs, {result.step} steps ({result.stopped}){best}; "
                f"run in {result.run_dir}")
@@ -137,15 +143,15 @@ def _inference(tta: bool, window: bool, largest: int, min_size_mm3: float, organ
 @click.option("--cases", multiple=True, help="Case ids (repeat or comma-separate); default all.")
 @click.option("--name", help="Run name in the label names pred_<name>[_mask] (default: the run folder).")
 @click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", default=16, show_default=True, help="Slices per forward (0: by free GPU memory).")
 @_inference_options
 @click.option("--export-nifti", type=click.Path(file_okay=False),
               help="Also write each prediction as <case>_<label>.nii.gz on the case's original grid.")
-@click.option("--no-progress", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @_fail_cleanly
 def predict(checkpoint, store, input_path, out, formats, series, overwrite, cases, name, threshold, device,
-            batch_size, export_nifti, no_progress, **inference) -> None:
+            batch_size, export_nifti, quiet, **inference) -> None:
     """Predict cases slice by slice.
 
     With --store: writes pred_<run> (probabilities) and pred_<run>_mask into the store.
@@ -163,7 +169,7 @@ def predict(checkpoint, store, input_path, out, formats, series, overwrite, case
 
         done = predict_files(checkpoint, input_path, out=out, formats=parse_formats(formats), series=series,
                              threshold=threshold, name=name, device=device, batch_size=batch_size,
-                             overwrite=overwrite, progress=not no_progress)
+                             overwrite=overwrite, progress=not quiet)
         for item in done:
             click.echo(f"ctseg: {item.line()}")
         click.echo(f"ctseg: predicted {len(done)} input(s)")
@@ -172,7 +178,7 @@ def predict(checkpoint, store, input_path, out, formats, series, overwrite, case
 
     wanted = [c.strip() for text in cases for c in text.split(",") if c.strip()] or None
     done = predict_store(checkpoint, store, cases=wanted, name=name, threshold=threshold, device=device,
-                         batch_size=batch_size, progress=not no_progress, export_nifti=export_nifti,
+                         batch_size=batch_size, progress=not quiet, export_nifti=export_nifti,
                          **dict(zip(("inference", "post"), _inference(batch_size=batch_size, **inference))))
     labels = sorted({label for case in done for label in case.labels})
     click.echo(f"ctseg: predicted {len(done)} case(s) into {store}: labels {', '.join(labels)}"
@@ -186,14 +192,14 @@ def predict(checkpoint, store, input_path, out, formats, series, overwrite, case
 @click.option("--split", default="test", show_default=True, help="train, val, test or all.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: RUN/best.pt (else last.pt).")
 @click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
 @_inference_options
 @click.option("--protocol", "protocols", multiple=True, metavar="PAPER",
               help="Also score as a seed paper did (ctumorgan, segan, crgan, lgan, casgan; repeatable): "
                    "writes protocol_<PAPER>.csv/.json next to the report and prints paper vs measured.")
-@click.option("--no-progress", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @_fail_cleanly
-def evaluate(run_dir, store, split, checkpoint, threshold, device, protocols, no_progress, **inference) -> None:
+def evaluate(run_dir, store, split, checkpoint, threshold, device, protocols, quiet, **inference) -> None:
     """Evaluate a run on a split: predicts the cases if needed, then per-case and global metrics.
 
     Writes RUN/eval/<split>/ per_case.csv, per_case.json, per_slice.csv, summary.json and
@@ -209,7 +215,7 @@ def evaluate(run_dir, store, split, checkpoint, threshold, device, protocols, no
     from ctseg.protocols import protocol_for_evaluation
 
     for output in evaluate_checkpoint_run(run_dir, store, split, checkpoint=checkpoint, device=device,
-                                          threshold=threshold, progress=not no_progress,
+                                          threshold=threshold, progress=not quiet,
                                           **dict(zip(("inference", "post"), _inference(**inference)))):
         for line in output.lines():
             click.echo(line)

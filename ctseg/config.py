@@ -148,7 +148,7 @@ class TrainConfig:
     workers: int = 0
     # optimisation
     batch_size: int = 16
-    epochs: int = 100  # ignored when phases are given (their sum)
+    epochs: int = 100  # ignored when phases are given (their sum; to_dict writes the sum)
     steps_per_epoch: int | None = None  # None: one pass over the sampled slices
     max_steps: int | None = None  # stop (and checkpoint) after this many steps in total
     optimizers: Mapping[str, OptimizerConfig] = field(default_factory=dict)
@@ -220,7 +220,9 @@ class TrainConfig:
         data = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "optimizers":
+            if f.name == "epochs":
+                value = self.total_epochs  # with phases, their sum: what the run does, not an ignored default
+            elif f.name == "optimizers":
                 value = {k: v.to_dict() for k, v in value.items()}
             elif f.name == "phases":
                 value = [p.to_dict() for p in value]

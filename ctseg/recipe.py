@@ -77,7 +77,7 @@ def steps(recipe: Recipe, raw: Path, work: Path, budget: str) -> list[list[str]]
             "--output", str(store), *recipe.convert]]
     out += [[py, "-m", "ctlabel.cli", *(a.replace("{store}", str(store)) for a in step)] for step in recipe.label]
     train = [py, "-m", "ctseg.cli", "train", "--model", recipe.train["model"], "--store", str(store),
-             "--target", recipe.train["target"], "--out", str(run), "--no-progress"]
+             "--target", recipe.train["target"], "--out", str(run), "--quiet"]
     if recipe.train.get("preset"):
         train += ["--preset", recipe.train["preset"]]
     for key, value in recipe.train.get("set", {}).items():
@@ -86,7 +86,7 @@ def steps(recipe: Recipe, raw: Path, work: Path, budget: str) -> list[list[str]]
         train += [*TINY_TRAIN, *[a for k, v in recipe.tiny.items() for a in ("--set", f"{k}={v}")]]
     split = "all" if budget == "tiny" else recipe.evaluate.get("split", "test")
     out += [train, [py, "-m", "ctseg.cli", "evaluate", "--run", str(run), "--store", str(store), "--split", split,
-                    "--protocol", recipe.evaluate["protocol"], "--no-progress"]]
+                    "--protocol", recipe.evaluate["protocol"], "--quiet"]]
     return out
 
 

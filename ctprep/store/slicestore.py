@@ -34,6 +34,7 @@ from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, FORMAT_NAME, FORMAT_VERS
                                  is_staged, local_leftover, remote_leftover, staging_name, validate_case_id,
                                  validate_label_name)
 from lkbase.choices import unknown
+from lkbase.plain import differences
 from lkbase.errors import ParameterError
 
 
@@ -158,11 +159,9 @@ class SliceStore(SliceReading):
         """Raise if ``parameters`` differ from those the store was created with."""
         stored = self.parameters
         wanted = json.loads(json.dumps(dict(parameters)))  # normalise tuples to lists
-        differing = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-        if differing:
-            detail = "; ".join(f"{k}: store has {stored.get(k)!r}, asked {wanted.get(k)!r}" for k in differing)
+        if stored != wanted:
             raise StoreParameterError(
-                f"{self.path}: was created with other parameters ({detail}); "
+                f"{self.path}: was created with other parameters ({differences(stored, wanted)}); "
                 "use --overwrite to rebuild it or choose another output")
 
     def manifest(self) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ctlabel.errors import LabelInputError
+
 from ctlabel.label import LabelConfig, label_store
 from ctlabel.trimap import BACKGROUND, FOREGROUND, UNKNOWN, Recist, TrimapParams, trimap_from_mask
 from ctprep.errors import CaseNotFoundError, StoreParameterError
@@ -192,9 +194,9 @@ def test_readers_source(tmp_path, lk):
 
 
 def test_case_problems_are_reported_not_fatal(mask_store):
-    report = label_store(LabelConfig(store=str(mask_store), source="mask", label="liver"), progress=False)
-    assert [o.status for o in report.outcomes] == ["skipped", "skipped"]
-    assert "has no label 'liver' (labels: tumour)" in report.outcomes[0].reason
+    # a label no case has: refused once, before any case, with the valid ones (a typo, not a bad case)
+    with pytest.raises(LabelInputError, match=r"unknown label 'liver' \(valid: tumour\)"):
+        label_store(LabelConfig(store=str(mask_store), source="mask", label="liver"), progress=False)
     label_store(LabelConfig(store=str(mask_store), source="mask", label="tumour", matting=False), progress=False)
     not_binary = label_store(LabelConfig(store=str(mask_store), source="mask", label="trimap_tumour", name="x"),
                              progress=False)

@@ -106,7 +106,7 @@ def test_a_dicom_series_gives_nifti_rtstruct_and_seg_that_read_back(trained, sto
 
     result = CliRunner().invoke(main, ["predict", "--checkpoint", str(trained / "run" / "best.pt"), "--input",
                                        str(dicom_series), "--out", str(tmp_path), "--format", "nifti,rtstruct,seg",
-                                       "--no-progress"])
+                                       "--quiet"])
     assert result.exit_code == 0, result.output
     nifti = tmp_path / "series-a_pred_run_mask.nii.gz"
     np.testing.assert_array_equal(canonical(nifti), canonical(trained / "store_mask.nii.gz"))
@@ -179,7 +179,7 @@ def test_the_real_visible_human_series(trained, tmp_path):
 def run_cli(*args) -> "object":
     from ctseg.cli import main
 
-    return CliRunner().invoke(main, ["predict", *map(str, args), "--no-progress"])
+    return CliRunner().invoke(main, ["predict", *map(str, args), "--quiet"])
 
 
 def one_error_line(result, *words) -> None:

@@ -156,12 +156,12 @@ def test_cli_evaluate_with_protocols_and_crgan_outputs(phantom_store, tmp_path):
     done = runner.invoke(main, ["train", "--model", "crgan", "--store", str(store), "--target", "tumour",
                                 "--out", str(run), "--epochs", "2", "--batch-size", "2", "--size", "32",
                                 "--max-steps", "4", "--set", "steps_per_epoch=2", "--set", "model_options.features=[8,16]",
-                                "--set", "train_split=all", "--set", "val_split=all", "--no-progress"])
+                                "--set", "train_split=all", "--set", "val_split=all", "--quiet"])
     assert done.exit_code == 0, done.output
     bad = runner.invoke(main, ["evaluate", "--run", str(run), "--store", str(store), "--protocol", "brats"])
     assert bad.exit_code == 1 and "unknown protocol 'brats'" in bad.output
     done = runner.invoke(main, ["evaluate", "--run", str(run), "--store", str(store), "--split", "all",
-                                "--protocol", "crgan", "--protocol", "ctumorgan", "--no-progress"])
+                                "--protocol", "crgan", "--protocol", "ctumorgan", "--quiet"])
     assert done.exit_code == 0, done.output
     folder = run / "eval" / "all"
     assert "protocol crgan" in done.output and "paper LiTS (Table 5, cGAN+Refinement) vs measured" in done.output

@@ -18,7 +18,7 @@ from ctseg.errors import ConfigError
 from ctseg.train import schedulers, train
 
 TINY = ["--size", "32", "--batch-size", "4", "--set", "model_options.features=[8,16]", "--set", "steps_per_epoch=2",
-        "--set", "train_split=all", "--set", "val_split=all", "--no-progress"]
+        "--set", "train_split=all", "--set", "val_split=all", "--quiet"]
 
 
 def tiny_config(store, out, **extra) -> TrainConfig:
@@ -112,14 +112,14 @@ def test_cli_train_resume_and_predict(phantom_store, tmp_path):
                                 "--out", str(run), "--epochs", "1", *TINY])
     assert done.exit_code == 0, done.output
     assert "1 epochs, 2 steps" in done.output
-    more = runner.invoke(main, ["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"])
+    more = runner.invoke(main, ["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"])
     assert more.exit_code == 0, more.output
     assert "2 epochs, 4 steps" in more.output
 
     store_path = tmp_path / "predicted.zarr"
     shutil.copytree(phantom_store, store_path)
     done = runner.invoke(main, ["predict", "--checkpoint", str(run / "last.pt"), "--store", str(store_path),
-                                "--cases", "volume-0,volume-2", "--threshold", "0.3", "--no-progress",
+                                "--cases", "volume-0,volume-2", "--threshold", "0.3", "--quiet",
                                 "--export-nifti", str(tmp_path / "nifti")])
     assert done.exit_code == 0, done.output
     store = SliceStore.open(store_path)
@@ -171,7 +171,7 @@ def test_torchrun_trains_with_two_cpu_processes(phantom_store, tmp_path):
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                   "-m", "ctseg.cli", "train", "--out", str(tmp_path / "ddp"), "--no-progress", *args]
+                   "-m", "ctseg.cli", "train", "--out", str(tmp_path / "ddp"), "--quiet", *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout

@@ -34,7 +34,7 @@ SAVES = 7
 
 def _train_args(store: Path, out: Path) -> list[str]:
     return ["train", "--model", "unet", "--store", str(store), "--target", "tumour", "--out", str(out),
-            "--epochs", "3", "--size", "32", "--batch-size", "4", "--seed", "3", "--no-progress",
+            "--epochs", "3", "--size", "32", "--batch-size", "4", "--seed", "3", "--quiet",
             "--set", "model_options.features=[8,16]", "--set", "steps_per_epoch=4", "--set", "checkpoint_every=3",
             "--set", "train_split=all", "--set", "val_split=all", "--set", "image_every=0",
             "--set", "val_budget=0"]
@@ -129,7 +129,7 @@ def _assert_equal(a, b, where: str = "") -> None:
 
 
 def _resume_and_compare(run: Path, straight: Path) -> None:
-    done = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--no-progress"])
+    done = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--quiet"])
     assert done.exit_code == 0, done.output
     assert "3 epochs, 12 steps (completed)" in done.output
     resumed, reference = _checkpoints_load(run), _checkpoints_load(straight)
