@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from lkbase.cli import EXIT_FAILED, fail_cleanly
+from lkbase.errors import ParameterError
 
 SOURCE_HELP = ("Raw dataset layout: lits, kits19, nsclc, lidc, deeplesion, or nifti (your own NIfTI pairs; "
                "Decathlon and nnU-Net v2 folders recognised).")
@@ -228,18 +229,40 @@ def preview(store, case_id, zs, channel, out, labels) -> None:
 @main.command()
 @click.argument("store")
 @click.option("--case", "case_id", required=True, help="Case id, as listed by `ctprep info STORE --cases`.")
-@click.option("--label", required=True, help="Stored label: ground truth (e.g. tumour) or a prediction (pred_<run>).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="NIfTI to write (.nii or .nii.gz).")
+@click.option("--label", "labels", required=True, multiple=True,
+              help="Stored label: ground truth (e.g. tumour) or a prediction (pred_<run>); repeatable for "
+                   "rtstruct/seg (one ROI/segment each). 'image' (a window) or 'hu' (--keep-hu stores): the CT.")
+@click.option("--format", "fmt", type=click.Choice(["nifti", "rtstruct", "seg"]), default="nifti", show_default=True,
+              help="nifti: on the source grid with its affine; rtstruct/seg: DICOM referring to the source "
+                   "series (DICOM-sourced cases; needs --dicom).")
+@click.option("--dicom", "dicom_dir", type=click.Path(file_okay=False),
+              help="The original CT series folder of the case (a store keeps no paths); checked against the "
+                   "case's recorded grid and input digest.")
+@click.option("--channel", default=0, show_default=True, help="--label image: which window.")
+@click.option("--threshold", default=0.5, show_default=True, help="rtstruct/seg: cut-off for float labels.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="File to write (.nii/.nii.gz for nifti, .dcm for rtstruct/seg).")
 @_fail_cleanly
-def export(store, case_id, label, out) -> None:
-    """Write a stored label as NIfTI on the case's original grid, with the source file's affine.
+def export(store, case_id, labels, fmt, dicom_dir, channel, threshold, out) -> None:
+    """Write a stored label (or the CT) back on the case's original grid, as NIfTI or DICOM RTSTRUCT/SEG.
 
     Undoes the canonical reorientation and any resampling (nearest neighbour for masks,
-    linear for probabilities); slices left out by --slices are written as 0.
+    linear for probabilities and the image); slices left out by --slices are written as 0.
     """
     from ctprep.commands.export import export_label_nifti
+    from ctprep.commands.export_dicom import IMAGE_LABELS, export_image_nifti, export_labels_dicom
 
-    for line in export_label_nifti(store, case_id, label, out).lines():
+    if fmt != "nifti":
+        if not dicom_dir:
+            raise ParameterError(f"--format {fmt} needs --dicom DIR, the case's original CT series folder")
+        lines = export_labels_dicom(store, case_id, labels, dicom_dir, out, fmt, threshold=threshold).lines()
+    elif len(labels) != 1:
+        raise ParameterError(f"--format nifti writes one label per file, found {len(labels)}: {', '.join(labels)}")
+    elif labels[0] in IMAGE_LABELS:
+        lines = export_image_nifti(store, case_id, labels[0], out, channel=channel)
+    else:
+        lines = export_label_nifti(store, case_id, labels[0], out).lines()
+    for line in lines:
         click.echo(line)
 
 

@@ -71,8 +71,8 @@ class ExportResult:
         return lines
 
 
-def full_grid(stored: np.ndarray, record: CaseRecord) -> tuple[np.ndarray, int]:
-    """The stored rows placed at their ``slice_indices`` on ``record.geometry``; missing slices 0.
+def full_grid(stored: np.ndarray, record: CaseRecord, fill: float = 0) -> tuple[np.ndarray, int]:
+    """The stored rows placed at their ``slice_indices`` on ``record.geometry``; missing slices ``fill``.
 
     Returns the array and how many slices were missing.
     """
@@ -82,7 +82,7 @@ def full_grid(stored: np.ndarray, record: CaseRecord) -> tuple[np.ndarray, int]:
                               f"{record.num_slices} stored slices of {shape[1]}x{shape[2]}")
     if record.num_slices == shape[0]:
         return stored, 0
-    grid = np.zeros(shape, dtype=stored.dtype)
+    grid = np.full(shape, fill, dtype=stored.dtype)
     grid[list(record.slice_indices)] = stored
     return grid, shape[0] - record.num_slices
 

@@ -53,6 +53,7 @@ class DicomInventory:
     series: dict[str, SeriesFiles]
     rtstructs: tuple[RtStructFile, ...]
     unreadable: tuple[tuple[Path, str], ...]
+    others: tuple[tuple[Path, str], ...] = ()  # other DICOM objects (SEG, SR, ...) and their SOP Class UID
 
 
 def read_header(path: Path, tags: list[str], stop_before_pixels: bool) -> pydicom.Dataset:
@@ -133,7 +134,7 @@ def scan_dicom_folder(root: Path) -> DicomInventory:
     """Find the CT series and RTSTRUCTs under ``root`` (any layout; headers only).
 
     Files that are not DICOM or cannot be parsed are listed in ``unreadable``;
-    DICOM objects of other kinds (SEG, SR, DICOMDIR, ...) are skipped.
+    DICOM objects of other kinds (SEG, SR, DICOMDIR, ...) are listed in ``others`` with their SOP class.
     """
     root = Path(root)
     if not root.is_dir():
@@ -144,6 +145,7 @@ def scan_dicom_folder(root: Path) -> DicomInventory:
     groups: dict[str, list[tuple[Path, str]]] = {}
     rtstructs: list[RtStructFile] = []
     unreadable: list[tuple[Path, str]] = []
+    others: list[tuple[Path, str]] = []
     for path, (kind, info) in zip(paths, results):
         if kind == "unreadable":
             unreadable.append((path, str(info)))
@@ -155,9 +157,12 @@ def scan_dicom_folder(root: Path) -> DicomInventory:
         elif kind == "rtstruct":
             ref, patient = info  # type: ignore[misc]
             rtstructs.append(RtStructFile(path=path, referenced_series_uid=ref, patient_id=patient))
+        else:
+            others.append((path, str(info)))
     series = {}
     for uid, members in sorted(groups.items()):
         patients = sorted({p for _, p in members if p})
         series[uid] = SeriesFiles(series_uid=uid, patient_id=patients[0] if patients else "",
                                   files=tuple(p for p, _ in members))
-    return DicomInventory(series=series, rtstructs=tuple(rtstructs), unreadable=tuple(unreadable))
+    return DicomInventory(series=series, rtstructs=tuple(rtstructs), unreadable=tuple(unreadable),
+                          others=tuple(others))

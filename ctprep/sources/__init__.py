@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from ctprep.sources.base import Source
 from ctprep.sources.deeplesion import DeepLesionSource
+from ctprep.sources.dicom_generic import DicomGenericSource
 from ctprep.sources.kits19 import Kits19Source
 from ctprep.sources.lidc import LidcSource
 from ctprep.sources.lits import LitsSource
@@ -24,6 +25,7 @@ SOURCES: dict[str, type[Source]] = {
     LidcSource.name: LidcSource,
     DeepLesionSource.name: DeepLesionSource,
     NiftiGenericSource.name: NiftiGenericSource,
+    DicomGenericSource.name: DicomGenericSource,
 }
 
 

@@ -196,14 +196,20 @@ def file_input(role: str, path: Path, root: Path) -> InputFile:
 def series_input(role: str, files: Sequence[Path], root: Path) -> InputFile:
     """A CT series as one manifest entry (module docstring): folder, total size, digest of its listing."""
     entries = sorted((relative(f, root), f) for f in files)
+    size, digest = listing_digest(entries, root)
+    folder = os.path.commonpath([PurePosixPath(rel).parent.as_posix() for rel, _ in entries]) if entries else ""
+    return InputFile(role=role, path=folder or ".", size=size, sha256=digest)
+
+
+def listing_digest(entries: Sequence[tuple[str, Path]], root: Path) -> tuple[int, str]:
+    """Total size and the sha256 of the ``sha256sum`` listing of ``(relative name, file)`` entries (sorted)."""
     listing = hashlib.sha256()
     size = 0
     for rel, path in entries:
-        one = file_input(role, path, root)
+        one = file_input("", path, root)
         listing.update(f"{one.sha256}  {rel}\n".encode())
         size += one.size
-    folder = os.path.commonpath([PurePosixPath(rel).parent.as_posix() for rel, _ in entries]) if entries else ""
-    return InputFile(role=role, path=folder or ".", size=size, sha256=listing.hexdigest())
+    return size, listing.hexdigest()
 
 
 class HashInBackground:
