@@ -52,7 +52,8 @@ def main() -> None:
 @click.option("--output", required=True, type=click.Path(), help="Store to write, e.g. kits19.zarr.")
 @click.option("--window", "windows", multiple=True, metavar="W",
               help="A channel: preset (lung, mediastinum, abdomen, liver, kidney, bone), 'L,W' or 'min:max', "
-                   "optionally 'name=...'. Repeat for several channels. Default: the dataset's manifest.")
+                   "optionally 'name=...'; a '/eq' suffix equalises each slice's histogram after windowing "
+                   "(e.g. 100:400/eq). Repeat for several channels. Default: the dataset's manifest.")
 @click.option("--spacing", metavar="Z,Y,X", help="Resample to this spacing in mm (one number: isotropic; 0 keeps an axis).")
 @click.option("--size", metavar="Y,X", help="Resample slices to this in-plane size (one number: square).")
 @click.option("--slices", default="all", show_default=True, metavar="MODE",

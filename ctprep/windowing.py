@@ -7,6 +7,11 @@ A window keeps HU in ``[lo, hi]`` and maps it linearly onto 0..255::
 The mapping is applied through a 65,536-entry lookup table indexed by the
 int16 bit pattern, so windowing costs one gather per voxel and never builds a
 float copy of the volume.
+
+A window with ``equalise`` (written ``SPEC/eq``, e.g. ``100:400/eq``; crgan's LiTS
+pre-processing, crgan.txt Sec. 3.1) then equalises each windowed slice's histogram
+globally (scikit-image ``equalize_hist``, 256 bins) and maps the result back to 0..255 by
+the same rounding: ``floor(cdf * 255 + 1/2)``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class Window:
     name: str
     level: float
     width: float
+    equalise: bool = False  # histogram equalisation of each slice after windowing
 
     def __post_init__(self) -> None:
         if not self.width > 0:
@@ -55,7 +61,8 @@ class Window:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Window":
-        return cls(name=data["name"], level=float(data["level"]), width=float(data["width"]))
+        return cls(name=data["name"], level=float(data["level"]), width=float(data["width"]),
+                   equalise=bool(data.get("equalise", False)))
 
 
 # Level/width presets. Sources: Radiopaedia "windowing (CT)" for lung, mediastinum,
@@ -82,11 +89,16 @@ def parse_window(text: str) -> Window:
     -160.0
     >>> parse_window("-100:200").name
     'w-100_200'
+    >>> parse_window("100:400/eq").name, parse_window("100:400/eq").equalise
+    ('w100_400_eq', True)
     """
     spec = text.strip()
     name = None
     if "=" in spec:
         name, spec = (part.strip() for part in spec.split("=", 1))
+    if spec.lower().endswith("/eq"):
+        plain = parse_window(spec[:-3])
+        return Window(name=name or f"{plain.name}_eq", level=plain.level, width=plain.width, equalise=True)
     if spec.lower() in PRESETS:
         preset = PRESETS[spec.lower()]
         return Window(name=name or preset.name, level=float(preset.level), width=float(preset.width))
@@ -105,7 +117,7 @@ def parse_window(text: str) -> Window:
     guess = closest(spec, PRESETS)
     hint = f"did you mean {guess!r}? " if guess is not None else ""
     raise ParameterError(f"window {text!r}: {hint}expected a preset ({', '.join(PRESETS)}), 'level,width' "
-                         "(e.g. 40,400) or 'min:max' (e.g. -160:240)")
+                         "(e.g. 40,400) or 'min:max' (e.g. -160:240), each optionally with '/eq'")
 
 
 @lru_cache(maxsize=64)
@@ -133,7 +145,19 @@ def apply_window(hu: np.ndarray, window: Window, out: np.ndarray | None = None) 
         out = np.empty(hu.shape, dtype=np.uint8)
     if out.shape != hu.shape:
         raise ParameterError(f"apply_window: out has shape {out.shape}, hu {hu.shape}")
-    return lookup(window_lookup_table(window), hu.view(np.uint16), out)
+    lookup(window_lookup_table(window), hu.view(np.uint16), out)
+    return equalise_slices(out) if window.equalise else out
+
+
+def equalise_slices(image: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation of each 2D slice (the last two axes) of a uint8 array, in place."""
+    from skimage.exposure import equalize_hist
+
+    flat = image.reshape(-1, *image.shape[-2:])
+    for plane in flat:
+        if plane.min() != plane.max():  # a constant slice has no histogram to spread
+            plane[...] = np.floor(equalize_hist(plane, nbins=256) * 255 + 0.5).astype(np.uint8)
+    return image
 
 
 def apply_windows(hu: np.ndarray, windows: tuple[Window, ...] | list[Window],
@@ -173,8 +197,10 @@ def windowed_slices(hu: np.ndarray, windows: tuple[Window, ...] | list[Window]) 
 
     def make_slice(z: int) -> np.ndarray:
         out = np.empty((len(tables), *hu.shape[1:]), dtype=np.uint8)
-        for channel, table in enumerate(tables):
+        for channel, (table, window) in enumerate(zip(tables, windows)):
             lookup(table, bits[z], out[channel])
+            if window.equalise:
+                equalise_slices(out[channel])
         return out
 
     return LazySlices((hu.shape[0], len(windows), *hu.shape[1:]), np.uint8, make_slice)

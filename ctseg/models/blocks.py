@@ -4,7 +4,7 @@
 * :class:`StridedUNet` — pix2pix-style encoder-decoder: 4x4 stride-2 convolutions down
   (no pooling), transposed 4x4 stride-2 convolutions or x2 nearest-neighbour resize + 3x3 convolution up (resize-convolution, Odena et al. 2016),
   U-Net skips by concatenation, an optional hook at the bottleneck (CTumorGAN's noise,
-  crgan's ConvLSTM). Used by ctumorgan, segan and (issue 6) crgan.
+  crgan's ConvLSTM) and one before every decoder up-sampling (CTumorGAN's paper noise). Used by ctumorgan, segan and (issue 6) crgan.
 * :class:`PoolUNet` — the classic U-Net: two 3x3 convolutions per level, max-pooling
   down, transposed 2x2 convolutions up. Used by unet and (issue 6) LGAN.
 * :class:`PatchDiscriminator` (pix2pix's N-layer PatchGAN) and
@@ -94,13 +94,15 @@ class StridedUNet(nn.Module):
     (pix2pix: at 1x1 with batch size 1 batch norm has one value per channel). The
     decoder mirrors the encoder; its last block maps to ``out_ch`` at full resolution.
     ``bottleneck`` (optional) transforms the innermost features (it receives the
-    forward's keyword arguments) and adds ``bottleneck_extra`` channels.
+    forward's keyword arguments) and adds ``bottleneck_extra`` channels; ``decoder_hook``
+    (optional) does the same before every decoder up-sampling, adding ``decoder_extra``.
     """
 
     def __init__(self, in_ch: int, out_ch: int, *, features: Sequence[int] = (64, 128, 256, 512, 512, 512, 512, 512),
                  up: str = "deconv", norm: str = "batch", down_act: str = "lrelu", up_act: str = "relu",
                  dropout: float = 0.0, dropout_layers: int = 3, out_act: str = "sigmoid",
-                 bottleneck: nn.Module | None = None, bottleneck_extra: int = 0):
+                 bottleneck: nn.Module | None = None, bottleneck_extra: int = 0,
+                 decoder_hook: nn.Module | None = None, decoder_extra: int = 0):
         super().__init__()
         features = list(features)
         n = len(features)
@@ -116,9 +118,10 @@ class StridedUNet(nn.Module):
         for i in range(n - 1, 0, -1):  # up to the resolution of encoder level i-1, then concat its skip
             width = features[i - 1]
             drop = dropout if (n - 1 - i) < dropout_layers else 0.0
-            self.up.append(Up(prev, width, mode=up, norm=norm, act=up_act, dropout=drop))
+            self.up.append(Up(prev + decoder_extra, width, mode=up, norm=norm, act=up_act, dropout=drop))
             prev = width * 2
-        self.final = Up(prev, out_ch, mode=up, norm="none", act="none")
+        self.final = Up(prev + decoder_extra, out_ch, mode=up, norm="none", act="none")
+        self.decoder_hook = decoder_hook
         self.out_act = out_act
         self.size_multiple = 2 ** n
 
@@ -130,8 +133,11 @@ class StridedUNet(nn.Module):
         if self.bottleneck is not None:
             x = self.bottleneck(x, **kwargs)
         for block, skip in zip(self.up, reversed(skips[:-1])):
-            x = torch.cat([block(x), skip], dim=1)
-        return output_activation(self.out_act, self.final(x))
+            x = torch.cat([block(self._hook(x, kwargs)), skip], dim=1)
+        return output_activation(self.out_act, self.final(self._hook(x, kwargs)))
+
+    def _hook(self, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        return x if self.decoder_hook is None else self.decoder_hook(x, **kwargs)
 
 
 class PoolUNet(nn.Module):

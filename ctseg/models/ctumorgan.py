@@ -3,11 +3,14 @@ tomography tumor segmentation", Eur J Nucl Med Mol Imaging 2020).
 
 Generator ``g``: an encoder-decoder of 4x4 stride-2 convolutions (no pooling) with U-Net
 skips, leaky ReLU, and a tanh output mapped to [0, 1] ((tanh + 1) / 2). The 100-d noise
-vector z ~ N(0, I) joins at the **bottleneck**: it is tiled over the innermost feature
-map's grid and concatenated to it as 100 extra channels, so the first decoder
-convolution mixes it in (a learned projection of z is exactly that convolution's
-weights on those channels). Prediction uses z = 0, the noise's mean, so that outputs
-are deterministic (``predict_noise: sample`` draws z instead).
+vector z ~ N(0, I) is tiled over a feature map's grid and concatenated to it as 100 extra
+channels (a learned projection of z is exactly the next convolution's weights on those
+channels). ``z_at: decoder`` (the paper preset) feeds z to **every** deconvolution layer
+of the decoder, deconv8 (the bottleneck) to deconv1, as Sec. 2.2.4 says: "the input image
+c and 100-d noise vector z are respectively forwarded to convolutional layers and
+deconvolutional layers"; ``z_at: bottleneck`` (the default, and every checkpoint written
+before the option) feeds it to deconv8 only. Prediction uses z = 0, the noise's mean, so
+that outputs are deterministic (``predict_noise: sample`` draws z instead).
 
 Discriminator ``d``: pix2pix's 70x70 PatchGAN on (CT, mask) pairs. Real pairs are
 (CT, truth); fakes are (CT, G(CT)) on detached outputs; and, as in the paper, the
@@ -21,7 +24,13 @@ Generator loss: alpha * bce(D(CT, G(CT)), 1) + beta * MSE(G, truth) + gamma * (1
 ("shape context"), weights from ``loss_weights`` and each phase. The paper's two phases
 (``--preset paper``): Adam beta1 0.5, batch 1, lr 2e-4 for 200 epochs with (alpha, beta,
 gamma) = (0, 1, 0), then lr 5e-5 for 100 epochs with (1, 0, 100); the paper binarises
-at 0.1 (``threshold``; 0.5 elsewhere).
+at 0.1 (``threshold``; 0.5 elsewhere). The paper trains on tumour slices only (Sec. 2.1:
+"we only focus on slices that have tumor"), whole slices (512 x 512), no augmentation.
+
+The Table 2 loss study (Sec. 3.1: MAE, MSE, weighted cross entropy, Dice, MSE+Dice "on our
+proposed Generator networks"): ``g_loss`` other than ``gan`` (one of ctseg.models.losses'
+STUDY_LOSSES, the same names as unet's ``loss``) trains ``g`` with that loss only (the
+adversarial weight 0, ``d`` not trained, alpha/beta/gamma unused). The ``unet`` model stays the plain baseline.
 """
 
 from __future__ import annotations
@@ -32,12 +41,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ctseg.errors import ConfigError
 from ctseg.models.base import SegModel, StepContext, scalar
 from ctseg.models.blocks import PatchDiscriminator, StridedUNet, init_weights
-from ctseg.models.losses import dice_loss, gan_loss, soft_dice
+from ctseg.models.losses import STUDY_LOSSES, dice_loss, gan_loss, soft_dice, study_loss
 from ctseg.models.registry import register
 
 BANK_SIZE = 8  # recent truths kept for wrong-mask pairs when the batch has a single slice
+Z_AT = ("bottleneck", "decoder")
+G_LOSSES = ("gan", *STUDY_LOSSES)  # gan: Eq. (7); the rest: Table 2 on G alone
 
 
 class NoiseBottleneck(nn.Module):
@@ -58,13 +70,17 @@ class NoiseBottleneck(nn.Module):
 class CTumorGAN(SegModel):
     options_defaults = {"features": [64, 128, 256, 512, 512, 512, 512, 512], "z_dim": 100, "norm": "batch",
                         "d_features": 64, "d_layers": 3, "gan_loss": "bce", "wrong_pairs": True,
-                        "predict_noise": "zero"}
+                        "predict_noise": "zero", "z_at": "bottleneck", "g_loss": "gan"}
 
     def build(self):
         z_dim = int(self.options["z_dim"])
+        for key, allowed in (("z_at", Z_AT), ("g_loss", G_LOSSES)):
+            if self.options[key] not in allowed:
+                raise ConfigError(f"model_options.{key} must be one of {allowed}, found {self.options[key]!r}")
+        noise = {"bottleneck": {"bottleneck": NoiseBottleneck(z_dim), "bottleneck_extra": z_dim},
+                 "decoder": {"decoder_hook": NoiseBottleneck(z_dim), "decoder_extra": z_dim}}[self.options["z_at"]]
         g = StridedUNet(self.in_channels, self.out_channels, features=self.options["features"], up="deconv",
-                        norm=self.options["norm"], down_act="lrelu", up_act="lrelu", out_act="tanh01",
-                        bottleneck=NoiseBottleneck(z_dim), bottleneck_extra=z_dim)
+                        norm=self.options["norm"], down_act="lrelu", up_act="lrelu", out_act="tanh01", **noise)
         d = PatchDiscriminator(self.in_channels + self.out_channels, features=int(self.options["d_features"]),
                                n_layers=int(self.options["d_layers"]), norm=self.options["norm"])
         self.bank: torch.Tensor | None = None
@@ -79,7 +95,10 @@ class CTumorGAN(SegModel):
     @classmethod
     def paper_preset(cls) -> dict:
         adam = {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]}
+        # Sec. 2.1: tumour slices only, whole 512 x 512 slices; Sec. 2.3.2: batch 1; no augmentation is described.
         return {"batch_size": 1, "threshold": 0.1, "optimizers": {"g": adam, "d": adam},
+                "sampling": "lesion_only", "crop": "resize", "size": 512, "augment": {"enabled": False},
+                "model_options": {"z_at": "decoder"},
                 "phases": [{"epochs": 200, "lr": {"g": 2e-4, "d": 2e-4},
                             "loss_weights": {"alpha": 0.0, "beta": 1.0, "gamma": 0.0}},
                            {"epochs": 100, "lr": {"g": 5e-5, "d": 5e-5},
@@ -114,6 +133,8 @@ class CTumorGAN(SegModel):
         with ctx.amp.autocast():
             fake = self.net("g")(image, z=z)
         fake = fake.float()
+        if self.options["g_loss"] != "gan":
+            return self.loss_study_step(fake, target, ctx)
 
         # Discriminator on real, detached fake and wrong-mask pairs.
         wrong, valid = self.wrong_masks(target) if self.options["wrong_pairs"] else (target, target.new_zeros(0))
@@ -148,6 +169,13 @@ class CTumorGAN(SegModel):
                 "g_dice": scalar(soft_dice(fake.detach(), target)),
                 "d_real": scalar(torch.sigmoid(parts[0]).mean()), "d_fake": scalar(torch.sigmoid(parts[1]).mean())}
 
+    def loss_study_step(self, fake: torch.Tensor, target: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Table 2: the generator alone with one of the compared losses (no adversarial term)."""
+        loss = study_loss(self.options["g_loss"], fake, target)
+        ctx.update("g", loss)
+        return {"loss_g": scalar(loss), "g_mse": scalar(F.mse_loss(fake.detach(), target)),
+                "g_dice": scalar(soft_dice(fake.detach(), target))}
+
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         z = None
@@ -161,3 +189,4 @@ class CTumorGAN(SegModel):
     def load_extra_state(self, state: Mapping) -> None:
         bank = state.get("bank")
         self.bank = bank.to(self.device) if bank is not None else None
+

@@ -39,6 +39,26 @@ def weighted_bce(pred: torch.Tensor, target: torch.Tensor, pos_weight: float | N
     return F.binary_cross_entropy(pred, target, weight=weight)
 
 
+STUDY_LOSSES = ("mae", "mse", "weighted_ce", "dice", "mse_dice")  # CTumorGAN Table 2
+
+
+def study_loss(kind: str, pred: torch.Tensor, target: torch.Tensor, *, pos_weight: float | None = None,
+               mse_weight: float = 1.0, dice_weight: float = 1.0) -> torch.Tensor:
+    """One of the losses CTumorGAN's Table 2 compares (Sec. 3.1), on probabilities: ``mae`` (L1), ``mse``
+    (L2), ``weighted_ce`` (:func:`weighted_bce`, "weighted in this work"), ``dice``, ``mse_dice``."""
+    if kind == "mae":
+        return F.l1_loss(pred, target)
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "weighted_ce":
+        return weighted_bce(pred, target, pos_weight)
+    if kind == "dice":
+        return dice_loss(pred, target)
+    if kind == "mse_dice":
+        return mse_weight * F.mse_loss(pred, target) + dice_weight * dice_loss(pred, target)
+    raise ConfigError(f"loss must be one of {STUDY_LOSSES}, found {kind!r}")
+
+
 def gan_loss(logits: torch.Tensor, real: bool, kind: str = "bce") -> torch.Tensor:
     """The discriminator criterion against the all-real or all-fake label: bce (vanilla) or lsgan."""
     label = torch.ones_like(logits) if real else torch.zeros_like(logits)

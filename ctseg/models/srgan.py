@@ -261,6 +261,21 @@ class SRGAN(SegModel):
                            {"epochs": 100, "lr": {"g": 1e-4, "d": 1e-4}, "loss_weights": {"adversarial": 1e-3}},
                            {"epochs": 100, "lr": {"g": 1e-5, "d": 1e-5}, "loss_weights": {"adversarial": 1e-3}}]}
 
+    @classmethod
+    def casgan_preset(cls) -> dict:
+        """CasGAN's SR stage (softgan.txt Sec. 4, "Training details"): 5 residual blocks; weights 1 / 1e-3 /
+        8e-3 / 2e-8 for content (MSE) / adversarial / perceptual / TV; Adam lr 0.01; 40 epochs
+        ("generations"); HR 512 x 512 whole slices, LR 128 x 128 (x4). The paper gives no batch size and
+        no SRResNet pre-training phase: both networks train from the start, batch as configured."""
+        adam = {"name": "adam", "lr": 1e-2, "betas": [0.9, 0.999]}
+        return {"size": 512, "crop": "resize", "epochs": 40, "augment": {"enabled": False},
+                "model_options": {"g_blocks": 5, "scale": 4}, "optimizers": {"g": adam, "d": adam},
+                "loss_weights": {"content": 1.0, "adversarial": 1e-3, "perceptual": 8e-3, "tv": 2e-8}}
+
+    @classmethod
+    def presets(cls) -> dict[str, dict]:
+        return {"paper": cls.paper_preset(), "paper-casgan": cls.casgan_preset()}
+
     def to(self, device: torch.device) -> "SRGAN":
         super().to(device)
         if self.vgg is not None:

@@ -23,10 +23,9 @@ import torch.nn.functional as F
 
 from ctseg.models.base import SegModel, StepContext, scalar
 from ctseg.models.blocks import PoolUNet
-from ctseg.models.losses import dice_loss, soft_dice, weighted_bce
+from ctseg.models.losses import STUDY_LOSSES, soft_dice, study_loss
 from ctseg.models.registry import register
 
-LOSSES = ("mae", "mse", "weighted_ce", "dice", "mse_dice")
 
 
 @register("unet")
@@ -35,10 +34,10 @@ class UNet(SegModel):
                         "pos_weight": None, "dropout": 0.0, "prior_checkpoint": None}
 
     def build(self):
-        if self.options["loss"] not in LOSSES:
+        if self.options["loss"] not in STUDY_LOSSES:
             from ctseg.errors import ConfigError
 
-            raise ConfigError(f"unet: model_options.loss must be one of {LOSSES}, found {self.options['loss']!r}")
+            raise ConfigError(f"unet: model_options.loss must be one of {STUDY_LOSSES}, found {self.options['loss']!r}")
         prior = None
         if self.options["prior_checkpoint"]:  # a trained softgan's mask as an extra input channel (ctseg.models.prior)
             from ctseg.models.prior import load_prior
@@ -66,17 +65,10 @@ class UNet(SegModel):
                                                                         "betas": [0.5, 0.999]}}}
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        kind = self.options["loss"]
-        if kind == "mae":
-            return F.l1_loss(pred, target)
-        if kind == "mse":
-            return F.mse_loss(pred, target)
-        if kind == "weighted_ce":
-            weight = self.options["pos_weight"]
-            return weighted_bce(pred, target, None if weight is None else float(weight))
-        if kind == "dice":
-            return dice_loss(pred, target)
-        return ctx.weight("mse") * F.mse_loss(pred, target) + ctx.weight("dice") * dice_loss(pred, target)
+        weight = self.options["pos_weight"]
+        mixed = {"mse_weight": ctx.weight("mse"), "dice_weight": ctx.weight("dice")} if self.options["loss"] == "mse_dice" else {}
+        return study_loss(self.options["loss"], pred, target, pos_weight=None if weight is None else float(weight),
+                          **mixed)
 
     def train_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         image, target = batch["image"], batch["target"]

@@ -256,3 +256,25 @@ def test_lookup_table_is_read_only():
     table = window_lookup_table(PRESETS["liver"])
     with pytest.raises(ValueError):
         table[0] = 1
+
+
+def test_equalised_window_spreads_each_slice_histogram():
+    """crgan.txt Sec. 3.1: HU [100, 400] then histogram equalisation, per slice; `SPEC/eq` asks for it."""
+    from skimage.exposure import equalize_hist
+
+    from ctprep.windowing import parse_window, windowed_slices
+
+    window = parse_window("100:400/eq")
+    assert (window.name, window.lo, window.hi, window.equalise) == ("w100_400_eq", 100, 400, True)
+    assert parse_window("liver=liver/eq").name == "liver" and Window.from_dict(window.to_dict()) == window
+    rng = np.random.default_rng(0)
+    hu = np.stack([rng.normal(150, 20, (32, 32)), rng.normal(300, 60, (32, 32)),
+                   np.full((32, 32), 50.0)]).astype(np.int16)  # narrow, wide, constant (all below the window)
+    plain = apply_windows(hu, [parse_window("100:400")])[:, 0]
+    eq = apply_windows(hu, [window])[:, 0]
+    for z in range(2):  # each slice against scikit-image on its own windowed slice
+        expected = np.floor(equalize_hist(plain[z], nbins=256) * 255 + 0.5).astype(np.uint8)
+        assert np.array_equal(eq[z], expected)
+        assert eq[z].max() == 255 and np.ptp(eq[z]) > np.ptp(plain[z])
+    assert np.array_equal(eq[2], plain[2])  # a constant slice is left as it is
+    assert np.array_equal(np.stack([windowed_slices(hu, [window])[z][0] for z in range(3)]), eq)

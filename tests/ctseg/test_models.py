@@ -165,6 +165,52 @@ class TestCTumorGAN(ModelContract):
         assert config.weights_at(250) == {"alpha": 1.0, "beta": 0.0, "gamma": 100.0}
         assert config.phase_at(250)[1].lr == {"g": 5e-5, "d": 5e-5}
         assert config.optimizers["g"].betas == (0.5, 0.999)
+        # Sec. 2.1: tumour slices only, whole slices; Sec. 2.3.2: batch 1; Sec. 2.2.4: z to the deconvolutions
+        assert (config.sampling, config.crop, config.size, config.augment.enabled) == (
+            "lesion_only", "resize", 512, False)
+        assert config.model_options["z_at"] == "decoder"
+
+    def test_paper_noise_reaches_every_decoder_deconvolution(self):
+        """Ablation: with z_at decoder, changing z changes the input of the last deconvolution (deconv1);
+        with z_at bottleneck, the same z change reaches deconv1 only through the layers above it."""
+        model, _ = self.make(model_options={**self.options, "z_at": "decoder"})
+        g = model.nets["g"].eval()
+        seen = []
+        g.final.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+        image = synthetic_batch()["image"]
+        with torch.no_grad():
+            g(image, z=torch.zeros(4, 10)), g(image, z=torch.ones(4, 10))
+        z_channels = slice(seen[0].shape[1] - 10, None)  # the tiled z, concatenated last
+        assert torch.equal(seen[0][:, z_channels], torch.zeros_like(seen[0][:, z_channels]))
+        assert torch.equal(seen[1][:, z_channels], torch.ones_like(seen[1][:, z_channels]))
+        assert not torch.allclose(seen[0][:, :z_channels.start], seen[1][:, :z_channels.start])
+        assert all(up.up.in_channels % 2 == 0 and up.up.in_channels > 10 for up in g.up)
+        plain, _ = self.make()
+        assert plain.nets["g"].final.up.in_channels == g.final.up.in_channels - 10
+
+    @pytest.mark.parametrize("loss", ["mae", "mse", "weighted_ce", "dice", "mse_dice"])
+    def test_each_table2_loss_trains_the_generator_alone(self, loss):
+        model, ctx = self.make(model_options={**self.options, "g_loss": loss})
+        d_before = [p.clone() for p in model.nets["d"].parameters()]
+        g_before = [p.clone() for p in model.nets["g"].parameters()]
+        logs = model.train().train_step(synthetic_batch(), ctx)
+        assert math.isfinite(float(logs["loss_g"])) and "loss_d" not in logs
+        assert all(torch.equal(a, b) for a, b in zip(d_before, model.nets["d"].parameters()))
+        assert not all(torch.equal(a, b) for a, b in zip(g_before, model.nets["g"].parameters()))
+
+    def test_weighted_cross_entropy_balances_the_classes(self):
+        from ctseg.models.losses import study_loss
+
+        target = torch.zeros(1, 1, 4, 4)
+        target[0, 0, 0, 0] = 1  # 1 positive, 15 negatives: the positive weighs 15
+        loss = study_loss("weighted_ce", torch.full_like(target, 0.5), target)  # every pixel costs log 2, weighted
+        assert float(loss) == pytest.approx(math.log(2) * (15 + 15) / 16, rel=1e-4)
+
+    def test_unknown_loss_or_noise_place_is_one_clear_error(self):
+        with pytest.raises(ConfigError, match="g_loss must be one of"):
+            self.make(model_options={**self.options, "g_loss": "l3"})
+        with pytest.raises(ConfigError, match="z_at must be one of"):
+            self.make(model_options={**self.options, "z_at": "everywhere"})
 
 
 class TestSegAN(ModelContract):

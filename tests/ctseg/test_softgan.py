@@ -76,6 +76,16 @@ class TestSRGAN(ModelContract):
         recon = model.eval().predict(image)
         assert recon.shape == image.shape and recon.min() >= 0 and recon.max() <= 1
 
+    def test_casgan_sr_stage_preset_follows_softgan_sec4(self):
+        """softgan.txt Sec. 4: 5 residual blocks, weights 1 / 1e-3 / 8e-3 / 2e-8, Adam 0.01, 40 epochs, 128 -> 512."""
+        config = build_config(model="srgan", layers=[{"store": "s.zarr", "target": "lesion"}], preset="paper-casgan")
+        assert config.model_options["g_blocks"] == 5 and config.model_options["scale"] == 4
+        assert config.loss_weights == {"content": 1.0, "adversarial": 1e-3, "perceptual": 8e-3, "tv": 2e-8}
+        assert config.optimizers["g"].lr == config.optimizers["d"].lr == 1e-2
+        assert (config.total_epochs, config.size, config.crop, config.phases) == (40, 512, "resize", ())
+        with pytest.raises(ConfigError, match="vgg_weights"):  # the perceptual term needs local VGG19 weights
+            build_model(config, 1)
+
     def test_predict_store_refuses_to_write_images_as_labels(self, sr_checkpoint, phantom_store):
         from ctprep.store import SliceStore
         from ctseg.predict import predict_store
