@@ -123,7 +123,7 @@ class NiftiGenericSource(NiftiPairSource):
         return DatasetManifest(
             name=self.name, title=layout.title or f"own NIfTI data ({layout.kind})", case_ids=(),
             label_values=dict(layout.label_values), labels=layout.labels, lesion_label=lesion,
-            default_windows=("abdomen",),
+            default_windows=("abdomen",), lesion_window=None,
             official_split=None, quirks=(), citation=layout.citation, licence=layout.licence, url="")
 
 
@@ -133,7 +133,7 @@ _HASHED = "case-h"
 def _placeholder_manifest() -> DatasetManifest:
     """The manifest before a folder is read: no labels known yet."""
     return DatasetManifest(name="nifti", title="own NIfTI data", case_ids=(), label_values={0: "background"},
-                           labels=(), lesion_label=None, default_windows=("abdomen",), official_split=None,
+                           labels=(), lesion_label=None, default_windows=("abdomen",), lesion_window=None, official_split=None,
                            quirks=(), citation="", licence="", url="")
 
 
