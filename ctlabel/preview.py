@@ -1,9 +1,12 @@
 """``ctlabel preview``: one PNG showing, for several lesions of a case, what ctlabel made of them.
 
-Each lesion is a tile of three panels over its crop: the slice (one stored window) with the
-RECIST axes (red long, blue short), the outline of the evidence mask (yellow: --from mask, the
-readers' union, or the store's lesion label for RECIST) and the binarised soft mask's outline (green); the trimap (black / grey / white); the soft
-mask (a colour map) with the same green outline. Tiles are laid out in a grid. OpenCV only.
+Each lesion is a tile of three titled panels over its crop: "CT + RECIST" (or "CT + outlines" without RECIST), the slice (one
+stored window) with the RECIST axes (red long, blue short), the outline of the evidence mask
+(yellow: --from mask, the readers' union, or the store's lesion label for RECIST) and the
+binarised soft mask's outline (green); "trimap" (black background / grey unknown / white
+foreground); "alpha", the soft mask in a colour map with a colour bar from 0 to 1 and the same
+green outline. A crop that is not square is centred in its panel on the canvas colour (no
+black bars that could read as image). Tiles are laid out in a grid. OpenCV only.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from ctlabel.errors import LabelInputError
 from ctlabel.soften import DEFAULT_THRESHOLD
 from ctprep.store import SliceStore
 from ctprep.store.layout import soft_base, soft_label, trimap_label
+from lkbase.atomic import atomic_path
 from lkbase.errors import ParameterError
 
 PANEL = 160  # pixels a side of each panel
 CAPTION = 18
+TITLE = 16  # the row of panel titles
+BAR = 14  # width of alpha's colour bar (plus its labels)
+CANVAS = 32  # grey of the background and of a non-square crop's surroundings
 MAX_COLUMNS = 3
 RED, BLUE, GREEN, YELLOW, WHITE = (0, 0, 255), (255, 96, 0), (0, 220, 0), (0, 220, 255), (255, 255, 255)
 
@@ -109,11 +116,31 @@ def _tile(*, gray, trimap, soft, outline, recist, origin, threshold, caption) ->
             _outline(panel, binary, GREEN)
     if isinstance(recist, dict):
         _axes(image, recist, origin, scale)
-    panels = [_padded(p) for p in (image, trimap_panel, soft_panel)]
-    body = np.concatenate([np.concatenate([p, np.full((PANEL, 2, 3), 64, np.uint8)], axis=1) for p in panels], axis=1)
-    strip = np.zeros((CAPTION, body.shape[1], 3), dtype=np.uint8)
+    panels = [_titled(_padded(p), title) for p, title in
+              ((image, "CT + RECIST" if isinstance(recist, dict) else "CT + outlines"), (trimap_panel, "trimap"),
+               (soft_panel, "alpha"))]
+    panels[2] = np.concatenate([panels[2], _colour_bar(panels[2].shape[0])], axis=1)
+    body = np.concatenate([np.concatenate([p, np.full((p.shape[0], 2, 3), 64, np.uint8)], axis=1) for p in panels],
+                          axis=1)
+    strip = np.full((CAPTION, body.shape[1], 3), CANVAS, dtype=np.uint8)
     cv2.putText(strip, caption, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, WHITE, 1, cv2.LINE_AA)
     return np.concatenate([strip, body], axis=0)
+
+
+def _titled(panel: np.ndarray, title: str) -> np.ndarray:
+    strip = np.full((TITLE, panel.shape[1], 3), CANVAS, dtype=np.uint8)
+    cv2.putText(strip, title, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, WHITE, 1, cv2.LINE_AA)
+    return np.concatenate([strip, panel], axis=0)
+
+
+def _colour_bar(height: int) -> np.ndarray:
+    """Alpha's colour map from 1 (top) to 0 (bottom), labelled, beside the alpha panel."""
+    bar = np.full((height, BAR + 14, 3), CANVAS, dtype=np.uint8)
+    ramp = np.linspace(255, 0, height - TITLE - 8).astype(np.uint8)[:, None].repeat(BAR - 6, axis=1)
+    bar[TITLE + 4:height - 4, 2:BAR - 4] = cv2.applyColorMap(ramp, cv2.COLORMAP_VIRIDIS)
+    cv2.putText(bar, "1", (BAR - 2, TITLE + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, WHITE, 1, cv2.LINE_AA)
+    cv2.putText(bar, "0", (BAR - 2, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.35, WHITE, 1, cv2.LINE_AA)
+    return bar
 
 
 def _outline(panel: np.ndarray, mask: np.ndarray, colour) -> None:
@@ -133,8 +160,11 @@ def _axes(panel: np.ndarray, recist: dict, origin: tuple[int, int], scale: float
 
 
 def _padded(panel: np.ndarray) -> np.ndarray:
-    out = np.zeros((PANEL, PANEL, 3), dtype=np.uint8)
-    out[:panel.shape[0], :panel.shape[1]] = panel[:PANEL, :PANEL]
+    """The panel centred on a PANEL x PANEL square of the canvas colour."""
+    out = np.full((PANEL, PANEL, 3), CANVAS, dtype=np.uint8)
+    h, w = min(panel.shape[0], PANEL), min(panel.shape[1], PANEL)
+    top, left = (PANEL - h) // 2, (PANEL - w) // 2
+    out[top:top + h, left:left + w] = panel[:h, :w]
     return out
 
 
@@ -142,7 +172,7 @@ def _grid(tiles: Sequence[np.ndarray]) -> np.ndarray:
     columns = min(MAX_COLUMNS, math.ceil(math.sqrt(len(tiles))))
     height, width = tiles[0].shape[:2]
     rows = math.ceil(len(tiles) / columns)
-    canvas = np.full((rows * (height + 4), columns * (width + 4), 3), 32, dtype=np.uint8)
+    canvas = np.full((rows * (height + 4), columns * (width + 4), 3), CANVAS, dtype=np.uint8)
     for k, tile in enumerate(tiles):
         r, c = divmod(k, columns)
         canvas[r * (height + 4):r * (height + 4) + height, c * (width + 4):c * (width + 4) + width] = tile
@@ -154,8 +184,7 @@ def write_lesion_preview(store_path: str | Path, case_id: str, out: str | Path, 
     """Render :func:`render_lesion_preview` into the PNG ``out``."""
     image = render_lesion_preview(SliceStore.open(store_path), case_id, name=name, channel=channel,
                                   max_lesions=max_lesions)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), image):
-        raise OSError(f"{out}: OpenCV could not write the PNG")
-    return out
+    with atomic_path(out) as tmp:
+        if not cv2.imwrite(str(tmp), image):
+            raise OSError(f"{out}: OpenCV could not write the PNG")
+    return Path(out)
