@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ctlabel.label import LabelConfig, label_store
-from ctlabel.preview import CAPTION, PANEL, render_lesion_preview, write_lesion_preview
+from ctlabel.preview import BAR, CAPTION, PANEL, TITLE, render_lesion_preview, write_lesion_preview
 from ctlabel.trimap import recist_from_mask
 from ctprep.store import SliceStore
 
@@ -35,15 +35,20 @@ def labelled(tmp_path, lk):
 
 def test_grid_of_tiles(labelled):
     image = render_lesion_preview(SliceStore.open(labelled), "c")
-    tile_h, tile_w = CAPTION + PANEL, 3 * (PANEL + 2)
+    tile_h, tile_w = CAPTION + TITLE + PANEL, 3 * (PANEL + 2) + BAR + 14
     assert image.shape == (2 * (tile_h + 4), 2 * (tile_w + 4), 3)  # 4 lesions: 2 x 2
-    first = image[CAPTION:CAPTION + PANEL, :PANEL]
+    top = CAPTION + TITLE  # the tile's caption, then the panels' titles
+    first = image[top:top + PANEL, :PANEL]
     red = (first[..., 2] > 150) & (first[..., 1] < 80) & (first[..., 0] < 80)
     green = (first[..., 1] > 150) & (first[..., 2] < 80) & (first[..., 0] < 80)
     assert red.sum() > 20  # the RECIST long axis
     assert green.sum() > 20  # the binarised soft mask's outline
-    trimap_panel = image[CAPTION:CAPTION + PANEL, PANEL + 2:2 * PANEL + 2]
+    trimap_panel = image[top:top + PANEL, PANEL + 2:2 * PANEL + 2]
     assert {0, 128, 255} <= set(np.unique(trimap_panel))
+    titles = image[CAPTION:top, :PANEL]
+    assert (titles > 200).sum() > 20  # "CT + RECIST" written above the first panel
+    bar = image[top + 10:top + PANEL - 10, 3 * (PANEL + 2) + 4]
+    assert len({tuple(p) for p in bar}) > 20  # alpha's colour bar: a ramp of colours
     one = render_lesion_preview(SliceStore.open(labelled), "c", max_lesions=1)
     assert one.shape == (tile_h + 4, tile_w + 4, 3)
 
