@@ -1,5 +1,6 @@
 """ctseg on a store in a bucket (moto's server on 127.0.0.1): ``ctseg train`` reads its batches from
-the bucket, and ``ctseg predict`` writes the same predictions there as into a local copy."""
+the bucket (in a DataLoader worker process, which finds the endpoint in the environment, the one
+configuration rule), and ``ctseg predict`` writes the same predictions there as into a local copy."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def test_train_and_predict_on_a_bucket_store(s3_endpoint, phantom_store, tmp_pat
     for name, store in (("bucket", url), ("local", phantom_store)):
         runs[name] = tmp_path / f"run-{name}"
         done = runner.invoke(main, ["train", "--model", "unet", "--store", str(store), "--target", "tumour",
-                                    "--out", str(runs[name]), "--seed", "3", *TINY])
+                                    "--out", str(runs[name]), "--seed", "3", "--workers", "1", *TINY])
         assert done.exit_code == 0, done.output
         assert "1 epochs, 2 steps" in done.output, done.output
     import torch
@@ -50,3 +51,23 @@ def test_train_and_predict_on_a_bucket_store(s3_endpoint, phantom_store, tmp_pat
     for name in names:
         np.testing.assert_array_equal(b.read_label("volume-0", name), a.read_label("volume-0", name))
     assert b.current_checksums("volume-0") == a.current_checksums("volume-0")
+
+
+def test_a_batch_of_items_from_a_bucket_equals_item_by_item(s3_endpoint, phantom_store):
+    """SliceDataset.__getitems__ (what torch's DataLoader calls with a batch sampler) reads a batch's
+    slices with one read_slices (one concurrent fetch); its items are those read one by one."""
+    import s3fs
+    import torch
+
+    from ctseg.data import SliceDataset
+
+    url = f"s3://{s3_endpoint.new_bucket()}/phantom.zarr"
+    s3fs.S3FileSystem().put(str(phantom_store), url[len("s3://"):], recursive=True)
+    data = SliceDataset(url, SliceStore.open(url).index(), targets=["tumour"], size=32, crop="centre", context=1)
+    items = list(range(0, len(data), 5))
+    batch = data.__getitems__(items)
+    assert len(batch) == len(items)
+    for item, got in zip(items, batch):
+        want = data[item]
+        assert got["index"] == item and got["image"].shape[0] == data.in_channels == 6
+        assert torch.equal(got["image"], want["image"]) and torch.equal(got["target"], want["target"])
