@@ -2,7 +2,7 @@
 
 A slice equal to the fill value has no chunk object; asking for it costs a round trip that
 answers 404, so the reader requests only recorded chunks (counted here from s3fs's own
-request log), and a recorded chunk that the bucket lacks is one clear error, not zeros.
+request log), with no HEAD before each GET, and a recorded chunk that the bucket lacks is one clear error, not zeros.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def _batch(store: SliceStore) -> tuple[list[tuple[str, int]], list[str]]:
     return keys, store.label_names(keys[0][0])
 
 
-def _requested(caplog) -> list[str]:
-    """Object keys s3fs asked the server for (its debug log of every GetObject)."""
-    return [r.getMessage() for r in caplog.records if "get_object" in r.getMessage()]
+def _requested(caplog, call: str = "get_object") -> list[str]:
+    """Requests s3fs sent the server (its debug log of every call: ``CALL: get_object - ...``)."""
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"CALL: {call} ")]
 
 
 def test_a_batch_requests_only_recorded_chunks(stores, caplog):
@@ -58,6 +58,7 @@ def test_a_batch_requests_only_recorded_chunks(stores, caplog):
     requested = _requested(caplog)  # a batch after the first: no metadata requests, one per recorded chunk
     assert all("zarr.json" not in r for r in requested), requested[:5]
     assert len(requested) == recorded < len(keys) * (1 + len(names))
+    assert not _requested(caplog, "head_object")  # no HEAD before each GET (s3fs's default max_concurrency)
 
 
 def test_a_recorded_chunk_missing_from_the_bucket_is_an_error(stores, s3_endpoint):
