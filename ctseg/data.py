@@ -1,8 +1,8 @@
 """Training data straight from a slice store: a torch Dataset, batch samplers and the DataLoader.
 
-* :class:`SliceDataset` reads one stored slice per item through ``SliceStore.read_slices``
-  (no copy of the store): its windows as channels, optionally ``context`` neighbouring
-  slices each side as more channels (clamped at the ends of the case), and the target
+* :class:`SliceDataset` reads a batch's stored slices with one ``SliceStore.read_slices``
+  (``__getitems__``; no copy of the store): each item's windows as channels, optionally
+  ``context`` neighbouring slices each side as more channels (clamped at the ends of the case), and the target
   label(s) as float masks in [0, 1] (binary uint8 labels become 0/1, float32 soft
   masks are kept). It crops ``size`` x ``size`` (a mix of lesion-centred crops, crops
   elsewhere in the body and, optionally, hard negatives: ctseg.crops), at random or at
@@ -224,23 +224,35 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ``i`` uncropped: uint8 inputs (C', H, W) and float32 targets (labels, H, W)."""
-        case, z = self.cases[i], int(self.rows[i])
-        centre = self.store.read_slices([(case, z)], labels=self.targets)
+        return self.read_many([i])[0]
+
+    def read_many(self, indices: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``read`` of several items with one ``read_slices`` for their slices (+1 for context rows):
+        on an object store a batch then waits for two round trips, not two per item."""
+        keys = [(self.cases[i], int(self.rows[i])) for i in indices]
+        centre = self.store.read_slices(keys, labels=self.targets)
+        images = np.split(centre.image, len(keys))  # (rows, windows, H, W) each, as stack_inputs wants
         if self.context:
-            rows = context_rows(z, self.num_slices[case], self.context)
-            image = self.store.read_slices([(case, r) for r in rows]).image
-        else:
-            image = centre.image
-        return stack_inputs(image, self.channels), target_array([centre.labels[t][0] for t in self.targets])
+            rows = [context_rows(z, self.num_slices[c], self.context) for c, z in keys]
+            flat = self.store.read_slices([(c, r) for (c, _), rs in zip(keys, rows) for r in rs]).image
+            images = np.split(flat, len(keys))
+        return [(stack_inputs(image, self.channels), target_array([centre.labels[t][k] for t in self.targets]))
+                for k, image in enumerate(images)]
 
     def __getitem__(self, item: int | ItemKey) -> dict:
-        with _one_thread():
-            return self._item(item)
+        return self.__getitems__([item])[0]
 
-    def _item(self, item: int | ItemKey) -> dict:
-        i, words = (item, (self.seed, int(item))) if isinstance(item, (int, np.integer)) else item
+    def __getitems__(self, items: Sequence[int | ItemKey]) -> list[dict]:
+        """A batch's items (torch's DataLoader calls this with a batch sampler): their slices read at once."""
+        with _one_thread():
+            keyed = [(item, (self.seed, int(item))) if isinstance(item, (int, np.integer)) else item
+                     for item in items]
+            return [self._item(i, words, pair)
+                    for (i, words), pair in zip(keyed, self.read_many([int(i) for i, _ in keyed]))]
+
+    def _item(self, i: int, words: Sequence[int], pair: tuple[np.ndarray, np.ndarray]) -> dict:
         rng = np.random.default_rng(list(words))
-        image, target = self.read(int(i))
+        image, target = pair
         length = self.size + 2 * self.margin
         if self.crop == "resize":
             image_t, target_t = self._resized(image, target, length)

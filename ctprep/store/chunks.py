@@ -47,8 +47,12 @@ class _ChunkFiles:
     module writes; anything else goes through zarr.
     """
 
-    def __init__(self, array: zarr.Array, folder: Path):
+    def __init__(self, array: zarr.Array, folder: Path, stored: frozenset[str] | None = None):
         self.folder = folder
+        # Chunk keys the case record lists for this array (None: not recorded, old stores). Reads
+        # through an object store request only these: a slice equal to the fill value has no
+        # object, and asking for it costs a round trip that answers 404.
+        self.stored = stored
         self.array = array
         self.chunk_shape = tuple(array.metadata.chunk_grid.chunk_shape)
         self.dtype = array.dtype
@@ -90,6 +94,10 @@ class _ChunkFiles:
             raise StoreError(f"{self._path(z)}: corrupt chunk, slice {z} ({exc}); `ctprep verify` the store") from exc
         if self.dtype.byteorder == ">" or (self.dtype.byteorder == "=" and np.little_endian is False):
             out.byteswap(inplace=True)  # pragma: no cover - we only write little-endian
+
+    def has_chunk(self, z: int) -> bool:
+        """Whether slice ``z`` may have a chunk (False: recorded as the fill value, no object)."""
+        return self.stored is None or self._encoding.encode_chunk_key((z, *self._zeros)) in self.stored
 
     def chunk_path(self, z: int) -> str:
         """Where slice ``z``'s chunk is, ``/``-joined (an fsspec path when ``folder`` is one)."""
@@ -221,22 +229,34 @@ def read_slices_into(jobs: list[tuple[object, int, np.ndarray]], fs=None) -> Non
 
     With ``fs`` (an object store) every chunk of the batch is requested at once (fsspec
     ``cat`` of many paths: concurrent on async filesystems such as s3fs), so the batch
-    waits for about one round trip instead of one per chunk. Other readers (zarr arrays
-    in a layout _ChunkFiles does not handle) read ``reader[z]``.
+    waits for about one round trip instead of one per chunk; only chunks the case record
+    lists are requested (``reader.stored``), and one it lists but the store lacks is a
+    StoreError. Other readers (zarr arrays in a layout _ChunkFiles does not handle) read
+    ``reader[z]``.
     """
     fetched: dict[str, object] = {}
     if fs is not None:
-        paths = [r.chunk_path(z) for r, z, _ in jobs if isinstance(r, _ChunkFiles)]
-        fetched = fs.cat(paths, on_error="return") if paths else {}
+        paths = {r.chunk_path(z) for r, z, _ in jobs if isinstance(r, _ChunkFiles) and r.has_chunk(z)}
+        fetched = fs.cat(sorted(paths), on_error="return") if paths else {}
     for reader, z, out in jobs:
         if not isinstance(reader, _ChunkFiles):
             out[...] = reader[z]
         elif fs is None:
             reader.read_into(z, out)
         else:
-            payload = fetched.get(reader.chunk_path(z))
-            if isinstance(payload, FileNotFoundError):
-                payload = None
-            elif isinstance(payload, BaseException):
-                raise payload
-            reader.decode_into(z, payload, out)
+            reader.decode_into(z, _fetched_payload(reader, z, fetched), out)
+
+
+def _fetched_payload(reader: _ChunkFiles, z: int, fetched: Mapping[str, object]) -> bytes | None:
+    """Slice ``z``'s chunk bytes from a batch fetch (None: the fill value); a recorded chunk missing is an error."""
+    if not reader.has_chunk(z):
+        return None
+    payload = fetched.get(reader.chunk_path(z))
+    if isinstance(payload, FileNotFoundError):
+        if reader.stored is None:
+            return None
+        raise StoreError(f"{reader.chunk_path(z)}: missing chunk, slice {z} (the case record lists it); "
+                         "`ctprep verify` the store")
+    if isinstance(payload, BaseException):
+        raise payload
+    return payload  # type: ignore[return-value]

@@ -36,6 +36,17 @@ _PROCESS_LOCAL_PROTOCOLS = {"memory"}  # filesystems that exist only inside one 
 # Other processes (workers, other runs) add cases: a cached listing would hide them (s3fs caches
 # every listing for the life of the filesystem object, e.g. an empty cases/ from before the run).
 _NO_LISTING_CACHE = {"use_listings_cache": False}
+# s3fs (max_concurrency > 1, its default) sends a HEAD before every whole-object GET to decide
+# whether to split it into ranged GETs; a store's objects (one slice each) are far below its
+# block size, so the HEAD only doubles the requests (benchmarks/bench_read.py --s3).
+_PROTOCOL_OPTIONS = {"s3": {"max_concurrency": 1}, "s3a": {"max_concurrency": 1}}
+
+
+def storage_options(url: str) -> dict:
+    """The fsspec options every filesystem a store opens at ``url`` is made with."""
+    from fsspec.utils import get_protocol
+
+    return {**_NO_LISTING_CACHE, **_PROTOCOL_OPTIONS.get(get_protocol(url), {})}
 _REACHED: set[tuple[str, str]] = set()  # (protocol, bucket) this process has already reached
 
 
@@ -70,7 +81,7 @@ class _Files:
             self.fs, self.root, self.protocol = LocalFileSystem(), os.path.abspath(location), "file"
         else:
             try:
-                self.fs, self.root = fsspec.core.url_to_fs(self.url, **_NO_LISTING_CACHE)
+                self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options(self.url))
             except ValueError as exc:  # fsspec: "Protocol not known: foo"
                 raise StoreError(f"{self.url}: unknown storage protocol ({exc}); use a path or a URL such as "
                                  "file://, memory://, s3:// (pip install s3fs), gs:// (pip install gcsfs)") from None
@@ -113,7 +124,7 @@ class _Files:
             return LocalStore(self.local, read_only=read_only)
         from zarr.storage import FsspecStore
 
-        return FsspecStore.from_url(self.url, read_only=read_only, storage_options=_NO_LISTING_CACHE)
+        return FsspecStore.from_url(self.url, read_only=read_only, storage_options=storage_options(self.url))
 
     def exists(self, rel: str = "") -> bool:
         try:

@@ -1,7 +1,7 @@
 """Reading stored slices into batches: the part of :class:`~ctprep.store.SliceStore` behind ``read_slices``.
 
-Convention: a mixin of SliceStore (it uses the store's ``record``, ``_array``, ``_files`` and
-``_chunk_files``); a local array with bytes + zstd one-slice chunks is read straight from its
+Convention: a mixin of SliceStore (it uses the store's ``record``, ``recorded_checksums``,
+``_array``, ``_files`` and ``_chunk_files``); a local array with bytes + zstd one-slice chunks is read straight from its
 chunk files (chunks._ChunkFiles), any other through zarr.
 """
 
@@ -26,8 +26,14 @@ class SliceReading:
             array = self._array(case_id, name)
             local = self._files.local
             # Chunk files are read directly (fast path; on object stores a batch's at once), others through zarr.
-            folder = local / array.path if local is not None else self._files.path(array.path)
-            self._chunk_files[key] = _ChunkFiles(array, folder) if _ChunkFiles.usable(array) else array
+            if not _ChunkFiles.usable(array):
+                self._chunk_files[key] = array
+            elif local is not None:
+                self._chunk_files[key] = _ChunkFiles(array, local / array.path)
+            else:  # only the recorded chunks are requested (None: not recorded, ask for all)
+                recorded = self.recorded_checksums(case_id).get(name)
+                stored = frozenset(recorded) if recorded is not None else None
+                self._chunk_files[key] = _ChunkFiles(array, self._files.path(array.path), stored)
         return self._chunk_files[key]
 
     def read_slices(self, keys: Sequence[tuple[str, int]], labels: Sequence[str] = ()) -> SliceBatch:
