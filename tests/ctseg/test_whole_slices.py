@@ -143,3 +143,67 @@ def test_unet_segments_whole_slices_of_a_real_ct(whole_ct_store, tmp_path):
     tp = np.logical_and(truth, mask).sum()
     dice, precision = 2 * tp / (truth.sum() + mask.sum()), tp / max(mask.sum(), 1)
     assert dice >= 0.6 and precision >= 0.5, (dice, precision, result.history)
+
+
+# ---- every segmenting model, from its defaults --------------------------------------------------------
+SEGMENTERS = ("unet", "ctumorgan", "segan", "crgan", "lgan-basic", "lgan-product", "lgan-ef", "lgan-lf",
+              "lgan-regression")
+_LGAN = {"features": [16, 32, 64], "critic_features": [16, 32, 64], "fc": 64}
+# CPU-sized networks: each default architecture, narrower (and the 8-level ones shallower, for 64-px crops).
+TINY = {"unet": {"features": [16, 32, 64]},
+        "ctumorgan": {"features": [16, 32, 64, 64, 64, 64], "d_features": 16, "z_dim": 16},
+        "segan": {"features": [16, 32, 64, 64], "critic_features": [16, 32, 64]},
+        "crgan": {"features": [16, 32, 64, 64, 64, 64], "d_features": 16},
+        **{name: dict(_LGAN) for name in SEGMENTERS if name.startswith("lgan")}}
+WHOLE_SLICE_STEPS = 150
+
+
+def defaults_layer(model: str, store, out, steps: int = WHOLE_SLICE_STEPS) -> dict:
+    """All a user gives beyond the model's defaults: store, target, out; here also a tiny network, 64-px
+    crops and few steps (10 epochs). Validation is the default one (held-out slices: no val case)."""
+    return {"store": str(store), "target": "tumour", "out": str(out), "size": 64, "batch_size": 8,
+            "epochs": 10, "steps_per_epoch": max(steps // 10, 1), "image_every": 0, "model_options": TINY[model]}
+
+
+def whole_case_scores(checkpoint, store, copy) -> dict:
+    """Dice, precision, recall of the case predicted whole as `ctseg predict` does by default (the run's
+    post-processing), and the crop-only Dice (crops of the training size centred on the nodule)."""
+    import torch
+
+    from ctseg.build import load_model
+    from ctseg.crops import crop_padded
+    from ctseg.metrics import confusion, overlap_metrics
+    from ctseg.predict import predict_store
+
+    shutil.copytree(store, copy)
+    predict_store(checkpoint, copy, name="x", progress=False)
+    case = SliceStore.open(copy).read_case("volume-0", labels=["tumour", "pred_x_mask"])
+    truth, mask = case.labels["tumour"] > 0, case.labels["pred_x_mask"] > 0
+    whole = overlap_metrics(confusion(mask, truth))
+    model, config, _ = load_model(checkpoint, "cpu")
+    zs = np.nonzero(truth.any(axis=(1, 2)))[0]
+    ys, xs = np.nonzero(truth.any(axis=0))
+    cy, cx = int(ys.mean()), int(xs.mean())
+    crops = torch.from_numpy(np.stack([crop_padded(case.image[z], cy, cx, config.size) for z in zs])).float() / 255
+    crop_truth = np.stack([crop_padded(truth[z][None], cy, cx, config.size)[0] for z in zs])
+    model.eval()
+    crop = overlap_metrics(confusion(model.predict(crops)[:, 0].numpy() >= config.threshold, crop_truth))
+    return {k: float(whole[k]) for k in ("dice", "precision", "recall")} | {"crop_dice": float(crop["dice"])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", SEGMENTERS)
+def test_each_model_from_its_defaults_segments_whole_slices_of_a_real_ct(whole_ct_store, tmp_path, model):
+    """`ctseg train --model X` defaults (tiny network, few steps) then `ctseg predict` defaults: the whole
+    case scores Dice >= 0.6 with precision >= 0.5."""
+    import torch
+
+    from ctseg.train import train
+
+    torch.manual_seed(0)
+    train(build_config(model=model, layers=[defaults_layer(model, whole_ct_store, tmp_path / model)]),
+          progress=False)
+    best = tmp_path / model / "best.pt"
+    scores = whole_case_scores(best if best.is_file() else tmp_path / model / "last.pt", whole_ct_store,
+                               tmp_path / "pred.zarr")
+    assert scores["dice"] >= 0.6 and scores["precision"] >= 0.5, scores
