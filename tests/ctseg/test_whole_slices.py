@@ -119,32 +119,19 @@ def test_post_processing_keeps_the_largest_components_above_a_size_inside_the_or
     assert postprocess(mask, spacing, PostProcess(organ="liver"), organ).sum() == 18
 
 
-# ---- learning on whole slices -----------------------------------------------------------------------
-@pytest.mark.slow
-def test_unet_segments_whole_slices_of_a_real_ct(whole_ct_store, tmp_path):
-    """Crops of 64 mixing lesion and elsewhere, validated on whole 128 slices; predicting whole slices and
-    keeping the largest 3D component gives Dice >= 0.6 and precision >= 0.5."""
+def test_a_run_keeps_its_largest_component_unless_told_otherwise(whole_ct_store, tmp_path):
+    from ctseg.cli import _inference
     from ctseg.postprocess import PostProcess
-    from ctseg.predict import predict_store
-    from ctseg.train import train
 
-    config = build_config(model="unet", layers=[layer(
-        whole_ct_store, tmp_path / "unet", steps_per_epoch=20, val_every=5,
-        phases=[{"epochs": 15, "decay": "linear"}], lesion_crops=0.25,
-        augment={"rotate_deg": 10, "scale": [0.9, 1.1], "intensity": 0.05},
-        model_options={"features": [16, 32, 64]}, optimizers={"net": {"lr": 2e-3}})])
-    result = train(config, progress=False)
-    assert {"dice", "precision", "recall", "cases"} <= set(result.history[-1])
-    store = tmp_path / "pred.zarr"
-    shutil.copytree(whole_ct_store, store)
-    predict_store(tmp_path / "unet" / "best.pt", store, name="u", progress=False, post=PostProcess(largest=1))
-    case = SliceStore.open(store).read_case("volume-0", labels=["tumour", "pred_u_mask"])
-    truth, mask = case.labels["tumour"] > 0, case.labels["pred_u_mask"] > 0
-    tp = np.logical_and(truth, mask).sum()
-    dice, precision = 2 * tp / (truth.sum() + mask.sum()), tp / max(mask.sum(), 1)
-    assert dice >= 0.6 and precision >= 0.5, (dice, precision, result.history)
+    config = build_config(model="unet", layers=[layer(whole_ct_store, tmp_path / "a")])
+    assert PostProcess.of_run(config) == PostProcess(largest=1)
+    assert _inference(False, False, None, None, None)[1] is None  # no flag: the run's own
+    assert _inference(False, False, 0, None, None)[1] == PostProcess(largest=0)
+    with pytest.raises(ConfigError, match="largest and min_size_mm3 must be >= 0, found -1"):
+        build_config(model="unet", layers=[layer(whole_ct_store, tmp_path / "a", largest=-1)])
 
 
+# ---- learning on whole slices -----------------------------------------------------------------------
 # ---- every segmenting model, from its defaults --------------------------------------------------------
 SEGMENTERS = ("unet", "ctumorgan", "segan", "crgan", "lgan-basic", "lgan-product", "lgan-ef", "lgan-lf",
               "lgan-regression")
@@ -155,7 +142,17 @@ TINY = {"unet": {"features": [16, 32, 64]},
         "segan": {"features": [16, 32, 64, 64], "critic_features": [16, 32, 64]},
         "crgan": {"features": [16, 32, 64, 64, 64, 64], "d_features": 16},
         **{name: dict(_LGAN) for name in SEGMENTERS if name.startswith("lgan")}}
-WHOLE_SLICE_STEPS = 150
+WHOLE_SLICE_STEPS = 300
+# Measured with benchmarks/bench_whole_slices.py --steps 300 (docs/models.md, "Whole-slice results"): these
+# do not reach the bar from their defaults in the test's budget. Marked xfail without running (each would cost
+# ~40-80 s of the suite's budget); whoever improves a model's defaults removes it here and the test runs it.
+SHORT_OF_THE_BAR: dict[str, str] = {}
+
+
+def _case(model: str):
+    if model not in SHORT_OF_THE_BAR:
+        return model
+    return pytest.param(model, marks=pytest.mark.xfail(run=False, reason=f"measured: {SHORT_OF_THE_BAR[model]}"))
 
 
 def defaults_layer(model: str, store, out, steps: int = WHOLE_SLICE_STEPS) -> dict:
@@ -192,7 +189,7 @@ def whole_case_scores(checkpoint, store, copy) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", SEGMENTERS)
+@pytest.mark.parametrize("model", [_case(m) for m in SEGMENTERS])
 def test_each_model_from_its_defaults_segments_whole_slices_of_a_real_ct(whole_ct_store, tmp_path, model):
     """`ctseg train --model X` defaults (tiny network, few steps) then `ctseg predict` defaults: the whole
     case scores Dice >= 0.6 with precision >= 0.5."""
