@@ -148,7 +148,7 @@ WHOLE_SLICE_STEPS = 300
 # ~40-80 s of the suite's budget); whoever improves a model's defaults removes it here and the test runs it.
 SHORT_OF_THE_BAR: dict[str, str] = {
     "ctumorgan": "Dice 0.000, precision 0.000, recall 0.000 at 150 steps (also with g lr 2e-3)",
-    "segan": "Dice 0.000, precision 0.000, recall 0.000 at 150 steps (also with s lr 1e-3, crop Dice 0.000)",
+    "segan": "Dice 0.000, precision 0.000, recall 0.000, crop Dice 0.000 at 300 steps (also with s lr 1e-3)",
     "crgan": "Dice 0.010, precision 0.005, recall 0.759 at 150 steps",
     "lgan-basic": "Dice 0.000, precision 0.000, recall 0.630 at 150 steps (G updated every 5th step)",
     "lgan-product": "Dice 0.000, precision 0.000, recall 0.463, crop Dice 0.012 at 300 steps",
@@ -198,6 +198,7 @@ def whole_case_scores(checkpoint, store, copy) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # ~60 s on an idle 2-core machine; 300 s was reached at load average 15
 @pytest.mark.parametrize("model", [_case(m) for m in SEGMENTERS])
 def test_each_model_from_its_defaults_segments_whole_slices_of_a_real_ct(whole_ct_store, tmp_path, model):
     """`ctseg train --model X` defaults (tiny network, few steps) then `ctseg predict` defaults: the whole
