@@ -109,10 +109,11 @@ def _inference_options(command):
         click.option("--tta", is_flag=True, help="Flip test-time augmentation (mean over x and y flips)."),
         click.option("--window", is_flag=True, help="Crop-trained models: sliding windows of the training size, "
                                                     "Gaussian-weighted (default: the whole slice at once)."),
-        click.option("--largest", type=int, default=0, show_default=True,
-                     help="Keep the N largest 3D connected components of each mask (0: all)."),
-        click.option("--min-size-mm3", type=float, default=0.0, show_default=True,
-                     help="Drop 3D connected components smaller than this volume."),
+        click.option("--largest", type=int,
+                     help="Keep the N largest 3D connected components of each mask (0: all). Default: the run's "
+                          "(config key largest, 1 unless set); any post-processing flag replaces the run's."),
+        click.option("--min-size-mm3", type=float,
+                     help="Drop 3D connected components smaller than this volume (default: the run's, 0)."),
         click.option("--organ", help="Keep predictions inside this stored organ label (liver for LiTS, kidney for "
                                      "KiTS19, lungs for NSCLC); cases without it are left as they are."),
     ]
@@ -121,12 +122,15 @@ def _inference_options(command):
     return command
 
 
-def _inference(tta: bool, window: bool, largest: int, min_size_mm3: float, organ: str | None, batch_size: int = 16):
+def _inference(tta: bool, window: bool, largest: int | None, min_size_mm3: float | None, organ: str | None,
+               batch_size: int = 16):
+    """InferenceOptions and PostProcess of the flags; PostProcess None (the run's own) when none is given."""
     from ctseg.inference import InferenceOptions
     from ctseg.postprocess import PostProcess
 
-    return (InferenceOptions(tta=tta, window=window, batch_size=batch_size),
-            PostProcess(largest=largest, min_size_mm3=min_size_mm3, organ=organ))
+    given = largest is not None or min_size_mm3 is not None or organ is not None
+    post = PostProcess(largest=largest or 0, min_size_mm3=min_size_mm3 or 0.0, organ=organ) if given else None
+    return InferenceOptions(tta=tta, window=window, batch_size=batch_size), post
 
 
 @main.command()

@@ -7,6 +7,10 @@ Convention: masks are boolean on the stored grid; sizes are in mm3 from the case
   for KiTS19, ``lungs`` for NSCLC); a case without that label is left as it is and said so;
 * ``min_size_mm3``: drop connected components smaller than this volume;
 * ``largest``: keep the ``largest`` biggest connected components (0: all).
+
+A run's configuration holds its post-processing (``largest``, default 1, and
+``min_size_mm3``): validation scores masks after it, and ``ctseg predict`` / ``evaluate``
+use it unless their flags say otherwise (:meth:`PostProcess.of_run`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ class PostProcess:
     @property
     def active(self) -> bool:
         return bool(self.largest or self.min_size_mm3 or self.organ)
+
+    @classmethod
+    def of_run(cls, config) -> "PostProcess":
+        """A run's own post-processing (TrainConfig ``largest``, ``min_size_mm3``): validation's, and the
+        default of predict and evaluate."""
+        return cls(largest=config.largest, min_size_mm3=config.min_size_mm3)
 
     def to_dict(self) -> dict:
         return {"largest": self.largest, "min_size_mm3": self.min_size_mm3, "organ": self.organ}

@@ -112,7 +112,8 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
     With ``export_nifti``, every written label is also exported to
     ``<dir>/<case>_<label>.nii.gz`` on the case's original grid (ctprep.commands.export).
     ``inference`` (ctseg.inference.InferenceOptions) adds flip TTA, sliding windows, batch
-    size by memory; ``post`` (ctseg.postprocess.PostProcess) cleans each mask in 3D, and the
+    size by memory; ``post`` (ctseg.postprocess.PostProcess; None: the run's own, PostProcess.of_run,
+    by default the largest 3D component) cleans each mask in 3D, and the
     probabilities outside what it keeps are set to 0 (so both labels say the same).
     """
     from tqdm import tqdm
@@ -126,6 +127,10 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
         raise ConfigError(f"{checkpoint}: model {config.model} predicts {model.output_kind}s, not masks; "
                           "score it with `ctseg evaluate` (PSNR/SSIM) instead of writing labels")
     threshold = config.threshold if threshold is None else threshold
+    if post is None:
+        from ctseg.postprocess import PostProcess
+
+        post = PostProcess.of_run(config)
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be in (0, 1), found {threshold}")
     store = SliceStore.open(store_path, mode="a")
@@ -143,14 +148,14 @@ def predict_store(checkpoint: str | Path, store_path: str | Path, *, cases: Sequ
             raise ConfigError(f"{store_path}: case {case_id} has {image.shape[1]} window channels, "
                               f"the model was trained on {expected}")
         prob = predict_volume(model, image, config, batch_size=batch_size, options=inference)
-        if post is not None and post.active:
+        if post.active:
             prob = _post_processed(store, case_id, prob, threshold, post, progress)
         labels = []
         for i, (target, (stem, mask_label)) in enumerate(zip(config.target, names)):
             attributes = {"kind": "prediction", "model": config.model, "target": target,
                           "checkpoint": str(checkpoint), "run": str(Path(config.out)), "step": int(data["step"]),
                           "epoch": int(data["epoch"]), "threshold": threshold,
-                          "postprocess": post.to_dict() if post is not None else None,
+                          "postprocess": post.to_dict(),
                           "tta": bool(inference and inference.tta), "window": bool(inference and inference.window)}
             store.write_label(case_id, stem, np.ascontiguousarray(prob[i]),
                               attributes={**attributes, "values": "probability"})
@@ -198,6 +203,12 @@ def evaluate_checkpoint_run(run_dir: str | Path, store_path: str | Path, split: 
         raise FileNotFoundError(f"{run_dir}: no best.pt or last.pt (train first, or give --checkpoint)")
     store = SliceStore.open(store_path)
     cases = split_cases(store, split)
+    if progress:
+        import sys
+
+        what = "the run's own post-processing" if post is None else f"post-processing {post.to_dict()}"
+        print(f"evaluating {run_dir} on whole slices of the {len(cases)} {split!r} case(s) of {store_path} "
+              f"({ckpt.name}, {what})", file=sys.stderr)
     fresh = (inference is not None and (inference.tta or inference.window)) or (post is not None and post.active)
     missing = [c for c in cases if fresh or not run_prediction_labels(store, c, run_dir)]
     if missing:

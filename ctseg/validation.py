@@ -3,8 +3,10 @@
 Convention: a :class:`ValidationPlan` names what is validated. Normally that is every
 case of ``val_split``, each predicted whole (every stored slice, whole in-plane, with
 ctseg.predict.predict_volume, exactly as ``ctseg predict``) and scored in 3D: per-case
-Dice, precision and recall (ctseg.metrics; both empty scores 1), averaged over cases
-and targets. When ``val_split`` has no case, the plan says so and holds out every
+Dice, precision and recall (ctseg.metrics; both empty scores 1) of the masks after the
+run's post-processing (ctseg.postprocess.PostProcess.of_run: by default the largest 3D
+component; held-out slices are stacked as one volume for it), averaged over cases and
+targets. When ``val_split`` has no case, the plan says so and holds out every
 ``HOLD_OUT_EVERY``-th slice of the training cases instead (taken out of training; the
 plan's ``description`` names them as such). :func:`validation_interval` spaces
 validations so that they cost at most ``val_budget`` (0.2) of the training time.
@@ -85,7 +87,9 @@ def validate_plan(model, config: TrainConfig, plan: ValidationPlan, amp) -> dict
     as ``dice_<name>`` next to ``dice``.
     """
     from ctseg.metrics import truth_mask
+    from ctseg.postprocess import PostProcess, postprocess
 
+    post = PostProcess.of_run(config)
     store = SliceStore.open(config.store)
     outputs = {"": {}, **{f"_{name}": options for name, options in model.validation_outputs().items()}}
     per_case: dict[str, dict[str, dict[str, float]]] = {suffix: {} for suffix in outputs}
@@ -96,7 +100,9 @@ def validate_plan(model, config: TrainConfig, plan: ValidationPlan, amp) -> dict
             with model.options_set(options):
                 prob = predict_volume(model, data.image, config, batch_size=config.val_batch_size, amp=amp,
                                       rows=rows)
-            scores = [_scores(prob[i] >= config.threshold, truth_mask(data.labels[t][rows]))
+            spacing = store.record(case_id).geometry.spacing
+            scores = [_scores(postprocess(prob[i] >= config.threshold, spacing, post),
+                              truth_mask(data.labels[t][rows]))
                       for i, t in enumerate(config.target)]
             per_case[suffix][case_id] = {k: float(np.mean([s[k] for s in scores]))
                                          for k in ("dice", "precision", "recall")}
