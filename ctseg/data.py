@@ -216,23 +216,25 @@ class SliceDataset(torch.utils.data.Dataset):
         """
         items = [(int(i), tuple(words)) for i, words in keys]
         read = self._read_raw([i for i, _ in items])
-        images, targets, draws = [], [], []
         length = self.size + 2 * self.margin
-        for (i, words), (image, target) in zip(items, read):
+        if self.crop == "resize":
+            pairs = [self._resized(image, target.astype(np.float32), length) for image, target in read]
+            image_b, target_b = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        else:  # crops written straight into the batch, in shared memory in a worker (no copy to send it)
+            image_b = _batch_tensor((len(items), *read[0][0].shape[:1], length, length), torch.uint8)
+            target_b = _batch_tensor((len(items), *read[0][1].shape[:1], length, length),
+                                     torch.from_numpy(read[0][1][:0]).dtype)
+        draws = []
+        for b, ((i, words), (image, target)) in enumerate(zip(items, read)):
             rng = np.random.default_rng(list(words))
-            if self.crop == "resize":
-                image_t, target_t = self._resized(image, target.astype(np.float32), length)
-            else:
+            if self.crop != "resize":
                 kind = crop_kind(bool(self.has_lesion[i]), i in self.hard, self.lesion_crops, self.hard_negatives, rng)
                 cy, cx = crop_centre(self.crop, image, target, self.size, self.lesion_jitter, rng, kind=kind,
                                      hard=self.hard.get(i))
-                image_t, target_t = torch.from_numpy(_cropped(image, cy, cx, length)), \
-                    torch.from_numpy(_cropped(target, cy, cx, length))
-            images.append(image_t)
-            targets.append(target_t)
+                image_b[b].numpy()[...] = _cropped(image, cy, cx, length)
+                target_b[b].numpy()[...] = _cropped(target, cy, cx, length)
             draws.append(AugmentParams.draw(self.augment, rng) if self.augment is not None else None)
-        return {"image": torch.stack(images), "target": torch.stack(targets),
-                "index": torch.tensor([i for i, _ in items], dtype=torch.int64),
+        return {"image": image_b, "target": target_b, "index": torch.tensor([i for i, _ in items], dtype=torch.int64),
                 "augment": draws if self.augment is not None else None}
 
     def _read_raw(self, items: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -268,6 +270,12 @@ class SliceDataset(torch.utils.data.Dataset):
         if pad:
             img, tgt = F.pad(img, (pad,) * 4), F.pad(tgt, (pad,) * 4)
         return img, tgt
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty batch tensor; in a DataLoader worker in shared memory, so sending it copies nothing."""
+    out = torch.empty(shape, dtype=dtype)
+    return out.share_memory_() if torch.utils.data.get_worker_info() is not None else out
 
 
 def _cropped(array: np.ndarray, cy: int, cx: int, length: int) -> np.ndarray:
