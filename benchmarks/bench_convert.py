@@ -10,7 +10,8 @@ Targets (benchmarks/README.md), all ratios measured in this run:
    defaults, label too), and >= 0.5x the throughput of only decoding the case's
    .nii.gz files with the fastest decoder installed (ISA-L igzip);
    ``--workers 2`` converts several cases faster than ``--workers 1``;
-2. the converting process peaks below 1.5 GB resident.
+2. the converting process peaks below 1.5 GB resident; and (``--rss-slices``, ``--rss-only``)
+   peak RSS at 300, 600 and 1,500 slices of one case: flat in the slice count, < 600 MB at 1,500.
 
 Every measurement runs in a fresh child process (``--child``), timed inside it from
 after its imports to the end of the work, and repeated; the best time counts.
@@ -212,6 +213,50 @@ def run_child_mode(argv: list[str]) -> None:
 
 # ---- the benchmark -------------------------------------------------------------------------
 
+def tall_case(source: Path, out: Path, slices: int) -> Path:
+    """A LiTS folder with one case of ``slices`` slices: the test volume's slices repeated along z,
+    written uncompressed (``.nii``) slab by slab, so that making it needs no volume in memory."""
+    import nibabel as nib
+    import numpy as np
+
+    folder = out / "data" / f"{source.name}-tall{slices}"
+    if (folder / "segmentation-0.nii").is_file():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name in ("volume-0", "segmentation-0"):
+        image = nib.load(source / f"{name}.nii.gz")
+        data = np.asarray(image.dataobj)  # (x, y, z) in the file's dtype
+        header = image.header.copy()
+        header.set_data_shape((*data.shape[:2], slices))
+        header.set_data_offset(352)
+        with open(partial / f"{name}.nii", "wb") as f:
+            header.write_to(f)
+            f.write(b"\0" * (352 - f.tell()))
+            for z0 in range(0, slices, data.shape[2]):
+                slab = data[:, :, :min(data.shape[2], slices - z0)]
+                f.write(np.asfortranarray(slab.astype(header.get_data_dtype())).tobytes(order="F"))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
+
+
+def memory_section(script: str, source: Path, out: Path, counts: list[int], verdicts) -> None:
+    """Peak RSS of ``ctprep convert`` of one case at several slice counts: flat in the count is the aim."""
+    rows = []
+    for count in counts:
+        folder = tall_case(source, out, count)
+        r = common.run_child(script, ["ctprep", str(folder), str(out / "tall.zarr"), "1"], timeout=1200)
+        rows.append([str(count), r["seconds"], count / r["seconds"], r["maxrss_mb"]])
+        shutil.rmtree(out / "tall.zarr", ignore_errors=True)
+    common.print_table("Peak RSS against the case's slice count (one case, 1 window, .nii input)",
+                       ["slices", "seconds", "slices/s", "max RSS MB"], rows)
+    c0, r0, c1, r1 = int(rows[0][0]), rows[0][3], int(rows[-1][0]), rows[-1][3]
+    verdicts.note(f"RSS growth {(r1 - r0) / max(c1 - c0, 1):.2f} MB/slice between {c0} and {c1} slices")
+    verdicts.check(f"2b peak RSS converting a {c1}-slice case", r1, 600.0, " MB", higher=False)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="working folder (default: <tmp>/lesionkit-bench); test data is cached there")
@@ -223,6 +268,9 @@ def main() -> int:
     parser.add_argument("--scaling-slices", type=int, default=150,
                         help="slices per case of the --workers test, cut from the test volume (default 150)")
     parser.add_argument("--quick", action="store_true", help="small run: 60 slices, 2 repeats, 4 cases of 30 slices")
+    parser.add_argument("--rss-slices", type=int, nargs="*", default=[300, 600, 1500],
+                        help="slice counts of the peak-RSS section (default 300 600 1500; none: skip it)")
+    parser.add_argument("--rss-only", action="store_true", help="only the peak-RSS section")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -241,6 +289,11 @@ def main() -> int:
     print(f"case: {source}  {args.size}x{args.size}x{args.slices} int16 = {raw_mb:.0f} MB raw, "
           f".nii.gz files {gz_mb:.1f} MB; window {WINDOW}; out {out}")
 
+    if args.rss_only:
+        verdicts = common.Verdicts()
+        memory_section(script, source, out, args.rss_slices, verdicts)
+        print(common.machine_line())
+        return verdicts.print()
     runs: dict[str, list[dict]] = {k: [] for k in ("ctprep", "naive", "isal", "nibabel", "sitk")}
     for rep in range(args.reps):  # interleaved, so a burst of load hurts every method alike
         runs["ctprep"].append(common.run_child(script, ["ctprep", str(source), str(out / "ctprep.zarr"), "1"]))
@@ -312,6 +365,8 @@ def main() -> int:
     verdicts.check(f"2  peak RSS converting the case (worst of {len(runs['ctprep'])} runs)", worst_rss,
                    MEMORY_TARGET_MB, " MB", higher=False)
     verdicts.note(f"(the naive script peaked at {max(r['maxrss_mb'] for r in runs['naive']):.0f} MB)")
+    if args.rss_slices:
+        memory_section(script, source, out, args.rss_slices, verdicts)
     print(common.machine_line())
     return verdicts.print()
 

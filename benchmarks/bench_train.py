@@ -4,8 +4,9 @@
     python benchmarks/bench_train.py --quick     # fewer steps, two models
     python benchmarks/bench_train.py --gpu-only  # only the GPU section (needs CUDA)
 
-CPU section (target 5, benchmarks/README.md): the loader alone (``ctseg.data``: the
-store read through ``SliceStore.read_slices``, lesion crop, augmentation, collation)
+CPU section (target 5, benchmarks/README.md): the loader alone (``ctseg.data``: one
+``SliceStore.read_slices`` per batch, lesion crop, uint8 batches; then ``ctseg.batching.finish_batch``:
+float conversion and augmentation on the device)
 with 0 and 2 workers, and each registered model's ``train_step`` alone on synthetic
 in-memory batches of the same shape; **target: loader slices/s >= 2x step slices/s**
 for every model (the best worker setting; both printed).
@@ -13,7 +14,8 @@ for every model (the best worker setting; both printed).
 GPU section (when CUDA is present, or ``--gpu-device cpu`` for a dry run of the code):
 per model at 256^2 and 512^2 with AMP (bf16 where supported), slices/s, peak GPU
 memory, and the share of the step's wall time spent in GPU kernels (torch.profiler;
-target >= 70 %), next to the loader's slices/s at that size with ``--gpu-workers``.
+target >= 70 %), next to the loader's slices/s at that size with ``--gpu-workers``, its batches finished
+(float conversion, augmentation) on the GPU.
 """
 
 from __future__ import annotations
@@ -64,18 +66,25 @@ def config_for(model: str, store: Path, size: int, options: dict | None = None, 
     return build_config(model=model, layers=[layer])
 
 
-def loader_rate(store: Path, size: int, workers: int, batches: int) -> float:
-    """Slices/s of the training DataLoader alone (after one warm-up batch)."""
+def loader_rate(store: Path, size: int, workers: int, batches: int, device: str = "cpu") -> float:
+    """Slices/s of the training DataLoader alone (after one warm-up batch), each raw uint8 batch
+    finished on ``device`` (float conversion and augmentation there: ctseg.batching.finish_batch)."""
+    import torch
+
+    from ctseg.batching import finish_batch
     from ctseg.data import training_data
 
     config = config_for("unet", store, size, workers=workers, steps_per_epoch=batches + 1)
-    _, sampler, loader = training_data(config)
+    dataset, sampler, loader = training_data(config, pin_memory=device.startswith("cuda"))
     sampler.set_epoch(0)
+    soft = any(dataset.soft.values())
     iterator = iter(loader)
-    next(iterator)
+    finish_batch(next(iterator), device, size=size, soft_target=soft)
     started, count = time.perf_counter(), 0
     for batch in iterator:
-        count += batch["image"].shape[0]
+        count += finish_batch(batch, device, size=size, soft_target=soft)["image"].shape[0]
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return count / (time.perf_counter() - started)
 
 
@@ -181,7 +190,7 @@ def gpu_section(args, verdicts: common.Verdicts) -> None:
     rows = []
     for size in args.gpu_sizes:
         store = make_store(args.out, size, 48)
-        loader = loader_rate(store, size, args.gpu_workers, args.batches)
+        loader = loader_rate(store, size, args.gpu_workers, args.batches, device=device)
         rows.append([f"loader ({args.gpu_workers} workers)", size, loader, "-", "-", "-"])
         for name in sorted(MODELS):
             try:

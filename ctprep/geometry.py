@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from nibabel import orientations
 
 from ctprep.errors import GeometryError
 
@@ -115,12 +114,16 @@ class SourceGrid:
 
     def to_source(self, canonical_zyx: np.ndarray) -> np.ndarray:
         """Bring a canonical ``(z, y, x)`` array (same grid) back to the source array layout (a view)."""
+        from nibabel import orientations  # here, not at import: `import ctprep.convert` stays light
+
         xyz = canonical_zyx.transpose(2, 1, 0)
         back = orientations.ornt_transform(orientations.axcodes2ornt(CANONICAL_AXCODES),
                                            self._source_ornt())
         return orientations.apply_orientation(xyz, back)
 
     def _source_ornt(self) -> np.ndarray:
+        from nibabel import orientations
+
         return orientations.io_orientation(np.asarray(self.affine_ras).reshape(4, 4))
 
     def to_dict(self) -> dict:
@@ -147,6 +150,8 @@ def canonicalize(array: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray,
         raise GeometryError("affine must be a finite 4x4 matrix")
     if abs(np.linalg.det(affine_ras[:3, :3])) < 1e-12:
         raise GeometryError("affine is singular (a voxel axis has no direction)")
+    from nibabel import orientations
+
     source_ornt = orientations.io_orientation(affine_ras)
     transform = orientations.ornt_transform(source_ornt, orientations.axcodes2ornt(CANONICAL_AXCODES))
     xyz = orientations.apply_orientation(array, transform)

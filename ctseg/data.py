@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -36,6 +35,8 @@ import torch.nn.functional as F
 
 from ctprep.store import SliceIndex, SliceStore, is_url
 from ctseg.config import AugmentConfig, TrainConfig
+from ctseg.augment import AugmentParams, augment_pair, geometric_transform  # noqa: F401 (geometric_transform: ctseg.data's API)
+from ctseg.batching import BatchReader
 from ctseg.crops import crop_centre, crop_kind, crop_padded
 from ctseg.errors import ConfigError
 
@@ -84,59 +85,6 @@ def target_array(labels: Sequence[np.ndarray]) -> np.ndarray:
     out = [(lab > 0).astype(np.float32) if lab.dtype == np.uint8 else np.clip(lab, 0, 1).astype(np.float32)
            for lab in labels]
     return np.stack(out)
-
-
-# ---- augmentation ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AugmentParams:
-    """One draw of the random augmentation (angles in degrees, shift in output fractions)."""
-
-    flip_x: bool = False
-    flip_y: bool = False
-    angle: float = 0.0
-    zoom: float = 1.0
-    shift_x: float = 0.0
-    shift_y: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-
-    @classmethod
-    def draw(cls, config: AugmentConfig, rng: np.random.Generator) -> "AugmentParams":
-        return cls(flip_x=bool(config.flip and rng.random() < 0.5), flip_y=bool(config.flip and rng.random() < 0.5),
-                   angle=float(rng.uniform(-config.rotate_deg, config.rotate_deg)),
-                   zoom=float(rng.uniform(*config.scale)),
-                   shift_x=float(rng.uniform(-config.shift, config.shift)),
-                   shift_y=float(rng.uniform(-config.shift, config.shift)),
-                   brightness=float(rng.uniform(-config.intensity, config.intensity)),
-                   contrast=float(rng.uniform(-config.intensity, config.intensity)))
-
-
-def geometric_transform(x: torch.Tensor, params: AugmentParams, size: int, mode: str) -> torch.Tensor:
-    """Resample ``x`` (C, L, L) to (C, size, size) under the flips/rotation/zoom/shift of ``params``.
-
-    The output is the centre ``size`` of the input when ``params`` is the identity
-    (exactly, when L - size is even: output pixels land on input pixel centres), so
-    a crop with a margin lets rotations fill the corners with real pixels.
-    """
-    length = x.shape[-1]
-    base = size / length
-    angle = math.radians(params.angle)
-    cos, sin = math.cos(angle), math.sin(angle)
-    fx, fy = (-1.0 if params.flip_x else 1.0), (-1.0 if params.flip_y else 1.0)
-    k = base / params.zoom
-    theta = torch.tensor([[[k * cos * fx, -k * sin * fy, 2 * params.shift_x * base],
-                           [k * sin * fx, k * cos * fy, 2 * params.shift_y * base]]], dtype=torch.float32)
-    grid = F.affine_grid(theta, [1, x.shape[0], size, size], align_corners=False)
-    return F.grid_sample(x[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
-
-
-def augment_pair(image: torch.Tensor, target: torch.Tensor, size: int, params: AugmentParams,
-                 soft_target: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same geometry on image (bilinear) and target (nearest, bilinear for soft masks), then intensity."""
-    image = geometric_transform(image, params, size, "bilinear")
-    target = geometric_transform(target, params, size, "bilinear" if soft_target else "nearest")
-    image = (image - 0.5) * (1 + params.contrast) + 0.5 + params.brightness
-    return image.clamp_(0, 1), target.clamp_(0, 1)
 
 
 # ---- the dataset -------------------------------------------------------------------------------
@@ -269,6 +217,60 @@ class SliceDataset(torch.utils.data.Dataset):
             image_t, target_t = augment_pair(image_t, target_t, self.size, params, any(self.soft.values()))
         return {"image": image_t.contiguous(), "target": target_t.contiguous(), "index": int(i)}
 
+    # -- the batch path (ctseg.batching): one store read per batch, uint8 out of the workers --
+    def raw_batch(self, keys: Sequence[ItemKey]) -> dict:
+        """The items ``keys`` before float conversion and augmentation (ctseg.batching.finish_batch
+        does those, on the device): ``image`` uint8 (B, C', L, L), ``target`` uint8 0/1 (float32
+        when a target is soft), ``index`` int64 (B,), ``augment`` the draws (None: no augmentation).
+
+        The same random draws in the same order as ``self[key]``, so finishing gives its items
+        bit for bit on the CPU. Resize mode ships float images and targets (not cropped).
+        """
+        items = [(int(i), tuple(words)) for i, words in keys]
+        read = self._read_raw([i for i, _ in items])
+        length = self.size + 2 * self.margin
+        if self.crop == "resize":
+            pairs = [self._resized(image, target.astype(np.float32), length) for image, target in read]
+            image_b, target_b = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        else:  # crops written straight into the batch, in shared memory in a worker (no copy to send it)
+            image_b = _batch_tensor((len(items), *read[0][0].shape[:1], length, length), torch.uint8)
+            target_b = _batch_tensor((len(items), *read[0][1].shape[:1], length, length),
+                                     torch.from_numpy(read[0][1][:0]).dtype)
+        draws = []
+        for b, ((i, words), (image, target)) in enumerate(zip(items, read)):
+            rng = np.random.default_rng(list(words))
+            if self.crop != "resize":
+                kind = crop_kind(bool(self.has_lesion[i]), i in self.hard, self.lesion_crops, self.hard_negatives, rng)
+                cy, cx = crop_centre(self.crop, image, target, self.size, self.lesion_jitter, rng, kind=kind,
+                                     hard=self.hard.get(i))
+                image_b[b].numpy()[...] = _cropped(image, cy, cx, length)
+                target_b[b].numpy()[...] = _cropped(target, cy, cx, length)
+            draws.append(AugmentParams.draw(self.augment, rng) if self.augment is not None else None)
+        return {"image": image_b, "target": target_b, "index": torch.tensor([i for i, _ in items], dtype=torch.int64),
+                "augment": draws if self.augment is not None else None}
+
+    def _read_raw(self, items: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(uint8 inputs (C', H, W), targets (labels, H, W): uint8 0/1, float32 when soft) per item,
+        read with one ``read_slices`` call (two with context) when the slices share a size."""
+        sizes = {self.store.record(c).geometry.shape[1:] for c in {self.cases[i] for i in items}}
+        if len(sizes) > 1:
+            return [r for i in items for r in self._read_raw([i])]
+        centres = [(self.cases[i], int(self.rows[i])) for i in items]
+        got = self.store.read_slices(centres, labels=self.targets)
+        image = got.image
+        if self.context:
+            rows = [(c, r) for c, z in centres for r in context_rows(z, self.num_slices[c], self.context)]
+            image = self.store.read_slices(rows).image.reshape(len(items), -1, *got.image.shape[1:])
+        else:
+            image = image[:, None]
+        soft = any(self.soft.values())
+        out = []
+        for b in range(len(items)):
+            labels = [got.labels[t][b] for t in self.targets]
+            target = target_array(labels) if soft else np.stack([lab > 0 for lab in labels]).view(np.uint8)
+            out.append((stack_inputs(image[b], self.channels), target))
+        return out
+
     def _resized(self, image: np.ndarray, target: np.ndarray, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.size
         img = F.interpolate(torch.from_numpy(image)[None].float(), size=(size, size), mode="bilinear",
@@ -280,6 +282,19 @@ class SliceDataset(torch.utils.data.Dataset):
         if pad:
             img, tgt = F.pad(img, (pad,) * 4), F.pad(tgt, (pad,) * 4)
         return img, tgt
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty batch tensor; in a DataLoader worker in shared memory, so sending it copies nothing."""
+    out = torch.empty(shape, dtype=dtype)
+    return out.share_memory_() if torch.utils.data.get_worker_info() is not None else out
+
+
+def _cropped(array: np.ndarray, cy: int, cx: int, length: int) -> np.ndarray:
+    """crop_padded, without the copy when the crop is the whole (C, length, length) array."""
+    if array.shape[1:] == (length, length) and cy - length // 2 == 0 and cx - length // 2 == 0:
+        return array
+    return crop_padded(array, cy, cx, length)
 
 
 # ---- batch samplers ------------------------------------------------------------------------------
@@ -422,7 +437,8 @@ def _worker_init(worker_id: int) -> None:
 
 
 def make_loader(dataset: SliceDataset, batch_sampler: BatchPlan, *, workers: int, pin_memory: bool = False):
-    """A DataLoader over ``dataset`` driven by ``batch_sampler`` (workers persist across epochs).
+    """A DataLoader of raw batches of ``dataset`` driven by ``batch_sampler`` (workers persist across
+    epochs): one worker call per batch (ctseg.batching); ``finish_batch`` makes them model inputs.
 
     The loader gets its own torch Generator: starting an iterator draws a base seed from
     it, and drawing from the global RNG instead would shift the models' random numbers
@@ -431,9 +447,9 @@ def make_loader(dataset: SliceDataset, batch_sampler: BatchPlan, *, workers: int
     """
     extra = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
     generator = torch.Generator().manual_seed(batch_sampler.seed)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
-                                       worker_init_fn=_worker_init, pin_memory=pin_memory, generator=generator,
-                                       **extra)
+    return torch.utils.data.DataLoader(BatchReader(dataset), sampler=batch_sampler, batch_size=None,
+                                       num_workers=workers, worker_init_fn=_worker_init, pin_memory=pin_memory,
+                                       generator=generator, **extra)
 
 
 def training_data(config: TrainConfig, *, rank: int = 0, world: int = 1, pin_memory: bool = False,

@@ -30,6 +30,7 @@ import torch
 from ctseg import checkpoint as ckpt
 from ctseg.build import build_model, select_device
 from ctseg.config import TrainConfig
+from ctseg.batching import finish_batch
 from ctseg.data import held_out_crops, training_data
 from ctseg.errors import ConfigError
 from ctseg.models.base import Amp, SegModel, StepContext
@@ -357,7 +358,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             batch = None
             total_batches = len(sampler) + sampler.start_batch
             for batch in loader:
-                batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                batch = finish_batch(batch, device, size=dataset.size, soft_target=any(dataset.soft.values()))
                 ctx = StepContext(optimizers=optimizers, amp=amp, weights=weights, step=state.step, epoch=epoch,
                                   trainable=frozenset(optimizers))
                 log.add(model.train_step(batch, ctx))

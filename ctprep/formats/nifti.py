@@ -14,12 +14,15 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 from isal import igzip
 
 from ctprep.errors import CaseInputError, MissingInputError
+
+if TYPE_CHECKING:  # nibabel is imported where a header is parsed: `import ctprep.convert` stays light
+    import nibabel as nib
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI1_MAGIC = (b"n+1\x00", b"ni1\x00")
@@ -137,6 +140,8 @@ def _affine(path: Path, image: nib.Nifti1Image) -> np.ndarray:
 
 def _real_dtype(path: Path, image: nib.Nifti1Image) -> np.dtype:
     """The voxel dtype, refusing what is not a real number (RGB, complex): no HU can come of it."""
+    import nibabel as nib
+
     dtype = np.dtype(image.dataobj.dtype)
     if dtype.kind not in "iuf":
         code = int(image.header["datatype"])
@@ -180,6 +185,8 @@ def _inflate(path: Path, data: bytes) -> memoryview:
 
 
 def _parse_header(path: Path, raw: bytes) -> nib.Nifti1Image:
+    import nibabel as nib
+
     if raw[344:348] not in _NIFTI1_MAGIC and raw[4:8] != _NIFTI2_MAGIC:
         # Checked first: nibabel would log its attempted fixes of such a header to stderr.
         raise CaseInputError(path, "not a NIfTI-1/2 file (no NIfTI magic string at byte 344 or 4)")
