@@ -173,19 +173,40 @@ def check(source, input_dir) -> None:
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (case ids included).")
 @click.option("--cases", "list_cases", is_flag=True, help="Also list every case: id, split, slices, lesion slices.")
+@click.option("--fingerprint", is_flag=True,
+              help="Also compute the dataset fingerprint per split (spacing, shape, intensity percentiles 0.5/50/99.5 "
+                   "overall and in the lesion, lesion sizes in voxels, mm3 and equivalent diameter) and write it "
+                   "into the store's manifest and the manifest file beside it (key 'fingerprint').")
 @_fail_cleanly
-def info(store, as_json, list_cases) -> None:
-    """Summarise a store: cases, slices, lesion slices, windows, labels, size and compression."""
+def info(store, as_json, list_cases, fingerprint) -> None:
+    """Summarise a store: cases, slices, lesion slices, windows, labels, size and compression.
+
+    \b
+    Example:
+      ctprep info lits.zarr --fingerprint     (reads every case: minutes for a large store)
+    """
     import dataclasses
 
     from ctprep.commands.info import store_info
 
     summary = store_info(store)
+    extra: dict = {}
+    if fingerprint:
+        from ctprep.commands.fingerprint import fingerprint as compute, save_fingerprint
+
+        extra["fingerprint"] = compute(store)
+        save_fingerprint(store, extra["fingerprint"])
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(summary) | {"compression_ratio": summary.compression_ratio}, indent=2))
+        click.echo(json.dumps(dataclasses.asdict(summary) | {"compression_ratio": summary.compression_ratio} | extra,
+                              indent=2))
         return
     for line in summary.lines() + (summary.case_lines() if list_cases else []):
         click.echo(line)
+    if fingerprint:
+        from ctprep.commands.fingerprint import fingerprint_lines
+
+        for line in fingerprint_lines(extra["fingerprint"]):
+            click.echo(line)
 
 
 @main.command()
