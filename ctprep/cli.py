@@ -70,6 +70,11 @@ def main() -> None:
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the patient-level split.")
 @click.option("--split", "split_fractions", default="0.7,0.15,0.15", show_default=True, metavar="TR,VA,TE",
               help="Train, validation and test fractions (used when the dataset has no official split).")
+@click.option("--folds", type=click.IntRange(min=2), default=None, metavar="K",
+              help="k-fold cross-validation: give each train/val patient a fold 0..K-1 (seeded hash of the patient "
+                   "id, --split-seed; all scans of a patient in one fold; test untouched), recorded in the manifest "
+                   "under 'folds'; train with `ctseg train --fold I`. Later runs into the store keep it. "
+                   "Default: no folds.")
 @click.option("--roi", "rois", multiple=True, metavar="ROI[=LABEL]",
               help="nsclc: RTSTRUCT ROI to rasterise, matched case-insensitively (repeatable). "
                    "Default: the tumour (GTV-1 and its aliases). 'Lung-Left=lungs' stores it as label 'lungs'.")
@@ -93,7 +98,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, cases, workers, dask_scheduler,
-            overwrite, strict, split_seed, split_fractions, rois, gtvs, context, keep_noisy, dicom_window,
+            overwrite, strict, split_seed, split_fractions, folds, rois, gtvs, context, keep_noisy, dicom_window,
             images, labels, label_map, lesion_label, quiet) -> None:
     """Convert a raw dataset folder into a slice store.
 
@@ -124,7 +129,7 @@ def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, 
         slices=slices, keep_hu=keep_hu,
         cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None,
         workers=workers, dask=dask_scheduler, overwrite=overwrite, strict=strict,
-        split=SplitConfig(seed=split_seed, fractions=fractions),
+        split=SplitConfig(seed=split_seed, fractions=fractions), folds=folds,
         source_options=_source_options(rois=list(rois) or None, gtvs=gtvs, context=context, keep_noisy=keep_noisy,
                                         dicom_window=dicom_window, images=images, labels=labels,
                                         label_map=_label_map_text(label_map), lesion_label=lesion_label),
