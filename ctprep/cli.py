@@ -70,6 +70,11 @@ def main() -> None:
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the patient-level split.")
 @click.option("--split", "split_fractions", default="0.7,0.15,0.15", show_default=True, metavar="TR,VA,TE",
               help="Train, validation and test fractions (used when the dataset has no official split).")
+@click.option("--folds", type=click.IntRange(min=2), default=None, metavar="K",
+              help="k-fold cross-validation: give each train/val patient a fold 0..K-1 (seeded hash of the patient "
+                   "id, --split-seed; all scans of a patient in one fold; test untouched), recorded in the manifest "
+                   "under 'folds'; train with `ctseg train --fold I`. Later runs into the store keep it. "
+                   "Default: no folds.")
 @click.option("--roi", "rois", multiple=True, metavar="ROI[=LABEL]",
               help="nsclc: RTSTRUCT ROI to rasterise, matched case-insensitively (repeatable). "
                    "Default: the tumour (GTV-1 and its aliases). 'Lung-Left=lungs' stores it as label 'lungs'.")
@@ -93,7 +98,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, cases, workers, dask_scheduler,
-            overwrite, strict, split_seed, split_fractions, rois, gtvs, context, keep_noisy, dicom_window,
+            overwrite, strict, split_seed, split_fractions, folds, rois, gtvs, context, keep_noisy, dicom_window,
             images, labels, label_map, lesion_label, quiet) -> None:
     """Convert a raw dataset folder into a slice store.
 
@@ -124,7 +129,7 @@ def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, 
         slices=slices, keep_hu=keep_hu,
         cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else None,
         workers=workers, dask=dask_scheduler, overwrite=overwrite, strict=strict,
-        split=SplitConfig(seed=split_seed, fractions=fractions),
+        split=SplitConfig(seed=split_seed, fractions=fractions), folds=folds,
         source_options=_source_options(rois=list(rois) or None, gtvs=gtvs, context=context, keep_noisy=keep_noisy,
                                         dicom_window=dicom_window, images=images, labels=labels,
                                         label_map=_label_map_text(label_map), lesion_label=lesion_label),
@@ -173,19 +178,40 @@ def check(source, input_dir) -> None:
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (case ids included).")
 @click.option("--cases", "list_cases", is_flag=True, help="Also list every case: id, split, slices, lesion slices.")
+@click.option("--fingerprint", is_flag=True,
+              help="Also compute the dataset fingerprint per split (spacing, shape, intensity percentiles 0.5/50/99.5 "
+                   "overall and in the lesion, lesion sizes in voxels, mm3 and equivalent diameter) and write it "
+                   "into the store's manifest and the manifest file beside it (key 'fingerprint').")
 @_fail_cleanly
-def info(store, as_json, list_cases) -> None:
-    """Summarise a store: cases, slices, lesion slices, windows, labels, size and compression."""
+def info(store, as_json, list_cases, fingerprint) -> None:
+    """Summarise a store: cases, slices, lesion slices, windows, labels, size and compression.
+
+    \b
+    Example:
+      ctprep info lits.zarr --fingerprint     (reads every case: minutes for a large store)
+    """
     import dataclasses
 
     from ctprep.commands.info import store_info
 
     summary = store_info(store)
+    extra: dict = {}
+    if fingerprint:
+        from ctprep.commands.fingerprint import fingerprint as compute, save_fingerprint
+
+        extra["fingerprint"] = compute(store)
+        save_fingerprint(store, extra["fingerprint"])
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(summary) | {"compression_ratio": summary.compression_ratio}, indent=2))
+        click.echo(json.dumps(dataclasses.asdict(summary) | {"compression_ratio": summary.compression_ratio} | extra,
+                              indent=2))
         return
     for line in summary.lines() + (summary.case_lines() if list_cases else []):
         click.echo(line)
+    if fingerprint:
+        from ctprep.commands.fingerprint import fingerprint_lines
+
+        for line in fingerprint_lines(extra["fingerprint"]):
+            click.echo(line)
 
 
 @main.command()

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ctprep.case import CaseRecord, CaseRef
-from ctprep.datasets import SplitConfig, assign_split
+from ctprep.datasets import SplitConfig, assign_split, fold_table
 from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreUnreachableError, StoreWriteError
 from ctprep.lookup import LazySlices, nonzero_per_slice
 from ctprep.sources import get_source
@@ -56,6 +56,7 @@ class ConvertConfig:
     strict: bool = False
     split: SplitConfig = field(default_factory=SplitConfig)
     source_options: dict = field(default_factory=dict)  # the source's own options (e.g. nsclc rois)
+    folds: int | None = None  # k-fold CV: each train/val patient's fold in the manifest (not a content parameter)
 
     def __post_init__(self) -> None:
         parse_slice_mode(self.slices)
@@ -64,6 +65,8 @@ class ConvertConfig:
         names = [w.name for w in self.windows]
         if len(set(names)) != len(names):
             raise ParameterError(f"window names must be unique, found {names}")
+        if self.folds is not None and self.folds < 2:
+            raise ParameterError(f"--folds must be at least 2, found {self.folds}")
 
     def content_parameters(self) -> dict:
         """The parameters that shape the stored data (not which cases, nor how many workers)."""
@@ -81,7 +84,7 @@ class ConvertConfig:
     def to_dict(self) -> dict:
         return {**self.content_parameters(), "input_dir": self.input_dir, "output": self.output,
                 "cases": list(self.cases) if self.cases else None, "workers": self.workers, "dask": self.dask,
-                "overwrite": self.overwrite, "strict": self.strict}
+                "overwrite": self.overwrite, "strict": self.strict} | ({"folds": self.folds} if self.folds else {})
 
     @classmethod
     def from_dict(cls, data: dict) -> "ConvertConfig":
@@ -94,7 +97,7 @@ class ConvertConfig:
                    workers=int(data.get("workers", 1)), dask=data.get("dask"), overwrite=bool(data.get("overwrite", False)),
                    strict=bool(data.get("strict", False)),
                    split=SplitConfig.from_dict(data["split"]) if "split" in data else SplitConfig(),
-                   source_options=dict(data.get("source_options") or {}))
+                   source_options=dict(data.get("source_options") or {}), folds=data.get("folds"))
 
 
 def parse_slice_mode(mode: str) -> tuple[str, int]:
@@ -405,6 +408,8 @@ def _consolidate(store: SliceStore, config: ConvertConfig, source, report: Conve
         latest = store.manifest().get("cases", {})
         store.rebuild_index()
         manifest = build_manifest(store, config, source, report, {**previous, **latest})
+        if folds := config.folds or store.manifest().get("folds", {}).get("k"):  # kept by later runs
+            manifest["folds"] = fold_table(store.records(), int(folds), config.split.seed)
         store.set_manifest(manifest)
         write_json_atomic(manifest_path(config.output), manifest)
 

@@ -122,9 +122,32 @@ def assign_split(patient_id: str, config: SplitConfig, official: Mapping[str, st
     """
     if official and patient_id in official:
         return official[patient_id]
-    digest = hashlib.sha256(f"{config.seed}:{patient_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = _unit_hash(f"{config.seed}:{patient_id}")
     train, val, _ = config.fractions
     if u < train:
         return "train"
     return "val" if u < train + val else "test"
+
+
+def _unit_hash(key: str) -> float:
+    """A number in [0, 1) from the sha256 of ``key``: the same for the same key on every machine."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def assign_fold(patient_id: str, folds: int, seed: int = 0) -> int:
+    """The cross-validation fold (0 .. folds-1) of a patient: a seeded hash of the patient id.
+
+    Like :func:`assign_split`, independent of which other cases are converted, and every scan
+    of a patient shares its fold; the key differs from the split's, so folds cut across it.
+    """
+    if folds < 2:
+        raise ParameterError(f"--folds must be at least 2, found {folds}")
+    return min(int(_unit_hash(f"{seed}:fold:{patient_id}") * folds), folds - 1)
+
+
+def fold_table(records, folds: int, seed: int = 0) -> dict:
+    """The manifest's ``folds``: k, seed, and the fold of every train/val case and patient (test cases have none)."""
+    cases = {r.case_id: assign_fold(r.patient_id, folds, seed) for r in records if r.split != "test"}
+    patients = {r.patient_id: cases[r.case_id] for r in records if r.case_id in cases}
+    return {"k": folds, "seed": seed, "splits": ["train", "val"],
+            "cases": dict(sorted(cases.items())), "patients": dict(sorted(patients.items()))}

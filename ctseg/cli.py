@@ -61,11 +61,15 @@ _FLAG_KEYS = {"epochs": "epochs", "batch_size": "batch_size", "size": "size", "w
 @click.option("--seed", type=int, help="Seed of sampling, augmentation and initialisation (default 0).")
 @click.option("--threshold", type=float, help="Binarisation threshold of probabilities.")
 @click.option("--max-steps", type=int, help="Stop (and checkpoint) after this many steps in total.")
+@click.option("--fold", type=int, default=None, metavar="I",
+              help="Cross-validation: validate on fold I of a store converted with --folds K, train on the other "
+                   "folds (sets val_split=fold=I, train_split=fold!=I; the test split is never used). Default: the "
+                   "store's train/val split.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Any config key (dotted for nested: optimizers.g.lr=1e-4); repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_fail_cleanly
-def train(model, store, target, out, config_file, preset, resume, assignments, quiet, **flags) -> None:
+def train(model, store, target, out, config_file, preset, resume, fold, assignments, quiet, **flags) -> None:
     """Train a model from a store (one loop for every model; DDP under torchrun)."""
     from pathlib import Path
 
@@ -85,6 +89,10 @@ def train(model, store, target, out, config_file, preset, resume, assignments, q
     explicit = {"store": store, "target": target, "out": out}
     explicit.update({key: flags[name] for name, key in _FLAG_KEYS.items() if flags.get(name) is not None})
     layers.append({k: v for k, v in explicit.items() if v is not None})
+    if fold is not None:
+        from ctseg.folds import fold_splits
+
+        layers.append(fold_splits(fold))
     layers += [parse_assignment(a) for a in assignments]
     model = model or next((layer["model"] for layer in layers if "model" in layer), None)
     if not model:

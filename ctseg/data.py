@@ -39,6 +39,7 @@ from ctseg.augment import AugmentParams, augment_pair, geometric_transform  # no
 from ctseg.batching import BatchReader
 from ctseg.crops import crop_centre, crop_kind, crop_padded
 from ctseg.errors import ConfigError
+from ctseg.folds import fold_cases
 
 ItemKey = tuple[int, tuple[int, ...]]  # (dataset index, augmentation seed words)
 
@@ -46,12 +47,15 @@ ItemKey = tuple[int, tuple[int, ...]]  # (dataset index, augmentation seed words
 # ---- which slices -----------------------------------------------------------------------------
 def select_index(store: SliceStore, *, split: str, lesion_only: bool = False,
                  cases: Sequence[str] | None = None, targets: Sequence[str] = ()) -> SliceIndex:
-    """The store's slice index filtered by split ("all" for every split), lesion and cases.
+    """The store's slice index filtered by split ("all" for every split, "fold=I"/"fold!=I": ctseg.folds), lesion and cases.
 
     Cases lacking one of the ``targets`` labels are left out (a soft mask may exist for
     some cases only); naming a label that no case has is an error.
     """
-    index = store.index(split=None if split == "all" else split, lesion_only=lesion_only)
+    folded = fold_cases(store, split)  # "fold=I" / "fold!=I" (ctseg.folds), else None
+    index = store.index(split=None if split == "all" or folded is not None else split, lesion_only=lesion_only)
+    if folded is not None:
+        index = index.filter(cases=folded)
     if cases is not None:
         unknown = sorted(set(cases) - set(store.case_ids()))
         if unknown:

@@ -93,7 +93,8 @@ def rebuild_store(manifest_file: str | Path, input_dir: str | Path, output: str 
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ManifestError(f"cannot rebuild {case_id}: {why}{more}")
     config = ConvertConfig.from_dict({**manifest["parameters"], "input_dir": str(input_dir), "output": str(output),
-                                      "cases": sorted(cases), "workers": workers})
+                                      "cases": sorted(cases), "workers": workers,
+                                      "folds": (manifest.get("folds") or {}).get("k")})
     report = convert_dataset(config, progress=progress, created_by=f"ctprep rebuild {manifest_file}")
     store = SliceStore.open(output)
     identical, different = [], []
