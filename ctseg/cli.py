@@ -240,9 +240,12 @@ def recipe() -> None:
 @_fail_cleanly
 def run_recipe_command(recipe_file, raw, work, budget) -> None:
     """Run a recipe end to end and print the paper's figures next to the measured ones."""
+    from ctlabel.cli import main as ctlabel
+    from ctprep.cli import main as ctprep
     from ctseg.recipe import run_recipe
 
-    run_recipe(recipe_file, raw, work, budget, echo=click.echo)
+    run_recipe(recipe_file, raw, work, budget, programs={"ctprep": ctprep, "ctlabel": ctlabel, "ctseg": main},
+               echo=click.echo)
 
 
 @main.command("models")
