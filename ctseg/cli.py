@@ -251,10 +251,22 @@ def recipe() -> None:
               help="tiny: a few training steps on 32 x 32 inputs (a smoke run, e.g. on phantoms).")
 @_fail_cleanly
 def run_recipe_command(recipe_file, raw, work, budget) -> None:
-    """Run a recipe end to end and print the paper's figures next to the measured ones."""
+    """Run a recipe end to end and print the paper's figures next to the measured ones.
+
+    RECIPE_FILE is one of recipes/*.yaml (docs/models.md, "Reproducing the papers"). Each step
+    (ctprep convert, the recipe's ctlabel steps, ctseg train, ctseg evaluate) is echoed as its
+    command line and run in this process; WORK gets store.zarr and run/.
+
+    \b
+    Example:
+      ctseg recipe run recipes/ctumorgan-lits.yaml --input LiTS/ --work runs/ctumorgan-lits
+    """
+    from ctlabel.cli import main as ctlabel
+    from ctprep.cli import main as ctprep
     from ctseg.recipe import run_recipe
 
-    run_recipe(recipe_file, raw, work, budget, echo=click.echo)
+    run_recipe(recipe_file, raw, work, budget, programs={"ctprep": ctprep, "ctlabel": ctlabel, "ctseg": main},
+               echo=click.echo)
 
 
 @main.command("models")
