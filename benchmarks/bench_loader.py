@@ -106,7 +106,8 @@ def rate(loader, finish=None, batches: int = 10) -> float:
 
 def store_rates(store: Path, workers: int, batches: int) -> tuple[float, float]:
     from ctseg.batching import finish_batch
-    from ctseg.data import ShuffledBatches, make_loader
+    from ctseg.data import make_loader
+    from ctseg.samplers import ShuffledBatches
 
     ds = store_dataset(store)
     sampler = ShuffledBatches(len(ds), batch_size=BATCH, seed=0, steps_per_epoch=batches + 1)
@@ -120,7 +121,7 @@ def per_item_rate(store: Path, workers: int, batches: int) -> float:
     """The loader before the batch path: per-item SliceDataset[key] collated by default_collate."""
     import torch
 
-    from ctseg.data import ShuffledBatches
+    from ctseg.samplers import ShuffledBatches
 
     ds = store_dataset(store)
     sampler = ShuffledBatches(len(ds), batch_size=BATCH, seed=0, steps_per_epoch=batches + 1)

@@ -9,7 +9,8 @@ import torch
 from ctprep.store import SliceStore
 from ctseg.batching import finish_batch
 from ctseg.config import AugmentConfig
-from ctseg.data import ShuffledBatches, SliceDataset, make_loader, select_index
+from ctseg.data import SliceDataset, make_loader, select_index
+from ctseg.samplers import ShuffledBatches
 
 
 def reference(ds: SliceDataset, keys) -> dict:

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from ctprep.store import SliceStore
 from ctseg.config import AugmentConfig, TrainConfig
 from ctseg.errors import ConfigError
-from ctseg.data import (AugmentParams, BalancedBatches, PatientBatches, ShuffledBatches, SliceDataset, augment_pair,
-                        geometric_transform, make_loader, select_index, training_data)
+from ctseg.augment import AugmentParams, augment_pair, geometric_transform
+from ctseg.data import SliceDataset, make_loader, select_index, training_data
+from ctseg.samplers import BalancedBatches, PatientBatches, ShuffledBatches
 
 
 def dataset(store_path, *, split="all", lesion_only=False, **kwargs) -> SliceDataset:
