@@ -1,7 +1,9 @@
 """Issue 17 B5: a .nii.gz that inflates far past the volume its header declares (a decompression
 bomb) is refused while streaming, the case skipped with the reason, and memory stays bounded.
 
-Peak memory is measured in a fresh process (``resource.getrusage(...).ru_maxrss``), never timed."""
+Peak memory is measured in a fresh process, never timed: its VmHWM (/proc/self/status), the
+high-water mark of this process's own memory. Not ``ru_maxrss``: Linux carries that over from
+the parent across fork and exec, so under a big pytest worker it reports the worker's peak."""
 
 from __future__ import annotations
 
@@ -34,22 +36,22 @@ def _bomb(root: Path) -> Path:
     return bomb
 
 
-_MEASURE = """
-import resource, sys
+_PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])"
+_MEASURE = f"""
+import sys
 from ctprep.cli import main
 sys.argv = ["ctprep", "convert", "--source", "lits", "--input", sys.argv[1], "--output", sys.argv[2]]
 try:
     main()
 except SystemExit as exc:
     code = exc.code
-print("peak_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+print("peak_kib", {_PEAK}, file=sys.stderr)
 """
 
 
 def _baseline_kib(tmp_path: Path) -> int:
-    """ru_maxrss of the same interpreter after importing ctprep.cli, nothing converted."""
-    out = subprocess.run([sys.executable, "-c", "import resource, ctprep.cli\n"
-                          "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+    """The peak of the same interpreter after importing ctprep.cli, nothing converted."""
+    out = subprocess.run([sys.executable, "-c", f"import ctprep.cli\nprint({_PEAK})"],
                          capture_output=True, text=True, check=True, env=os.environ.copy())
     return int(out.stdout.strip())
 

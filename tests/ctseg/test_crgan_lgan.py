@@ -337,7 +337,8 @@ class TestLGANCommon:
 # ---- learning the real nodule (slow) ----------------------------------------------------------------------
 # G at lr 3e-3 (the nodule is ~7 % of a lesion crop: plain BCE is slow), one critic step per
 # generator step, adv 0.1 (the gradient-penalty critic's EM estimate is ~10-30 on 64x64 masks).
-LGAN_LEARNING = ({"features": [16, 32, 64], "critic_features": [8, 16, 32], "fc": 32, "n_critic": 1},
+LGAN_LEARNING = ({"features": [16, 32, 64], "critic_features": [8, 16, 32], "fc": 32, "n_critic": 1,
+                  "pos_weight": None},  # a small lesion: BCE weighted by the batch's background/foreground ratio
                  {"g": {"lr": 3e-3}, "d": {"lr": 1e-3}}, 120, {"adv": 0.1})
 LEARNING = {
     **{name: LGAN_LEARNING for name in ("lgan-basic", "lgan-product", "lgan-ef", "lgan-lf", "lgan-regression")},
