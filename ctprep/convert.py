@@ -26,6 +26,7 @@ from ctprep.case import CaseRecord, CaseRef
 from ctprep.datasets import SplitConfig, assign_split
 from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreUnreachableError, StoreWriteError
 from ctprep.lookup import LazySlices, nonzero_per_slice
+from ctprep.public_paths import Redactor, public_path
 from ctprep.sources import get_source
 from ctprep.sources.base import refuse_duplicate_ids
 from ctprep.store import SliceStore, check_shared, checksums_digest, is_url, store_lock, write_file_atomic
@@ -124,8 +125,7 @@ class ConversionOutcome(CaseOutcome):
     def from_store(cls, record: CaseRecord, status: str, split: str | None = None) -> "ConversionOutcome":
         """The outcome of a case found complete in the store, from its own record."""
         return cls(case_id=record.case_id, status=status, slices=record.num_slices,
-                   split=split or record.split, quirks=tuple(record.quirks),
-                   inputs=tuple(f.to_dict() for f in record.inputs))
+                   split=split or record.split, quirks=tuple(record.quirks))
 
     def to_dict(self) -> dict:
         """The manifest entry, in its key order (the base class's fields came first before it was shared)."""
@@ -226,13 +226,13 @@ def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tu
         z_positions=tuple(z_all[i] for i in selected), windows=windows,
         labels=volume.label_specs, lesion_label=lesion_label,
         lesion_pixels=tuple(int(n) for n in lesion_pixels), has_hu=config.keep_hu, quirks=quirks,
-        inputs=volume.inputs, parameters=config.content_parameters(), annotations=annotations,
+        parameters=config.content_parameters(), annotations=annotations,
     )
     # The windowed image is computed slice by slice inside the store's writer threads.
     written = store.write_case(record, windowed_slices(hu, windows), labels, hu=hu if config.keep_hu else None)
     return ConversionOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
                              seconds=time.perf_counter() - started, quirks=quirks, split=split,
-                             inputs=tuple(f.to_dict() for f in volume.inputs))
+                             inputs=tuple({**f.to_dict(), "path": public_path(f.path)} for f in volume.inputs))
 
 
 def _take_slices(label, indices: np.ndarray):
@@ -331,10 +331,11 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
     ordered = tuple(outcomes[r.case_id] for r in refs if r.case_id in outcomes)
     ordered += tuple(outcomes[case_id] for case_id in sorted(duplicates))
     report = ConversionReport(store=str(config.output), outcomes=ordered, seconds=time.perf_counter() - started)
+    redact = Redactor(root, (rel for ref in refs for _, rel in ref.files))
     if fatal is None:
-        _consolidate(store, config, source, report, previous)
+        _consolidate(store, config, source, report, previous, redact)
         return report
-    _stop_on_full_store(fatal, store, config, source, report, previous)
+    _stop_on_full_store(fatal, store, config, source, report, previous, redact)
 
 
 def _whole_cases(store: SliceStore) -> set[str]:
@@ -372,10 +373,10 @@ def _lost_result(config: ConvertConfig, job: tuple[CaseRef, str], exc: BaseExcep
 
 
 def _stop_on_full_store(fatal: StoreWriteError, store: SliceStore, config: ConvertConfig, source,
-                        report: ConversionReport, previous: dict) -> None:
+                        report: ConversionReport, previous: dict, redact: Redactor) -> None:
     """Consolidate what was converted (the failed case is gone, its space freed), then raise one clear error."""
     try:
-        _consolidate(store, config, source, report, previous)
+        _consolidate(store, config, source, report, previous, redact)
         kept = "the index and manifest list them"
     except Exception as exc:  # the store refuses this too (full, or an object store gone)
         if not (isinstance(exc, OSError) or is_storage_failure(exc)):
@@ -394,7 +395,7 @@ def _remedy(fatal: StoreWriteError) -> str:
 
 
 def _consolidate(store: SliceStore, config: ConvertConfig, source, report: ConversionReport,
-                 previous: dict) -> None:
+                 previous: dict, redact: Redactor) -> None:
     """Index and manifest from every complete case in the store, this run's and concurrent runs'.
 
     Under the store's lock, re-reading the store: another run (other --cases) may have
@@ -404,7 +405,7 @@ def _consolidate(store: SliceStore, config: ConvertConfig, source, report: Conve
         store = SliceStore.open(config.output, mode="a")
         latest = store.manifest().get("cases", {})
         store.rebuild_index()
-        manifest = build_manifest(store, config, source, report, {**previous, **latest})
+        manifest = build_manifest(store, config, source, report, {**previous, **latest}, redact)
         store.set_manifest(manifest)
         write_json_atomic(manifest_path(config.output), manifest)
 
@@ -419,11 +420,12 @@ def manifest_path(store_path: str | Path) -> Path | str:
 
 
 def build_manifest(store: SliceStore, config: ConvertConfig, source, report: ConversionReport,
-                   previous: dict) -> dict:
+                   previous: dict, redact: Redactor) -> dict:
+    """The manifest; input paths in it are public (ctprep/public_paths.py), messages redacted."""
     cases = dict(previous)  # cases converted by earlier runs keep their entries
     converted_now = {o.case_id for o in report.outcomes if o.status == "converted"}
     for outcome in report.outcomes:
-        entry = outcome.to_dict()
+        entry = outcome.to_dict() | {"reason": redact(outcome.reason or "")}
         if outcome.status == "existing":  # in the store: listed as converted, with any earlier details
             entry = {**entry, **previous.get(outcome.case_id, {}), "status": "converted"}
         cases[outcome.case_id] = entry
@@ -473,8 +475,13 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
 
 
 def _command_line() -> str:
-    # Only the program and its arguments: never the environment, which may hold anything.
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    # Only the program and its arguments: never the environment, which may hold anything;
+    # the --input folder may be named after a patient: it reads INPUT.
+    args, hide = [], False
+    for arg in sys.argv[1:]:
+        args.append("INPUT" if hide else "--input=INPUT" if arg.startswith("--input=") else arg)
+        hide = arg == "--input"
+    return " ".join([Path(sys.argv[0]).name, *args])
 
 
 __all__ = ["ConvertConfig", "ConversionReport", "ConversionOutcome", "convert_dataset", "convert_case",

@@ -303,8 +303,8 @@ def test_converted_cases_hold_the_written_labels_geometry_and_split(ct, mixed_do
         assert record.split == assign_split(case_id, SplitConfig())
         assert record.annotations["rtstruct"]["labels"]["tumour"] == gtvs
         assert record.annotations["ct"]["technical"]["ConvolutionKernel"] == "B30f"
-        (ct_input,) = [f for f in record.inputs if f.role == "ct"]
-        assert ct_input.sha256 == listing_digest(mixed_download.root, written.ct_files)
+        (ct_input,) = [f for f in store.manifest()["cases"][case_id]["inputs"] if f["role"] == "ct"]
+        assert ct_input["sha256"] == listing_digest(mixed_download.root, written.ct_files)
     manifest = SliceStore.open(config.output).manifest()
     assert manifest["split"]["patients"]["LUNG1-001"] == store.record("LUNG1-001").split
     assert [f["role"] for f in manifest["cases"]["LUNG1-001"]["inputs"]] == ["ct", "rtstruct"]
