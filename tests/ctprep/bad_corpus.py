@@ -518,7 +518,7 @@ NSCLC_DEFECTS = tuple(_dicom("nsclc", *args, **kwargs) for args, kwargs in (
     ((27, "empty-file", "rtstruct-empty", BESIDE),
      dict(target="rtstruct", edit=_path_only(lambda p: p.write_bytes(b"")), check=r"unreadable DICOM file")),
     ((28, "missing-partner", "rtstruct-without-gtv", r"no ROI named 'GTV-1' \(or 'GTV', 'GTV-pre-op'\); "
-      r"available ROIs: \['Tumour'\]"),
+      r"available ROIs: \['roi-[0-9a-f]{8}'\]"),
      dict(target="rtstruct", write={"rename": {"GTV-1": "Tumour"}})),
     ((29, "missing-partner", "rtstruct-gtv-without-contours", r"ROI 'GTV-1' has no contours"),
      dict(target="rtstruct", write={"rename": {"GTV-1": "Tumour"}, "empty": ("GTV-1",)})),

@@ -113,3 +113,17 @@ def test_public_path_rule():
     assert "Doe" not in hidden and "Jane" not in hidden and hidden.endswith("/1-001.dcm")
     assert public_path("case_00000/imaging.nii.gz") == "case_00000/imaging.nii.gz"
     assert public_path("Images_png/000001_01_01/103.png") == "Images_png/000001_01_01/103.png"
+
+
+def test_unmapped_roi_names_are_hashed_in_errors():
+    from ctprep.errors import CaseInputError
+    from ctprep.formats.rtstruct import roi_hash
+    from ctprep.sources import get_source
+
+    with pytest.raises(CaseInputError) as info:
+        get_source("nsclc").label_plan(["Jane Doe lesion"], Path("rs.dcm"))  # no GTV: GTV-1 or an alias
+    with pytest.raises(CaseInputError) as other:  # --roi GTV-1
+        get_source("nsclc", {"rois": ["GTV-1"]}).label_plan(["Jane Doe lesion", "gtv_2"], Path("rs.dcm"))
+    for message in (str(info.value), str(other.value)):
+        assert "Jane" not in message and roi_hash("Jane Doe lesion") in message, message
+    assert "gtv_2" in str(other.value)  # a name of the GTV rule is shown

@@ -21,6 +21,7 @@ from ctprep.commands.check import check_download
 from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
 from ctprep.datasets import SplitConfig, assign_split
 from ctprep.phantoms.dicom import write_ct_series
+from ctprep.formats.rtstruct import roi_hash
 from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.phantoms.nsclc import NsclcPhantom, write_nsclc_case, write_rtstruct
 from ctprep.sources import SOURCES, get_source
@@ -203,7 +204,7 @@ def test_label_plan_errors_name_the_file_and_the_rois():
     with pytest.raises(CaseInputError) as info:
         source.label_plan(["Tumor", "Lung-Left"], Path("x/rs.dcm"))
     assert str(info.value) == ("x/rs.dcm: no ROI named 'GTV-1' (or 'GTV', 'GTV-pre-op'); "
-                               "available ROIs: ['Tumor', 'Lung-Left']")
+                               f"available ROIs: ['{roi_hash('Tumor')}', '{roi_hash('Lung-Left')}']")
     with pytest.raises(CaseInputError, match="ambiguous"):
         get_source("nsclc", {"rois": ["lung=lungs"]}).label_plan(["GTV-1", "Lung ", "LUNG_"], Path("rs.dcm"))
 
@@ -229,7 +230,7 @@ def test_gtv_modes_equal_the_written_masks(two_gtvs, gtvs, names):
     assert 50 < np.count_nonzero(rois["GTV-2"]) < np.count_nonzero(rois["GTV-1"])
     np.testing.assert_array_equal(volume.hu, two_gtvs.cases["LUNG1-001"].hu)
     assert volume.annotations["rtstruct"]["labels"]["lungs"] == ["Lung-Left", "Lung-Right"]
-    assert volume.annotations["rtstruct"]["rois"] == ["Lung-Right", "Lung-Left", "GTV-1", "GTV-2"]
+    assert volume.annotations["rtstruct"]["rois"] == ["Lung-Right", "Lung-Left", "GTV-1", "GTV-2"]  # all mapped
     assert volume.annotations["ct"]["files"] == volume.annotations["ct"]["slices"] == 24
 
 
@@ -275,7 +276,7 @@ def test_convert_skips_bad_cases_with_reasons_and_converts_the_others(mixed_down
     assert reasons["LUNG1-006"].startswith(f"{cases['LUNG1-006'].ct_files[0].parent / 'zz-truncated.dcm'}: "
                                            "unreadable DICOM file beside the case's series (")
     assert reasons["LUNG1-128"] == (f"{cases['LUNG1-128'].rtstruct}: no ROI named 'GTV-1' (or 'GTV', 'GTV-pre-op'); "
-                                    "available ROIs: ['Lung-Right', 'Lung-Left', 'Tumor']")
+                                    f"available ROIs: {[roi_hash(n) for n in ('Lung-Right', 'Lung-Left', 'Tumor')]}")
     manifest = SliceStore.open(config.output).manifest()
     assert manifest["summary"]["skipped"] == ["LUNG1-003", "LUNG1-004", "LUNG1-006", "LUNG1-128"]
     assert manifest_path(config.output).is_file()
