@@ -28,7 +28,7 @@ from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreUnrea
 from ctprep.lookup import LazySlices, nonzero_per_slice
 from ctprep.public_paths import Redactor, public_path
 from ctprep.sources import get_source
-from ctprep.sources.base import refuse_duplicate_ids
+from ctprep.sources.base import refuse_duplicate_ids, refuse_long_ids
 from ctprep.store import SliceStore, check_shared, checksums_digest, is_url, store_lock, write_file_atomic
 from ctprep.windowing import Window, windowed_slices
 from lkbase import __version__
@@ -291,6 +291,8 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
             raise CaseInputError(root, f"--cases not found in the input: {', '.join(unknown)}")
         refs = [r for r in refs if r.case_id in set(config.cases)]
     refs, duplicates = refuse_duplicate_ids(refs)  # before anything is written
+    refs, too_long = refuse_long_ids(refs)
+    duplicates |= too_long
     if not config.windows:
         config = dataclasses.replace(config, windows=source.manifest.windows())
     if config.dask or config.workers > 1:

@@ -43,7 +43,7 @@ from lkbase.errors import ParameterError
 ROLE_RTSTRUCT = "rtstruct"
 GTV_MODES = ("merge", "separate", "both")
 _LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-_RESERVED = re.compile(r"gtv_\d+|roi_.*")
+_RESERVED = re.compile(r"gtv_[0-9]+|roi_.*")
 _GTV_NUMBER = re.compile(r"gtv0*([1-9][0-9]*)")
 
 
@@ -71,7 +71,7 @@ class NsclcSource(DicomSource):
     annotation_role = ROLE_RTSTRUCT
     annotation_verb = "refers to"
     annotation_kind = "RTSTRUCT"
-    patient_pattern = re.compile(r"LUNG1-\d{3}")
+    patient_pattern = re.compile(r"LUNG1-[0-9]{3}")
 
     def __init__(self, manifest: DatasetManifest | None = None, options: Mapping[str, Any] | None = None):
         super().__init__(manifest, options)
