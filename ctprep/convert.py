@@ -313,8 +313,9 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
         for ref in refs:
             if ref.case_id in complete:
                 # The case's own record, not the previous manifest: a killed run never wrote a manifest.
-                outcomes[ref.case_id] = ConversionOutcome.from_store(store.record(ref.case_id), "existing",
-                                                               splits[ref.case_id])
+                outcomes[ref.case_id] = dataclasses.replace(ConversionOutcome.from_store(
+                    store.record(ref.case_id), "existing", splits[ref.case_id]),
+                    inputs=previous.get(ref.case_id, {}).get("inputs") or _inputs_again(source, ref))
         for case_id, reason in duplicates.items():
             log.error("skipped %s: %s", case_id, reason)
             outcomes[case_id] = ConversionOutcome(case_id=case_id, status="skipped", reason=reason)
@@ -338,6 +339,15 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
         _consolidate(store, config, source, report, previous, redact)
         return report
     _stop_on_full_store(fatal, store, config, source, report, previous, redact)
+
+
+def _inputs_again(source, ref: CaseRef) -> tuple[dict, ...]:
+    """The public inputs of a case a killed run finished before writing its manifest (records keep none)."""
+    try:
+        return tuple({**f.to_dict(), "path": public_path(f.path)} for f in source.load(ref).inputs)
+    except LesionkitError as exc:
+        log.warning("%s: inputs not listed in the manifest (%s)", ref.case_id, exc)
+        return ()
 
 
 def _whole_cases(store: SliceStore) -> set[str]:
