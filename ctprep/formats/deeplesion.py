@@ -121,9 +121,11 @@ NEEDED = ("Key_slice_index", "Measurement_coordinates", "Bounding_boxes", "Lesio
           "Image_size", "Train_Val_Test")
 
 
-def split_incomplete(rows: Sequence[InfoRow], need_window: bool) -> tuple[list[InfoRow], list[dict]]:
+def split_incomplete(path: Path, case_id: str, rows: Sequence[InfoRow],
+                     need_window: bool) -> tuple[list[InfoRow], list[dict]]:
     """The rows with every needed field, and ``{"source_row", "reason"}`` for each row lacking some:
-    a short or partly empty row loses its own lesion, never its key slice's other rows."""
+    a short or partly empty row loses its own lesion, never its key slice's other rows. No complete
+    row: CaseInputError naming ``path`` ("no usable lesion")."""
     needed = NEEDED + (("DICOM_windows",) if need_window else ())
     complete, rejected = [], []
     for row in rows:
@@ -132,6 +134,8 @@ def split_incomplete(rows: Sequence[InfoRow], need_window: bool) -> tuple[list[I
                                                                   f"{', '.join(missing)}"})
         else:
             complete.append(row)
+    if not complete:
+        raise CaseInputError(path, f"{case_id}: no usable lesion ({'; '.join(r['reason'] for r in rejected)})")
     return complete, rejected
 
 

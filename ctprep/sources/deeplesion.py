@@ -139,9 +139,9 @@ class DeepLesionSource(Source):
         of the row's Image_size (PNG headers only)."""
         info_path = ref.path("info")
         try:
-            rows, _ = split_incomplete([parse_row(info_path, row) for row in ref.rows], self.dicom_window)
-            case = case_fields(info_path, ref.case_id, rows or [parse_row(info_path, r) for r in ref.rows],
-                               need_window=self.dicom_window)
+            rows, _ = split_incomplete(info_path, ref.case_id, [parse_row(info_path, row) for row in ref.rows],
+                                       self.dicom_window)
+            case = case_fields(info_path, ref.case_id, rows, need_window=self.dicom_window)
             _, slices = context_slices(case.key_slice, case.slice_range, self.context)
             for number in sorted(set(slices)):
                 check_png_header(ref.path("image").with_name(f"{number:03d}.png"), case.image_size)
@@ -155,12 +155,9 @@ class DeepLesionSource(Source):
         rows = [parse_row(info_path, row) for row in ref.rows]
         if not rows:
             raise CaseInputError(info_path, f"{ref.case_id}: no DL_info.csv rows for this key slice")
-        rows, rejected = split_incomplete(rows, self.dicom_window)
+        rows, rejected = split_incomplete(info_path, ref.case_id, rows, self.dicom_window)
         for entry in rejected:
             log.warning("%s: lesion skipped: %s: %s", ref.case_id, info_path, entry["reason"])
-        if not rows:
-            raise CaseInputError(info_path, f"{ref.case_id}: no usable lesion "
-                                            f"({'; '.join(r['reason'] for r in rejected)})")
         case = case_fields(info_path, ref.case_id, rows, need_window=self.dicom_window)
         requested, slices = context_slices(case.key_slice, case.slice_range, self.context)
         images_dir = ref.path("image").parent
