@@ -127,7 +127,8 @@ class CaseRecord:
     ``geometry`` describes the stored grid (after any resampling) with all of
     its slices; ``slice_indices`` says which of them were kept (``--slices``)
     and ``z_positions`` their superior coordinate in mm. ``lesion_pixels``
-    counts ``lesion_label`` pixels in each stored slice.
+    counts ``lesion_label`` pixels in each stored slice. No input path is kept here
+    (a folder may be named after the patient): the manifest lists the inputs, in public form.
     """
 
     case_id: str
@@ -145,7 +146,6 @@ class CaseRecord:
     lesion_pixels: tuple[int, ...]
     has_hu: bool = False
     quirks: tuple[str, ...] = ()
-    inputs: tuple[InputFile, ...] = ()
     parameters: Mapping[str, object] = field(default_factory=dict)
     annotations: Mapping[str, object] = field(default_factory=dict)
 
@@ -182,7 +182,6 @@ class CaseRecord:
             "lesion_pixels": list(self.lesion_pixels),
             "has_hu": self.has_hu,
             "quirks": list(self.quirks),
-            "inputs": [f.to_dict() for f in self.inputs],
             "parameters": dict(self.parameters),
             "annotations": dict(self.annotations),
         }
@@ -205,7 +204,6 @@ class CaseRecord:
             lesion_pixels=tuple(int(v) for v in data["lesion_pixels"]),
             has_hu=bool(data.get("has_hu", False)),
             quirks=tuple(data.get("quirks", ())),
-            inputs=tuple(InputFile.from_dict(f) for f in data.get("inputs", ())),
             parameters=dict(data.get("parameters", {})),
             annotations=dict(data.get("annotations", {})),
         )

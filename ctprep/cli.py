@@ -112,7 +112,8 @@ def convert(source, input_dir, output, windows, spacing, size, slices, keep_hu, 
       ctprep convert --source kits19 --input kits19/data --output kits19.zarr \\
           --spacing 3,0,0 --size 256 --slices lesion+2 --workers 2
     """
-    from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+    from ctprep.convert import ConvertConfig, convert_dataset
+    from ctprep.conversion_manifest import manifest_path
     from ctprep.datasets import SplitConfig
     from ctprep.windowing import parse_window
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import functools
-import json
 import logging
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +21,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ctprep.case import CaseRecord, CaseRef
+from ctprep.conversion_manifest import command_line, library_versions, manifest_path, write_json_atomic
 from ctprep.datasets import SplitConfig, assign_split, fold_table
 from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreUnreachableError, StoreWriteError
 from ctprep.lookup import LazySlices, nonzero_per_slice
+from ctprep.public_paths import Redactor, public_path
 from ctprep.sources import get_source
-from ctprep.sources.base import refuse_duplicate_ids
-from ctprep.store import SliceStore, check_shared, checksums_digest, is_url, store_lock, write_file_atomic
+from ctprep.sources.base import refuse_duplicate_ids, refuse_long_ids
+from ctprep.store import SliceStore, check_shared, checksums_digest, store_lock
 from ctprep.windowing import Window, windowed_slices
 from lkbase import __version__
 from lkbase.errors import ParameterError, is_storage_failure
@@ -127,8 +127,7 @@ class ConversionOutcome(CaseOutcome):
     def from_store(cls, record: CaseRecord, status: str, split: str | None = None) -> "ConversionOutcome":
         """The outcome of a case found complete in the store, from its own record."""
         return cls(case_id=record.case_id, status=status, slices=record.num_slices,
-                   split=split or record.split, quirks=tuple(record.quirks),
-                   inputs=tuple(f.to_dict() for f in record.inputs))
+                   split=split or record.split, quirks=tuple(record.quirks))
 
     def to_dict(self) -> dict:
         """The manifest entry, in its key order (the base class's fields came first before it was shared)."""
@@ -229,13 +228,13 @@ def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tu
         z_positions=tuple(z_all[i] for i in selected), windows=windows,
         labels=volume.label_specs, lesion_label=lesion_label,
         lesion_pixels=tuple(int(n) for n in lesion_pixels), has_hu=config.keep_hu, quirks=quirks,
-        inputs=volume.inputs, parameters=config.content_parameters(), annotations=annotations,
+        parameters=config.content_parameters(), annotations=annotations,
     )
     # The windowed image is computed slice by slice inside the store's writer threads.
     written = store.write_case(record, windowed_slices(hu, windows), labels, hu=hu if config.keep_hu else None)
     return ConversionOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
                              seconds=time.perf_counter() - started, quirks=quirks, split=split,
-                             inputs=tuple(f.to_dict() for f in volume.inputs))
+                             inputs=tuple({**f.to_dict(), "path": public_path(f.path)} for f in volume.inputs))
 
 
 def _take_slices(label, indices: np.ndarray):
@@ -294,6 +293,8 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
             raise CaseInputError(root, f"--cases not found in the input: {', '.join(unknown)}")
         refs = [r for r in refs if r.case_id in set(config.cases)]
     refs, duplicates = refuse_duplicate_ids(refs)  # before anything is written
+    refs, too_long = refuse_long_ids(refs)
+    duplicates |= too_long
     if not config.windows:
         config = dataclasses.replace(config, windows=source.manifest.windows())
     if config.dask or config.workers > 1:
@@ -305,7 +306,7 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
     # with the local pool. A task whose worker dies is retried by the scheduler on another
     # worker; its half-written case stays invisible and is rewritten.
     with case_pool(config.workers, config.dask, preload=["ctprep.convert"]) as pool:
-        store = _open_store(config, created_by or _command_line())
+        store = _open_store(config, created_by or command_line())
         splits = {r.case_id: r.split or assign_split(r.patient_id, config.split, source.manifest.official_split)
                   for r in refs}
         complete = _whole_cases(store)
@@ -314,8 +315,9 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
         for ref in refs:
             if ref.case_id in complete:
                 # The case's own record, not the previous manifest: a killed run never wrote a manifest.
-                outcomes[ref.case_id] = ConversionOutcome.from_store(store.record(ref.case_id), "existing",
-                                                               splits[ref.case_id])
+                outcomes[ref.case_id] = dataclasses.replace(ConversionOutcome.from_store(
+                    store.record(ref.case_id), "existing", splits[ref.case_id]),
+                    inputs=previous.get(ref.case_id, {}).get("inputs") or _inputs_again(source, ref))
         for case_id, reason in duplicates.items():
             log.error("skipped %s: %s", case_id, reason)
             outcomes[case_id] = ConversionOutcome(case_id=case_id, status="skipped", reason=reason)
@@ -334,10 +336,20 @@ def convert_dataset(config: ConvertConfig, *, progress: bool = True,
     ordered = tuple(outcomes[r.case_id] for r in refs if r.case_id in outcomes)
     ordered += tuple(outcomes[case_id] for case_id in sorted(duplicates))
     report = ConversionReport(store=str(config.output), outcomes=ordered, seconds=time.perf_counter() - started)
+    redact = Redactor(root, (rel for ref in refs for _, rel in ref.files))
     if fatal is None:
-        _consolidate(store, config, source, report, previous)
+        _consolidate(store, config, source, report, previous, redact)
         return report
-    _stop_on_full_store(fatal, store, config, source, report, previous)
+    _stop_on_full_store(fatal, store, config, source, report, previous, redact)
+
+
+def _inputs_again(source, ref: CaseRef) -> tuple[dict, ...]:
+    """The public inputs of a case a killed run finished before writing its manifest (records keep none)."""
+    try:
+        return tuple({**f.to_dict(), "path": public_path(f.path)} for f in source.load(ref).inputs)
+    except LesionkitError as exc:
+        log.warning("%s: inputs not listed in the manifest (%s)", ref.case_id, exc)
+        return ()
 
 
 def _whole_cases(store: SliceStore) -> set[str]:
@@ -375,10 +387,10 @@ def _lost_result(config: ConvertConfig, job: tuple[CaseRef, str], exc: BaseExcep
 
 
 def _stop_on_full_store(fatal: StoreWriteError, store: SliceStore, config: ConvertConfig, source,
-                        report: ConversionReport, previous: dict) -> None:
+                        report: ConversionReport, previous: dict, redact: Redactor) -> None:
     """Consolidate what was converted (the failed case is gone, its space freed), then raise one clear error."""
     try:
-        _consolidate(store, config, source, report, previous)
+        _consolidate(store, config, source, report, previous, redact)
         kept = "the index and manifest list them"
     except Exception as exc:  # the store refuses this too (full, or an object store gone)
         if not (isinstance(exc, OSError) or is_storage_failure(exc)):
@@ -397,7 +409,7 @@ def _remedy(fatal: StoreWriteError) -> str:
 
 
 def _consolidate(store: SliceStore, config: ConvertConfig, source, report: ConversionReport,
-                 previous: dict) -> None:
+                 previous: dict, redact: Redactor) -> None:
     """Index and manifest from every complete case in the store, this run's and concurrent runs'.
 
     Under the store's lock, re-reading the store: another run (other --cases) may have
@@ -407,28 +419,20 @@ def _consolidate(store: SliceStore, config: ConvertConfig, source, report: Conve
         store = SliceStore.open(config.output, mode="a")
         latest = store.manifest().get("cases", {})
         store.rebuild_index()
-        manifest = build_manifest(store, config, source, report, {**previous, **latest})
+        manifest = build_manifest(store, config, source, report, {**previous, **latest}, redact)
         if folds := config.folds or store.manifest().get("folds", {}).get("k"):  # kept by later runs
             manifest["folds"] = fold_table(store.records(), int(folds), config.split.seed)
         store.set_manifest(manifest)
         write_json_atomic(manifest_path(config.output), manifest)
 
 
-def manifest_path(store_path: str | Path) -> Path | str:
-    """The JSON manifest written beside a store: ``x.zarr`` -> ``x.manifest.json`` (a URL for a URL)."""
-    if is_url(store_path):
-        folder, _, name = str(store_path).rstrip("/").rpartition("/")
-        return f"{folder}/{name.removesuffix('.zarr')}.manifest.json"
-    path = Path(store_path)
-    return path.with_name(f"{path.name.removesuffix('.zarr')}.manifest.json")
-
-
 def build_manifest(store: SliceStore, config: ConvertConfig, source, report: ConversionReport,
-                   previous: dict) -> dict:
+                   previous: dict, redact: Redactor) -> dict:
+    """The manifest; input paths in it are public (ctprep/public_paths.py), messages redacted."""
     cases = dict(previous)  # cases converted by earlier runs keep their entries
     converted_now = {o.case_id for o in report.outcomes if o.status == "converted"}
     for outcome in report.outcomes:
-        entry = outcome.to_dict()
+        entry = outcome.to_dict() | {"reason": redact(outcome.reason or "")}
         if outcome.status == "existing":  # in the store: listed as converted, with any earlier details
             entry = {**entry, **previous.get(outcome.case_id, {}), "status": "converted"}
         cases[outcome.case_id] = entry
@@ -447,7 +451,7 @@ def build_manifest(store: SliceStore, config: ConvertConfig, source, report: Con
         "format": "lesionkit-conversion-manifest",
         "lesionkit_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": _command_line(),
+        "command": command_line(),
         "dataset": source.manifest.summary(),
         "parameters": config.content_parameters(),
         "libraries": library_versions(),
@@ -460,27 +464,4 @@ def build_manifest(store: SliceStore, config: ConvertConfig, source, report: Con
     }
 
 
-def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": sys.version.split()[0]}
-    for name in ("numpy", "zarr", "numcodecs", "nibabel", "SimpleITK", "isal"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """A local path (lkbase.atomic) or a URL (one whole-object write)."""
-    write_file_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
-
-
-def _command_line() -> str:
-    # Only the program and its arguments: never the environment, which may hold anything.
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-
-
-__all__ = ["ConvertConfig", "ConversionReport", "ConversionOutcome", "convert_dataset", "convert_case",
-           "manifest_path", "StoreError"]
+__all__ = ["ConvertConfig", "ConversionReport", "ConversionOutcome", "convert_dataset", "convert_case", "StoreError"]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ctseg.config import TrainConfig
+from ctseg.errors import ConfigError
 
 ItemKey = tuple[int, tuple[int, ...]]  # (dataset index, augmentation seed words)
 

@@ -160,7 +160,7 @@ def _store_documents(store_path: str | Path) -> list[tuple[str, str]]:
     """(name, text) of every text file of a store and of the manifest beside it, local or at an fsspec URL."""
     import fsspec
 
-    from ctprep.convert import manifest_path
+    from ctprep.conversion_manifest import manifest_path
 
     base = str(store_path).rstrip("/")
     try:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctprep.sources import get_source
-from ctprep.sources.base import refuse_duplicate_ids
+from ctprep.sources.base import refuse_duplicate_ids, refuse_long_ids
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +47,9 @@ def check_download(source_name: str, root: str | Path) -> CheckReport:
     official = set(source.manifest.case_ids)
     # By patient: a patient's second scan (LIDC-IDRI-0001_2) is an official patient, not unexpected.
     present = set(found) | {r.patient_id for r in refs} | set(duplicated)
-    unreadable = tuple((r.case_id, problem) for r in refs if (problem := source.header_problem(r)))
+    refs, too_long = refuse_long_ids(refs)
+    unreadable = tuple(too_long.items()) + tuple((r.case_id, problem) for r in refs
+                                                 if (problem := source.header_problem(r)))
     if not official:  # the manifest cannot list the ids (DeepLesion: 32,120 key slices): readability only
         return CheckReport(source=source_name, found=found, missing=(), unexpected=(), unreadable=unreadable,
                            looked_for=source.description, duplicates=duplicates)

@@ -112,7 +112,7 @@ def fingerprint(path: str | Path) -> dict:
 
 def save_fingerprint(path: str | Path, data: dict) -> None:
     """Write ``data`` into the store's manifest under ``fingerprint`` and the manifest file beside it."""
-    from ctprep.convert import manifest_path, write_json_atomic
+    from ctprep.conversion_manifest import manifest_path, write_json_atomic
 
     store = SliceStore.open(path, mode="a")
     with store.lock():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ctprep.convert import ConversionReport, ConvertConfig, convert_dataset
 from ctprep.errors import ManifestError
+from ctprep.public_paths import resolve
 from ctprep.store import SliceStore, checksums_digest, is_url
 
 
@@ -66,15 +67,18 @@ def _sha256(path: Path) -> str:
 
 
 def input_differences(manifest: dict, input_dir: Path) -> list[tuple[str, str]]:
-    """(case id, why) for every recorded input file that is missing or changed in ``input_dir``."""
+    """(case id, why) for every recorded input file that is missing or changed in ``input_dir``.
+
+    Recorded paths are public (hashed names, ctprep/public_paths.py): they are found again by the same rule.
+    """
+    entries = {c: e for c, e in sorted(manifest.get("cases", {}).items()) if e.get("status") == "converted"}
+    found = resolve(input_dir, (item["path"] for e in entries.values() for item in e.get("inputs", [])))
     problems = []
-    for case_id, entry in sorted(manifest.get("cases", {}).items()):
-        if entry.get("status") != "converted":
-            continue
+    for case_id, entry in entries.items():
         for item in entry.get("inputs", []):
-            path = input_dir / item["path"]
-            if not path.is_file():
-                problems.append((case_id, f"{path}: input file missing"))
+            path = found.get(item["path"])
+            if path is None:
+                problems.append((case_id, f"{item['path']}: input file missing in {input_dir}"))
             elif path.stat().st_size != item["size"] or _sha256(path) != item["sha256"]:
                 problems.append((case_id, f"{path}: differs from the file the store was built from (sha256)"))
     return problems

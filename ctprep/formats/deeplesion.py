@@ -36,7 +36,7 @@ PNG_OFFSET = 32768  # PNG value - 32768 = HU
 # counts as inconsistent (the real rows agree to 0.001 px).
 DIAMETER_TOLERANCE_PX = 1.0
 #: A key slice's File_name: <patient>_<study>_<series>_<slice>.png
-FILE_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.png$")
+FILE_NAME = re.compile(r"([0-9]+)_([0-9]+)_([0-9]+)_([0-9]+)\.png")  # fullmatch, ASCII digits
 
 
 # ---- DL_info.csv --------------------------------------------------------------------------------
@@ -83,7 +83,8 @@ def case_id_of(match: re.Match) -> str:
 
 def split_of(rows: Sequence[tuple[str, ...]]) -> str | None:
     """The official split all of a key slice's raw rows agree on (None if they do not)."""
-    values = {OFFICIAL_SPLIT.get(dict(zip(COLUMNS, row[1:]))["Train_Val_Test"].strip()) for row in rows}
+    given = [dict(zip(COLUMNS, row[1:]))["Train_Val_Test"].strip() for row in rows]
+    values = {OFFICIAL_SPLIT.get(v) for v in given if v}  # a row missing it is rejected by load()
     return values.pop() if len(values) == 1 and None not in values else None  # else load() says why
 
 
@@ -112,6 +113,30 @@ class InfoRow:
 def parse_row(path: Path, raw: Sequence[str]) -> InfoRow:
     """A raw row of :func:`read_info_rows` by column name."""
     return InfoRow(number=int(raw[0]), fields=dict(zip(COLUMNS, raw[1:])))
+
+
+#: The fields a lesion row needs (the patient's gender and age are never read).
+NEEDED = ("Key_slice_index", "Measurement_coordinates", "Bounding_boxes", "Lesion_diameters_Pixel_",
+          "Normalized_lesion_location", "Coarse_lesion_type", "Possibly_noisy", "Slice_range", "Spacing_mm_px_",
+          "Image_size", "Train_Val_Test")
+
+
+def split_incomplete(path: Path, case_id: str, rows: Sequence[InfoRow],
+                     need_window: bool) -> tuple[list[InfoRow], list[dict]]:
+    """The rows with every needed field, and ``{"source_row", "reason"}`` for each row lacking some:
+    a short or partly empty row loses its own lesion, never its key slice's other rows. No complete
+    row: CaseInputError naming ``path`` ("no usable lesion")."""
+    needed = NEEDED + (("DICOM_windows",) if need_window else ())
+    complete, rejected = [], []
+    for row in rows:
+        if missing := [c for c in needed if not row.fields.get(c, "").strip()]:
+            rejected.append({"source_row": row.number, "reason": f"row {row.number}: fields missing: "
+                                                                  f"{', '.join(missing)}"})
+        else:
+            complete.append(row)
+    if not complete:
+        raise CaseInputError(path, f"{case_id}: no usable lesion ({'; '.join(r['reason'] for r in rejected)})")
+    return complete, rejected
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -124,6 +124,8 @@ def _checked_layout(path: Path, image: nib.Nifti1Image, available: int | None) -
         volume = volume[:-1]
     if len(volume) != 3:
         raise CaseInputError(path, f"expected a 3-D volume, found shape {shape}")
+    if min(volume) < 1:
+        raise CaseInputError(path, f"header gives a zero-size dimension: shape {shape} holds no voxel")
     return dtype, volume
 
 

@@ -50,11 +50,14 @@ pydicom, sorted with rt-utils' own slice-position key, and every mask is keyed
 by the SOPInstanceUID of the slice it was drawn on, never by an assumed order.
 
 Errors and return values carry only file paths, ROI names and UIDs: never
-patient names, IDs or dates.
+patient names, IDs or dates. An ROI name is free text (people write "Jane Doe lesion"): it is
+shown only when the conversion asked for it (``--roi``, the GTV rule, the default tumour ROI),
+any other as ``roi-<first 8 hex of its sha256>`` (:func:`shown_rois`), in records and errors alike.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +94,17 @@ def roi_names(rtstruct_path: str | Path) -> list[str]:
     """The ROI names of an RTSTRUCT's StructureSetROISequence, in file order."""
     ds = _read_rtstruct(Path(rtstruct_path))
     return [str(item.get("ROIName", "")) for item in ds.get("StructureSetROISequence", [])]
+
+
+def roi_hash(name: str) -> str:
+    """``roi-<8 hex>``: an ROI name that may not be shown (module docstring)."""
+    return "roi-" + hashlib.sha256(str(name).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def shown_rois(available: Sequence[str], known: Sequence[str]) -> list[str]:
+    """``available`` with every name not in ``known`` (the ROIs the mapping chose) as its hash."""
+    known = set(known)
+    return [name if name in known else roi_hash(name) for name in available]
 
 
 def _normalise(name: str) -> str:
@@ -283,7 +297,7 @@ def _check_series(files: list[Path], series: list[Dataset], rtstruct_path: Path)
 def _structure_set_item(ds: Dataset, path: Path, roi: str, names: list[str]) -> Dataset:
     items = [i for i in ds.StructureSetROISequence if str(i.get("ROIName", "")) == roi]
     if not items:
-        raise CaseInputError(path, f"no ROI named {roi!r}; available ROIs: {names}")
+        raise CaseInputError(path, f"no ROI named {roi!r}; available ROIs: {shown_rois(names, [roi])}")
     if len(items) > 1:
         raise CaseInputError(path, f"{len(items)} ROIs are named {roi!r}")
     return items[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +17,8 @@ from ctprep.geometry import Geometry, canonicalize
 from ctprep.lookup import LazySlices
 from ctprep.formats.nifti import NiftiHeader, NiftiVolume, hu_int16, label_uint8, read_nifti, read_nifti_header
 from lkbase.errors import ParameterError
+
+log = logging.getLogger(__name__)
 
 
 def refuse_duplicate_ids(refs: Sequence[CaseRef]) -> tuple[list[CaseRef], dict[str, str]]:
@@ -32,6 +35,25 @@ def refuse_duplicate_ids(refs: Sequence[CaseRef]) -> tuple[list[CaseRef], dict[s
                          f"{' and '.join(str(_where(r)) for r in same)}; remove or rename all but one")
                for case_id, same in by_id.items() if len(same) > 1}
     return [r for r in refs if r.case_id not in reasons], reasons
+
+
+#: The longest case id: the store names a folder, a lock and staging files after it, and a file name
+#: holds at most 255 bytes (ENAMETOOLONG).
+MAX_CASE_ID = 160
+
+
+def refuse_long_ids(refs: Sequence[CaseRef]) -> tuple[list[CaseRef], dict[str, str]]:
+    """Split ``refs`` into those whose id can name store files and a reason for each other one."""
+    reasons = {r.case_id: (f"{str(_where(r))!r}: the file name gives a case id of {len(r.case_id.encode())} bytes, "
+                           f"more than the {MAX_CASE_ID} a store's file names allow; rename it")
+               for r in refs if len(r.case_id.encode("utf-8", "surrogateescape")) > MAX_CASE_ID}
+    return [r for r in refs if r.case_id not in reasons], reasons
+
+
+def not_the_layout(path: Path, layout: str) -> None:
+    """Log one line for a file or folder that looks like the layout's but is not (``volume-\u0663.nii``,
+    a name ending in a newline): it is not a case; ``ctprep check`` shows the warning."""
+    log.warning("%r: does not match the layout %s; not a case", str(path), layout)
 
 
 def _where(ref: CaseRef) -> Path:

@@ -49,7 +49,7 @@ import numpy as np
 from ctprep.case import CaseRef, CaseVolume, InputFile
 from ctprep.errors import CaseInputError
 from ctprep.formats.deeplesion import (COLUMNS, FILE_NAME, IMAGES_DIR, CaseFields, case_fields, case_id_of,
-                                       check_png_header, find_info, parse_lesion, parse_row, read_info_rows,
+                                       split_incomplete, check_png_header, find_info, parse_lesion, parse_row, read_info_rows,
                                        read_png_hu, split_of)
 from ctprep.formats.recist import recist_mask
 from ctprep.geometry import Geometry, canonicalize
@@ -110,7 +110,7 @@ class DeepLesionSource(Source):
         noisy = 0
         for row in read_info_rows(info):
             number, fields = int(row[0]), dict(zip(COLUMNS, row[1:]))
-            match = FILE_NAME.match(fields["File_name"].strip())
+            match = FILE_NAME.fullmatch(fields["File_name"].strip())
             if not match:
                 log.warning("%s row %d: File_name %r is not <patient>_<study>_<series>_<slice>.png; row ignored",
                             info, number, fields["File_name"])
@@ -139,8 +139,9 @@ class DeepLesionSource(Source):
         of the row's Image_size (PNG headers only)."""
         info_path = ref.path("info")
         try:
-            case = case_fields(info_path, ref.case_id, [parse_row(info_path, row) for row in ref.rows],
-                               need_window=self.dicom_window)
+            rows, _ = split_incomplete(info_path, ref.case_id, [parse_row(info_path, row) for row in ref.rows],
+                                       self.dicom_window)
+            case = case_fields(info_path, ref.case_id, rows, need_window=self.dicom_window)
             _, slices = context_slices(case.key_slice, case.slice_range, self.context)
             for number in sorted(set(slices)):
                 check_png_header(ref.path("image").with_name(f"{number:03d}.png"), case.image_size)
@@ -154,12 +155,15 @@ class DeepLesionSource(Source):
         rows = [parse_row(info_path, row) for row in ref.rows]
         if not rows:
             raise CaseInputError(info_path, f"{ref.case_id}: no DL_info.csv rows for this key slice")
+        rows, rejected = split_incomplete(info_path, ref.case_id, rows, self.dicom_window)
+        for entry in rejected:
+            log.warning("%s: lesion skipped: %s: %s", ref.case_id, info_path, entry["reason"])
         case = case_fields(info_path, ref.case_id, rows, need_window=self.dicom_window)
         requested, slices = context_slices(case.key_slice, case.slice_range, self.context)
         images_dir = ref.path("image").parent
         planes, inputs = read_slices(images_dir, sorted(set(slices)), case, root=Path(ref.root),
                                      key_slice=case.key_slice)
-        lesions, rejected = [], []
+        lesions = []
         for row in rows:
             try:
                 lesions.append(parse_lesion(row, case))

@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 
 from ctprep.case import CaseRef
-from ctprep.sources.base import NiftiPairSource
+from ctprep.sources.base import NiftiPairSource, not_the_layout
 
-_CASE = re.compile(r"^case_\d{5}$")
+_CASE = re.compile(r"case_[0-9]{5}")  # ASCII digits only, whole name
 
 
 class Kits19Source(NiftiPairSource):
@@ -21,7 +21,10 @@ class Kits19Source(NiftiPairSource):
 
     def discover(self, root: Path) -> list[CaseRef]:
         refs = []
-        for folder in sorted(p for p in root.rglob("case_*") if p.is_dir() and _CASE.match(p.name)):
+        for folder in sorted(p for p in root.rglob("case_*") if p.is_dir()):
+            if not _CASE.fullmatch(folder.name):
+                not_the_layout(folder, "case_XXXXX (five ASCII digits)")
+                continue
             image = _first_existing(folder, "imaging")
             label = _first_existing(folder, "segmentation")
             refs.append(CaseRef(source=self.name, case_id=folder.name, patient_id=folder.name, root=str(root),

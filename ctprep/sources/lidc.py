@@ -88,7 +88,7 @@ class LidcSource(DicomSource):
     annotation_role = ROLE_XML
     annotation_verb = "names"
     annotation_kind = "LIDC XML"
-    patient_pattern = re.compile(r"LIDC-IDRI-\d{4}")
+    patient_pattern = re.compile(r"LIDC-IDRI-[0-9]{4}")
 
     # ---- discover ----------------------------------------------------------------------------
     def discover(self, root: Path) -> list[CaseRef]:

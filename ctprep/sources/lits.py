@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 from ctprep.case import CaseRef
-from ctprep.sources.base import NiftiPairSource
+from ctprep.sources.base import NiftiPairSource, not_the_layout
 
-_NAME = re.compile(r"^(volume|segmentation)-(\d+)\.nii(\.gz)?$")
+_NAME = re.compile(r"(volume|segmentation)-([0-9]+)\.nii(\.gz)?")  # ASCII digits only, whole name
 
 
 class LitsSource(NiftiPairSource):
@@ -18,7 +18,12 @@ class LitsSource(NiftiPairSource):
     def discover(self, root: Path) -> list[CaseRef]:
         found: dict[str, dict[str, Path]] = {}
         for path in sorted(root.rglob("*.nii*")):
-            if m := _NAME.match(path.name):
+            m = _NAME.fullmatch(path.name)
+            if m is None:
+                if path.name.startswith(("volume", "segmentation")):
+                    not_the_layout(path, "volume-N.nii / segmentation-N.nii (N in ASCII digits)")
+                continue
+            if m:
                 role = "image" if m[1] == "volume" else "label"
                 found.setdefault(m[2], {}).setdefault(role, path)
         refs = []

@@ -43,7 +43,7 @@ from lkbase.errors import ParameterError
 
 _LESION_WORDS = re.compile(r"tumou?r|cancer|lesion|nodule|mass|metasta", re.IGNORECASE)
 _GENERIC_PREFIXES = {"", "case", "patient", "subject", "volume", "scan", "ct", "img", "image", "sample"}
-_NUMBERED = re.compile(r"^([A-Za-z]*[_-]?)(\d+)$")
+_NUMBERED = re.compile(r"([A-Za-z]*[_-]?)([0-9]+)")  # fullmatch, ASCII digits
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
@@ -149,7 +149,7 @@ def safe_case_ids(stems: list[str], dataset_words: set[str] = frozenset()) -> di
     """Case ids for file stems: kept when clearly non-identifying (see the module docstring), else hashed.
 
     ``dataset_words``: words of the dataset's name and folder (Task03_Liver: task, liver), also safe prefixes."""
-    matches = [_NUMBERED.match(s) for s in stems]
+    matches = [_NUMBERED.fullmatch(s) for s in stems]
     prefixes = {m[1] for m in matches if m}
     if stems and all(matches) and len(prefixes) == 1:
         prefix = next(iter(prefixes))
@@ -206,7 +206,7 @@ def _pattern_layout(root: Path, options: Mapping[str, Any], info: dict | None) -
     for path in sorted(root.glob(images)):
         if path.name.startswith("._") or not path.is_file():
             continue  # macOS resource forks, shipped in the Decathlon tarballs
-        match = name_re.match(path.name)
+        match = name_re.fullmatch(path.name)
         stem = match[1] if match else _stem(path.name)
         pairs.append((stem, str(path.relative_to(root)), str(labels).format(id=stem)))
     if not options.get("label_map") and info is None:

@@ -43,7 +43,7 @@ from lkbase.errors import ParameterError
 ROLE_RTSTRUCT = "rtstruct"
 GTV_MODES = ("merge", "separate", "both")
 _LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-_RESERVED = re.compile(r"gtv_\d+|roi_.*")
+_RESERVED = re.compile(r"gtv_[0-9]+|roi_.*")
 _GTV_NUMBER = re.compile(r"gtv0*([1-9][0-9]*)")
 
 
@@ -71,7 +71,7 @@ class NsclcSource(DicomSource):
     annotation_role = ROLE_RTSTRUCT
     annotation_verb = "refers to"
     annotation_kind = "RTSTRUCT"
-    patient_pattern = re.compile(r"LUNG1-\d{3}")
+    patient_pattern = re.compile(r"LUNG1-[0-9]{3}")
 
     def __init__(self, manifest: DatasetManifest | None = None, options: Mapping[str, Any] | None = None):
         super().__init__(manifest, options)
@@ -106,7 +106,7 @@ class NsclcSource(DicomSource):
     # ---- load --------------------------------------------------------------------------------
     def load(self, ref: CaseRef) -> CaseVolume:
         from ctprep.formats.dicom import read_ct_series
-        from ctprep.formats.rtstruct import rasterise_rois, roi_names
+        from ctprep.formats.rtstruct import rasterise_rois, roi_names, shown_rois
 
         self.check_unreadable(ref)
         ct_files, rtstruct = self._inputs(ref)
@@ -131,7 +131,7 @@ class NsclcSource(DicomSource):
             labels[label] = ct.to_canonical(union)
         specs = tuple(self._spec(label, rois) for label, rois in plan.items())
         annotations = {
-            "rtstruct": {"rois": list(available), "labels": {label: list(rois) for label, rois in plan.items()}},
+            "rtstruct": {"rois": shown_rois(available, wanted), "labels": {label: list(rois) for label, rois in plan.items()}},
             "ct": ct_annotations(ct, len(ct_files)),
         }
         return CaseVolume(ref=ref, hu=ct.hu, labels=labels, label_specs=specs, geometry=ct.geometry,
@@ -153,14 +153,14 @@ class NsclcSource(DicomSource):
 
     def label_plan(self, available: list[str], rtstruct: Path) -> dict[str, list[str]]:
         """Label name -> the ROI names (as written in the RTSTRUCT) whose union it is."""
-        from ctprep.formats.rtstruct import find_gtvs, match_roi
+        from ctprep.formats.rtstruct import find_gtvs, match_roi, shown_rois
 
         def need(wanted: str, aliases=()) -> str:
             found = match_roi(available, wanted, aliases, path=rtstruct)
             if found is None:
                 raise CaseInputError(rtstruct, f"no ROI named {wanted!r}"
                                                + (f" (or {', '.join(map(repr, aliases))})" if aliases else "")
-                                               + f"; available ROIs: {available}")
+                                               + f"; available ROIs: {shown_rois(available, find_gtvs(available))}")
             return found
 
         asked = [roi for roi, label in self.rois if label in (None, "tumour")]

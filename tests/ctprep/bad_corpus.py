@@ -518,7 +518,7 @@ NSCLC_DEFECTS = tuple(_dicom("nsclc", *args, **kwargs) for args, kwargs in (
     ((27, "empty-file", "rtstruct-empty", BESIDE),
      dict(target="rtstruct", edit=_path_only(lambda p: p.write_bytes(b"")), check=r"unreadable DICOM file")),
     ((28, "missing-partner", "rtstruct-without-gtv", r"no ROI named 'GTV-1' \(or 'GTV', 'GTV-pre-op'\); "
-      r"available ROIs: \['Tumour'\]"),
+      r"available ROIs: \['roi-[0-9a-f]{8}'\]"),
      dict(target="rtstruct", write={"rename": {"GTV-1": "Tumour"}})),
     ((29, "missing-partner", "rtstruct-gtv-without-contours", r"ROI 'GTV-1' has no contours"),
      dict(target="rtstruct", write={"rename": {"GTV-1": "Tumour"}, "empty": ("GTV-1",)})),
@@ -761,10 +761,14 @@ DEEPLESION_DEFECTS = tuple(_dl(*args, **kwargs) for args, kwargs in (
     ((31, "wrong-size", "second-lesion-row-malformed"),
      dict(outcome="converted", note=r'"rejected_lesions": \[\{"source_row": \d+, "reason": "row \d+: '
           r'Measurement_coordinates needs 8 numbers, found 3', extra_rows=[dl_row(31, coords=(1, 2, 3))])),
+    ((34, "wrong-size", "second-lesion-row-missing-fields"),
+     dict(outcome="converted", note=r'"rejected_lesions": \[\{"source_row": \d+, "reason": "row \d+: '
+          r'fields missing: Slice_range, Spacing_mm_px_', extra_rows=[{**dl_row(34), "Slice_range": "",
+                                                                     "Spacing_mm_px_": " "}])),
     ((32, "wrong-size", "context-past-the-released-range"),
      dict(outcome="converted", note=r'"clamped_rows": \[3, 4\]', key=1, row=dl_row(32, key=1))),
     # The CSV's last row, cut in the middle when the file is truncated (see build_deeplesion).
-    ((33, "truncated", "csv-truncated-in-last-row", r"row \d+: Slice_range needs 2 numbers, found 0"),
+    ((33, "truncated", "csv-truncated-in-last-row", r"no usable lesion \(row \d+: fields missing: .*Slice_range"),
      dict(check=SAME)),
 ))
 

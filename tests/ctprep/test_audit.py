@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from ctprep.commands.audit import PHI_ATTRIBUTES, audit_store, scan_json, scan_text
 from ctprep.cli import main
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from lesionkit.cli import ctprep as main  # the program users run: ctprep's commands + demo
-from ctprep.convert import manifest_path
+from ctprep.conversion_manifest import manifest_path
 from ctprep.phantoms.nifti import write_kits19_case, write_lits_case
 from ctprep.commands.preview import CAPTION_HEIGHT, MIN_TILE
 from ctprep.store import SliceStore

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ctprep.case import SPLITS
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.datasets import SplitConfig, assign_split, load_dataset_manifest
 from ctprep.errors import CaseInputError, StoreParameterError
 from ctprep.store import SliceStore
@@ -79,7 +80,8 @@ def test_record_fields(converted, ct):
         assert record.source_grid.axcodes == axcodes[case_id]
         assert record.parameters == json.loads(json.dumps(config.content_parameters()
                                                           | {"windows": [w.to_dict() for w in manifest.windows()]}))
-        assert {f.role for f in record.inputs} == {"image", "label"}
+        assert "inputs" not in record.to_dict()  # input paths only in the manifest (PHI, issue 17 C7)
+        assert {f["role"] for f in store.manifest()["cases"][case_id]["inputs"]} == {"image", "label"}
 
 
 def test_arrays_equal_the_phantom(converted):

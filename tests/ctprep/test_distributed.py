@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.store import SliceStore
 from ctprep.commands.verify import verify_store
 

@@ -17,6 +17,7 @@ from nibabel import orientations
 from scipy import ndimage
 
 from ctprep.cli import main
+from ctprep.public_paths import resolve
 from ctprep.convert import ConvertConfig, convert_dataset
 from ctprep.commands.export import export_label_nifti, label_on_source_grid
 from ctprep.store import SliceStore
@@ -30,8 +31,9 @@ def convert(dataset, output: Path, **kwargs) -> SliceStore:
 
 
 def source_file(store: SliceStore, root: Path, case_id: str, role: str) -> Path:
-    (entry,) = [f for f in store.record(case_id).inputs if f.role == role]
-    return root / entry.path
+    """The raw file behind a case, from the manifest's public input paths (the store keeps none)."""
+    (entry,) = [f for f in store.manifest()["cases"][case_id]["inputs"] if f["role"] == role]
+    return resolve(root, [entry["path"]])[entry["path"]]
 
 
 def expected_label(store: SliceStore, root: Path, case_id: str, label: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from ctprep.commands.fingerprint import fingerprint, lesion_sizes
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.datasets import SplitConfig
 from ctprep.store import SliceStore
 from lesionkit.cli import ctprep as main

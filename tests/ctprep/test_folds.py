@@ -7,7 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.datasets import SplitConfig, assign_fold, assign_split
 from ctprep.phantoms.nifti import write_lits_case
 from ctprep.store import SliceStore

@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from ctprep.cli import main as ctprep_cli
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.errors import StoreError
 from ctprep.lookup import LazySlices
 from ctprep.store import SliceStore

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from isal import igzip
 
-from ctprep.convert import manifest_path
+from ctprep.conversion_manifest import manifest_path
 from ctprep.formats.nifti import read_nifti
 from ctprep.phantoms.nifti import write_lits_case
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.errors import ManifestError
 from ctprep.commands.rebuild import rebuild_store
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from killing import hook_env, kill, subprocess_env, wait_for
 
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.store import SliceStore
 
 SHAPE = (16, 48, 48)

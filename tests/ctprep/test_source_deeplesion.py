@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from ctprep.case import CaseVolume
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.phantoms.deeplesion import write_deeplesion_phantom, write_dl_info, write_png16
 from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.sources import SOURCES, get_source

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.formats.dicom import read_ct_series
 from ctprep.formats.dicom_outputs import write_seg
 from ctprep.phantoms.dicom import write_ct_series

@@ -18,9 +18,11 @@ from click.testing import CliRunner
 
 from ctprep.case import CaseVolume
 from ctprep.commands.check import check_download
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.datasets import SplitConfig, assign_split
 from ctprep.phantoms.dicom import write_ct_series
+from ctprep.formats.rtstruct import roi_hash
 from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.phantoms.nsclc import NsclcPhantom, write_nsclc_case, write_rtstruct
 from ctprep.sources import SOURCES, get_source
@@ -203,7 +205,7 @@ def test_label_plan_errors_name_the_file_and_the_rois():
     with pytest.raises(CaseInputError) as info:
         source.label_plan(["Tumor", "Lung-Left"], Path("x/rs.dcm"))
     assert str(info.value) == ("x/rs.dcm: no ROI named 'GTV-1' (or 'GTV', 'GTV-pre-op'); "
-                               "available ROIs: ['Tumor', 'Lung-Left']")
+                               f"available ROIs: ['{roi_hash('Tumor')}', '{roi_hash('Lung-Left')}']")
     with pytest.raises(CaseInputError, match="ambiguous"):
         get_source("nsclc", {"rois": ["lung=lungs"]}).label_plan(["GTV-1", "Lung ", "LUNG_"], Path("rs.dcm"))
 
@@ -229,7 +231,7 @@ def test_gtv_modes_equal_the_written_masks(two_gtvs, gtvs, names):
     assert 50 < np.count_nonzero(rois["GTV-2"]) < np.count_nonzero(rois["GTV-1"])
     np.testing.assert_array_equal(volume.hu, two_gtvs.cases["LUNG1-001"].hu)
     assert volume.annotations["rtstruct"]["labels"]["lungs"] == ["Lung-Left", "Lung-Right"]
-    assert volume.annotations["rtstruct"]["rois"] == ["Lung-Right", "Lung-Left", "GTV-1", "GTV-2"]
+    assert volume.annotations["rtstruct"]["rois"] == ["Lung-Right", "Lung-Left", "GTV-1", "GTV-2"]  # all mapped
     assert volume.annotations["ct"]["files"] == volume.annotations["ct"]["slices"] == 24
 
 
@@ -275,7 +277,7 @@ def test_convert_skips_bad_cases_with_reasons_and_converts_the_others(mixed_down
     assert reasons["LUNG1-006"].startswith(f"{cases['LUNG1-006'].ct_files[0].parent / 'zz-truncated.dcm'}: "
                                            "unreadable DICOM file beside the case's series (")
     assert reasons["LUNG1-128"] == (f"{cases['LUNG1-128'].rtstruct}: no ROI named 'GTV-1' (or 'GTV', 'GTV-pre-op'); "
-                                    "available ROIs: ['Lung-Right', 'Lung-Left', 'Tumor']")
+                                    f"available ROIs: {[roi_hash(n) for n in ('Lung-Right', 'Lung-Left', 'Tumor')]}")
     manifest = SliceStore.open(config.output).manifest()
     assert manifest["summary"]["skipped"] == ["LUNG1-003", "LUNG1-004", "LUNG1-006", "LUNG1-128"]
     assert manifest_path(config.output).is_file()
@@ -303,8 +305,8 @@ def test_converted_cases_hold_the_written_labels_geometry_and_split(ct, mixed_do
         assert record.split == assign_split(case_id, SplitConfig())
         assert record.annotations["rtstruct"]["labels"]["tumour"] == gtvs
         assert record.annotations["ct"]["technical"]["ConvolutionKernel"] == "B30f"
-        (ct_input,) = [f for f in record.inputs if f.role == "ct"]
-        assert ct_input.sha256 == listing_digest(mixed_download.root, written.ct_files)
+        (ct_input,) = [f for f in store.manifest()["cases"][case_id]["inputs"] if f["role"] == "ct"]
+        assert ct_input["sha256"] == listing_digest(mixed_download.root, written.ct_files)
     manifest = SliceStore.open(config.output).manifest()
     assert manifest["split"]["patients"]["LUNG1-001"] == store.record("LUNG1-001").split
     assert [f["role"] for f in manifest["cases"]["LUNG1-001"]["inputs"]] == ["ct", "rtstruct"]

@@ -28,7 +28,8 @@ from click.testing import CliRunner
 from fsspec.implementations.memory import MemoryFileSystem
 
 from ctprep.cli import main as ctprep_cli
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.errors import StoreWriteError
 from ctprep.lookup import LazySlices
 from ctprep.store import SliceIndex, SliceStore

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from ctprep.cli import main
-from ctprep.convert import ConvertConfig, convert_dataset, manifest_path
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.conversion_manifest import manifest_path
 from ctprep.errors import StoreFormatError
 from ctprep.store import SliceStore, array_checksums, chunk_checksum
 from ctprep.commands.verify import compare_checksums, verify_store

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ctprep.convert import manifest_path
+from ctprep.conversion_manifest import manifest_path
 from ctprep.store import SliceStore
 
 EXPECTED = {"lits": (6, 248), "kits19": (2, 80), "nsclc": (2, 40), "lidc": (2, 32)}
