@@ -24,6 +24,7 @@ import numpy as np
 from ctprep.case import CaseRecord
 from ctprep.store import SliceStore, checksums_digest, is_url
 from lkbase.atomic import atomic_path, write_text_atomic
+from lkbase.plain import plain
 
 THUMB = 160  # thumbnail side in pixels
 COLOURS = [(0, 255, 0), (0, 0, 255), (255, 128, 0), (0, 255, 255), (255, 0, 255), (255, 255, 0),
@@ -156,7 +157,7 @@ def render_page(store: SliceStore, rows: Sequence[CaseRow]) -> str:
 def _summary(manifest: dict, parameters: dict, rows: Sequence[CaseRow]) -> str:
     dataset = manifest.get("dataset", {}) or {}
     splits = {s: sum(1 for r in rows if r.split == s) for s in ("train", "val", "test")}
-    windows = ", ".join(f"{w.get('name')} [{w.get('lo')}, {w.get('hi')}] HU" for w in parameters.get("windows", []))
+    windows = plain(parameters.get("windows", []))
     items = [("source", parameters.get("source", "?")), ("dataset", dataset.get("title", "")),
              ("citation", dataset.get("citation", "")), ("licence", dataset.get("licence", "")),
              ("cases", f"{len(rows)} ({', '.join(f'{k} {v}' for k, v in splits.items())})"),

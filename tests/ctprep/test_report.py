@@ -58,6 +58,7 @@ def test_report_page_lists_every_case_with_a_thumbnail(lits_store, tmp_path):
         assert abs(float(row["data-lesionml"]) - expected) < 1e-3
     text = result.page.read_text()
     assert "CC BY-NC-SA 4.0" in text and "Skipped cases (0)" in text
+    assert "liver [-45, 105] HU" in text  # the windows in plain words
 
 
 def test_report_reuses_thumbnails_until_a_case_changes(lits_store, tmp_path):
