@@ -66,6 +66,28 @@ def config_for(model: str, store: Path, size: int, options: dict | None = None, 
     return build_config(model=model, layers=[layer])
 
 
+def sr_stage(store: Path, size: int, device: str = "cpu") -> Path:
+    """CasGAN's super-resolution stage for the step benchmark: a one-step srgan run's last.pt
+    (its weights do not matter for timing; casgan needs a trained srgan run to be built)."""
+    from ctseg.build import build_config
+    from ctseg.train import train
+
+    out = store.parent / f"sr_stage_{size}_{device.replace(':', '_')}"
+    if not (out / "last.pt").is_file():
+        layer = {"store": str(store), "target": "tumour", "out": str(out), "size": size, "batch_size": 2,
+                 "train_split": "all", "val_split": "none", "max_steps": 1, "image_every": 0, "device": device}
+        train(build_config(model="srgan", layers=[layer]), progress=False)
+    return out / "last.pt"
+
+
+def model_options(name: str, store: Path, size: int, device: str = "cpu") -> dict:
+    """The options a model is benchmarked with: CPU-sized widths, casgan's SR stage."""
+    options = dict(CPU_OPTIONS.get(name, {})) if device == "cpu" else {}
+    if name == "casgan":
+        options["sr_checkpoint"] = str(sr_stage(store, size, device))
+    return options
+
+
 def loader_rate(store: Path, size: int, workers: int, batches: int, device: str = "cpu") -> float:
     """Slices/s of the training DataLoader alone (after one warm-up batch), each raw uint8 batch
     finished on ``device`` (float conversion and augmentation there: ctseg.batching.finish_batch)."""
@@ -161,7 +183,7 @@ def cpu_section(args, verdicts: common.Verdicts) -> None:
                        ["workers", "slices/s"], [[str(w), r] for w, r in rates.items()])
     models = sorted(MODELS)[:2] if args.quick else sorted(MODELS)
     rows = []
-    runs = [(label, name, {**CPU_OPTIONS.get(name, {}), **extra})
+    runs = [(label, name, {**model_options(name, store, args.size), **extra})
             for name in models for label, extra in [(name, {}), *STAGES.get(name, [])]]
     for label, name, options in runs:
         try:
@@ -194,7 +216,8 @@ def gpu_section(args, verdicts: common.Verdicts) -> None:
         rows.append([f"loader ({args.gpu_workers} workers)", size, loader, "-", "-", "-"])
         for name in sorted(MODELS):
             try:
-                r = step_rate(name, store, size, args.gpu_steps, device=device, profile=True)
+                r = step_rate(name, store, size, args.gpu_steps, device=device, profile=True,
+                              options=model_options(name, store, size, device) or None)
             except Exception as exc:
                 rows.append([name, size, "-", "-", "-", f"skipped: {type(exc).__name__}"])
                 continue
