@@ -5,7 +5,7 @@ cannot vet by format (a folder named after the patient, a TCIA series descriptio
 component is kept as it is when it is built only from ASCII digits, the separators ``. _ -`` and space
 and the words of the public datasets' layouts (``volume``, ``segmentation``, ``case``,
 ``imaging``, ``Training Batch``, ``LUNG1``, ``LIDC-IDRI``, ``Images_png``, ``DL_info.csv``, file endings ...), or
-is an id ctprep made (``unnamed-<hex>``, ``x-<hex>``). Any other component becomes
+is an id ctprep made (``unnamed-<hex>``, ``x-<hex>``, ``case-h<hex>``). Any other component becomes
 ``x-<first 12 hex of sha256(name)>`` plus its file ending. The store keeps no input path at
 all; the manifest keeps public paths, and ``ctprep rebuild`` finds the files again by
 applying the same rule to the download (``resolve``). Messages stored in the manifest go
@@ -24,7 +24,7 @@ LAYOUT_WORDS = frozenset(w.lower() for w in (
     "volume", "segmentation", "imaging", "case", "image", "label", "lung1", "lidc", "idri", "images", "png",
     "dl", "info", "csv", "nii", "gz", "dcm", "xml", "json", "txt", "mhd", "raw", "dicom", "na", "training",
     "batch", "test", "data"))
-_MADE_ID = re.compile(r"(?:unnamed|x)-[0-9a-f]{12}(?:\.[A-Za-z]{2,4}){0,2}", re.ASCII)
+_MADE_ID = re.compile(r"(?:unnamed-|x-|case-h)[0-9a-f]{12}(?:_[0-9]+)?(?:\.[A-Za-z]{2,4}){0,2}", re.ASCII)
 _TOKEN = re.compile(r"[A-Za-z0-9._ -]{1,128}", re.ASCII)
 _WORD = re.compile(r"[A-Za-z]+", re.ASCII)
 _ENDING = re.compile(r"(?:\.(?:nii\.gz|nii|dcm|xml|png|csv|json|gz))$", re.IGNORECASE | re.ASCII)

@@ -105,7 +105,7 @@ def parse_window(text: str) -> Window:
     if m := re.fullmatch(rf"({_NUMBER})\s*,\s*({_NUMBER})", spec):
         level, width = float(m[1]), float(m[2])
         if width <= 0:
-            raise ParameterError(f"window {text!r}: the width (second number of level,width) must be > 0, "
+            raise ParameterError(f"window {text!r}: width must be > 0 (the second number of level,width), "
                                  f"found {m[2]}")
         # A leading '+' is dropped from generated names: window names allow no '+'.
         return Window(name=name or f"L{m[1].lstrip('+')}_W{m[2].lstrip('+')}", level=level, width=width)

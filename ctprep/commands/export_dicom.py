@@ -22,9 +22,8 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -80,8 +79,12 @@ def series_files(dicom_dir: str | Path) -> list[Path]:
     return list(next(iter(found.values())).files)
 
 
-def series_problem(record: CaseRecord, ct, files: Sequence[Path], dicom_dir: Path) -> str | None:
-    """Why series ``ct`` (read from ``files``) is not the case's converted series; None when it is."""
+def series_problem(record: CaseRecord, ct, files: Sequence[Path], dicom_dir: Path,
+                   recorded_inputs: Sequence[dict] = ()) -> str | None:
+    """Why series ``ct`` (read from ``files``) is not the case's converted series; None when it is.
+
+    ``recorded_inputs``: the case's inputs as the store's manifest lists them (the series'
+    digest does not depend on its folder's name, which the manifest may keep only hashed)."""
     grid = record.source_grid
     source_shape = tuple(reversed(ct.native_shape))  # the DICOM source layout is (col, row, slice)
     if tuple(grid.shape) != source_shape:
@@ -90,28 +93,25 @@ def series_problem(record: CaseRecord, ct, files: Sequence[Path], dicom_dir: Pat
     worst = float(np.abs(np.asarray(grid.affine_ras) - np.asarray(ct.source_grid.affine_ras)).max())
     if worst > AFFINE_TOLERANCE_MM:
         return f"series position/orientation differs from the case's recorded affine by up to {worst:.3g} mm"
-    recorded = [f for f in record.inputs if f.role == "ct"]
+    recorded = [f for f in recorded_inputs if f.get("role") == "ct"]
     if len(recorded) == 1:
-        from ctprep.sources.dicom_source import listing_digest
+        from ctprep.sources.dicom_source import series_digest
 
-        common = Path(os.path.commonpath([str(f.parent) for f in files]))
-        entries = sorted(((PurePosixPath(recorded[0].path) / f.relative_to(common).as_posix()).as_posix()
-                          .removeprefix("./"), f) for f in files)
-        size, digest = listing_digest(entries, dicom_dir)
-        if digest != recorded[0].sha256:
+        size, digest = series_digest(files)
+        if digest != recorded[0].get("sha256"):
             return (f"the series' files ({size} bytes) are not the ones converted into case {record.case_id} "
                     "(sha256 of their listing differs from the record's)")
     return None
 
 
-def read_case_series(record: CaseRecord, dicom_dir: str | Path):
+def read_case_series(record: CaseRecord, dicom_dir: str | Path, recorded_inputs: Sequence[dict] = ()):
     """The case's original CT series read from ``dicom_dir`` (checked: module docstring)."""
     from ctprep.formats.dicom import read_ct_series
 
     dicom_dir = Path(dicom_dir)
     files = series_files(dicom_dir)
     ct = read_ct_series(files, irregular="refuse")
-    problem = series_problem(record, ct, files, dicom_dir)
+    problem = series_problem(record, ct, files, dicom_dir, recorded_inputs)
     if problem:
         raise CaseInputError(dicom_dir, f"not the series of case {record.case_id}: {problem}")
     return ct
@@ -135,7 +135,8 @@ def export_labels_dicom(store: SliceStore | str | Path, case_id: str, labels: Se
         if label not in store.label_names(case_id):
             raise ParameterError(f"case {case_id} has no label {label!r} "
                                  f"(it has: {', '.join(store.label_names(case_id)) or 'none'})")
-    ct = read_case_series(record, dicom_dir)
+    entry = store.manifest().get("cases", {}).get(case_id, {})
+    ct = read_case_series(record, dicom_dir, entry.get("inputs", ()) if isinstance(entry, dict) else ())
     masks, missing, resampled = {}, 0, False
     for label in labels:
         exported = label_on_source_grid(store, case_id, label)

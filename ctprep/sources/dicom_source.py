@@ -25,9 +25,9 @@ SeriesInstanceUID (an RTSTRUCT for NSCLC-Radiomics, an XML for LIDC-IDRI).
 
 Inputs recorded per case (:func:`series_input`): the CT series as one entry
 (``path`` = its folder relative to the input folder, ``size`` = total bytes,
-``sha256`` = the sha256 of its ``sha256sum`` listing), so that a 1000-scan
-manifest lists 1000 series rather than 250 000 files; verify one with
-``cd INPUT && sha256sum FILES... | LC_ALL=C sort -k2 | sha256sum``.
+``sha256`` = the sha256 of its ``sha256sum`` listing, names relative to the series'
+own folder), so that a 1000-scan manifest lists 1000 series rather than 250 000 files;
+verify one with ``cd SERIES_FOLDER && sha256sum FILES... | LC_ALL=C sort -k2 | sha256sum``.
 """
 
 from __future__ import annotations
@@ -195,10 +195,19 @@ def file_input(role: str, path: Path, root: Path) -> InputFile:
 
 def series_input(role: str, files: Sequence[Path], root: Path) -> InputFile:
     """A CT series as one manifest entry (module docstring): folder, total size, digest of its listing."""
-    entries = sorted((relative(f, root), f) for f in files)
-    size, digest = listing_digest(entries, root)
-    folder = os.path.commonpath([PurePosixPath(rel).parent.as_posix() for rel, _ in entries]) if entries else ""
+    names = [relative(f, root) for f in files]
+    folder = os.path.commonpath([PurePosixPath(rel).parent.as_posix() for rel in names]) if names else ""
+    size, digest = series_digest(files)
     return InputFile(role=role, path=folder or ".", size=size, sha256=digest)
+
+
+def series_digest(files: Sequence[Path]) -> tuple[int, str]:
+    """Total size and digest of a series, its files named relative to the series' own folder: the
+    digest does not depend on where the series lies (the manifest may keep only a hashed path)."""
+    if not files:
+        return 0, hashlib.sha256().hexdigest()
+    common = Path(os.path.commonpath([str(f.parent) for f in files]))
+    return listing_digest(sorted((f.relative_to(common).as_posix(), f) for f in files), common)
 
 
 def listing_digest(entries: Sequence[tuple[str, Path]], root: Path) -> tuple[int, str]:

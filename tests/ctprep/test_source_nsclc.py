@@ -6,6 +6,7 @@ end-to-end conversions with every kind of bad case beside good ones.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -71,8 +72,10 @@ def dice(a, b) -> float:
 
 
 def listing_digest(root: Path, files) -> str:
-    """sha256 of the ``sha256sum`` listing of ``files`` sorted by relative path (docs/sources.md)."""
-    lines = sorted((f.relative_to(root).as_posix(), hashlib.sha256(f.read_bytes()).hexdigest()) for f in files)
+    """sha256 of the ``sha256sum`` listing of ``files``, named relative to the series' own folder
+    and sorted (docs/sources.md); ``root`` is unused: the digest does not depend on where the series lies."""
+    folder = Path(os.path.commonpath([str(f.parent) for f in files]))
+    lines = sorted((f.relative_to(folder).as_posix(), hashlib.sha256(f.read_bytes()).hexdigest()) for f in files)
     return hashlib.sha256("".join(f"{h}  {rel}\n" for rel, h in lines).encode()).hexdigest()
 
 

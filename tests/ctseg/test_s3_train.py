@@ -16,7 +16,7 @@ from ctseg.cli import main
 pytestmark = pytest.mark.timeout(300)
 
 TINY = ["--size", "32", "--batch-size", "4", "--set", "model_options.features=[8,16]", "--set", "steps_per_epoch=2",
-        "--set", "train_split=all", "--set", "val_split=all", "--no-progress", "--epochs", "1"]
+        "--set", "train_split=all", "--set", "val_split=all", "--quiet", "--epochs", "1"]
 
 
 def test_train_and_predict_on_a_bucket_store(s3_endpoint, phantom_store, tmp_path):
@@ -43,7 +43,7 @@ def test_train_and_predict_on_a_bucket_store(s3_endpoint, phantom_store, tmp_pat
     shutil.copytree(phantom_store, local)
     for store in (url, local):
         done = runner.invoke(main, ["predict", "--checkpoint", str(runs["local"] / "last.pt"), "--store", str(store),
-                                    "--cases", "volume-0", "--threshold", "0.3", "--no-progress"])
+                                    "--cases", "volume-0", "--threshold", "0.3", "--quiet"])
         assert done.exit_code == 0, done.output
     a, b = SliceStore.open(local), SliceStore.open(url)
     names = [n for n in a.label_names("volume-0") if n.startswith("pred_")]
