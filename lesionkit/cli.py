@@ -25,8 +25,8 @@ def demo(out_dir, workers, no_train, quiet) -> None:
     U-Net on the CPU and evaluate it on held-out cases (ctseg, when torch is installed).
 
     Each step's summary is printed as soon as it finishes; OUT_DIR/index.html links every
-    output with a sentence on what it shows. About 2-4 minutes on 2 cores (under a minute
-    with --no-train).
+    output with a sentence on what it shows. About 45 s on 2 idle cores (the pip venv's
+    first run adds a one-off ~15 s numba compile), several minutes when the cores are busy.
     """
     from lesionkit.demo import run_demo
 
