@@ -112,7 +112,7 @@ def write_rtstruct(files: Sequence[Path], masks: Mapping[str, np.ndarray], path:
 
     headers = _with_type2(read_series_headers(files))
     masks = _check_masks(masks, headers)
-    with _quiet_pydicom():
+    with quiet_pydicom():
         rt = RTStruct(headers, ds_helper.create_rtstruct_dataset(headers))
         for name, mask in masks.items():
             # rt-utils: mask (row, col, slice) with slice i the i-th dataset given; empty masks are refused.
@@ -166,7 +166,7 @@ def write_seg(files: Sequence[Path], masks: Mapping[str, np.ndarray], path: str 
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
         for number, name in enumerate(masks, start=1)]
     pixels = np.stack(list(masks.values()), axis=-1).astype(np.uint8)  # (frames, rows, cols, segments)
-    with _quiet_pydicom():
+    with quiet_pydicom():
         seg = hd.seg.Segmentation(
             source_images=headers, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=901,
@@ -194,7 +194,7 @@ def read_seg_masks(path: str | Path, files: Sequence[Path]) -> dict[str, np.ndar
 
 
 @contextlib.contextmanager
-def _quiet_pydicom():
+def quiet_pydicom():
     """rt-utils and highdicom set attributes pydicom 3 deprecates: not the user's concern."""
     logger = logging.getLogger("pydicom")
     disabled, logger.disabled = logger.disabled, True

@@ -10,16 +10,14 @@ voxel. Only synthetic, PHI-free header values are written.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from ctprep.formats.dicom_outputs import quiet_pydicom
 from ctprep.phantoms.dicom import write_ct_series
 from lkbase.atomic import atomic_path
 
@@ -83,7 +81,7 @@ def write_rtstruct(series_files: Sequence[Path], rois: Mapping[str, np.ndarray],
         for keyword in ("StudyDate", "StudyTime", "StudyID"):
             if keyword not in ds:
                 setattr(ds, keyword, "")
-    with _quiet_pydicom():  # rt-utils sets attributes pydicom 3 deprecates: not the user's concern
+    with quiet_pydicom():  # rt-utils sets attributes pydicom 3 deprecates: not the user's concern
         rt = RTStruct(series, ds_helper.create_rtstruct_dataset(series))
     for name, mask in rois.items():
         rt.add_roi(mask=np.ascontiguousarray(np.asarray(mask, dtype=bool).transpose(1, 2, 0)), name=name)
@@ -92,18 +90,6 @@ def write_rtstruct(series_files: Sequence[Path], rois: Mapping[str, np.ndarray],
     with atomic_path(path) as tmp:
         rt.ds.save_as(tmp)  # what RTStruct.save does, without its print to stdout
     return path
-
-
-@contextlib.contextmanager
-def _quiet_pydicom():
-    logger = logging.getLogger("pydicom")
-    disabled, logger.disabled = logger.disabled, True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        logger.disabled = disabled
 
 
 def write_nsclc_case(root: Path, number: int = 1, *, shape: tuple[int, int, int] = SHAPE,

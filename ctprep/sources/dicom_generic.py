@@ -31,9 +31,9 @@ from ctprep.case import CaseRef, CaseVolume, InputFile, LabelSpec
 from ctprep.datasets import DatasetManifest
 from ctprep.errors import CaseInputError
 from ctprep.sources.base import Source
-from ctprep.sources.dicom_source import (ROLE_CT, ROLE_UNREADABLE, Annotation, DicomSource, FoundCase,
+from ctprep.sources.dicom_source import (ROLE_CT, ROLE_UNREADABLE, case_ref, Annotation, DicomSource, FoundCase,
                                          HashInBackground, _numbered, _pair, file_input, looks_like_dicom,
-                                         relative, series_input, stack_native)
+                                         series_input, stack_native)
 from ctprep.sources.nifti_generic import _HASHED, safe_case_ids
 from ctprep.sources.nsclc import ct_annotations, parse_roi_option
 
@@ -106,11 +106,7 @@ class DicomGenericSource(DicomSource):
                 case_id="", patient_id=patient, series_uid=uid, ct_files=(), annotations=tuple(anns), unreadable=())))
         refs = []
         for case in _numbered(found):
-            files = [(ROLE_CT, relative(f, root)) for f in case.ct_files]
-            files += [(roles[a.path], relative(a.path, root)) for a in case.annotations]
-            files += [(ROLE_UNREADABLE, relative(p, root)) for p in case.unreadable]
-            refs.append(CaseRef(source=self.name, case_id=case.case_id, patient_id=case.patient_id,
-                                root=str(root), files=tuple(files)))
+            refs.append(case_ref(self.name, case, root, [(roles[a.path], a.path) for a in case.annotations]))
         return refs
 
     # ---- load --------------------------------------------------------------------------------

@@ -176,6 +176,15 @@ def _series_patient(files: Sequence[Path], root: Path, pattern: re.Pattern, head
     return max(votes.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
 
+def case_ref(source: str, case, root: Path, annotations: Sequence[tuple[str, Path]]) -> CaseRef:
+    """A paired case as a CaseRef: its CT slices, the ``(role, path)`` annotations, its unreadable files."""
+    files = [(ROLE_CT, relative(f, root)) for f in case.ct_files]
+    files += [(role, relative(path, root)) for role, path in annotations]
+    files += [(ROLE_UNREADABLE, relative(p, root)) for p in case.unreadable]
+    return CaseRef(source=source, case_id=case.case_id, patient_id=case.patient_id, root=str(root),
+                   files=tuple(files))
+
+
 def relative(path: Path, root: Path) -> str:
     return Path(path).relative_to(root).as_posix()
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from ctprep.case import CaseRef, CaseVolume, LabelSpec
 from ctprep.errors import CaseInputError, MissingInputError
-from ctprep.sources.dicom_source import (ROLE_CT, ROLE_UNREADABLE, Annotation, DicomSource, HashInBackground,
+from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, DicomSource, HashInBackground,
                                          file_input, find_cases, patient_of, relative, series_input)
 from ctprep.sources.nsclc import ct_annotations
 
@@ -108,12 +108,8 @@ class LidcSource(DicomSource):
         refs = []
         for case in find_cases(root, inventory, annotations, self.patient_pattern):
             ranked = sorted(case.annotations, key=lambda a: (stamps[a.path], str(a.path)), reverse=True)
-            files = [(ROLE_CT, relative(f, root)) for f in case.ct_files]
-            files += [(ROLE_SUPERSEDED, relative(a.path, root)) for a in ranked[1:]]
-            files += [(ROLE_XML, relative(a.path, root)) for a in ranked[:1]]
-            files += [(ROLE_UNREADABLE, relative(p, root)) for p in case.unreadable]
-            refs.append(CaseRef(source=self.name, case_id=case.case_id, patient_id=case.patient_id,
-                                root=str(root), files=tuple(files)))
+            annotations = [(ROLE_SUPERSEDED, a.path) for a in ranked[1:]] + [(ROLE_XML, a.path) for a in ranked[:1]]
+            refs.append(case_ref(self.name, case, root, annotations))
         return refs
 
     # ---- load --------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import numpy as np
 from ctprep.case import CaseRef, CaseVolume, LabelSpec
 from ctprep.datasets import MANIFEST_DIR, DatasetManifest
 from ctprep.errors import CaseInputError, MissingInputError
-from ctprep.sources.dicom_source import (ROLE_CT, ROLE_UNREADABLE, Annotation, DicomSource, HashInBackground,
+from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, DicomSource, HashInBackground,
                                          file_input, find_cases, patient_of, relative, series_input,
                                          stack_native)
 from lkbase.errors import ParameterError
@@ -96,11 +96,7 @@ class NsclcSource(DicomSource):
                        for rt in inventory.rtstructs]
         refs = []
         for case in find_cases(root, inventory, annotations, self.patient_pattern):
-            files = [(ROLE_CT, relative(f, root)) for f in case.ct_files]
-            files += [(ROLE_RTSTRUCT, relative(a.path, root)) for a in case.annotations]
-            files += [(ROLE_UNREADABLE, relative(p, root)) for p in case.unreadable]
-            refs.append(CaseRef(source=self.name, case_id=case.case_id, patient_id=case.patient_id,
-                                root=str(root), files=tuple(files)))
+            refs.append(case_ref(self.name, case, root, [(ROLE_RTSTRUCT, a.path) for a in case.annotations]))
         return refs
 
     # ---- load --------------------------------------------------------------------------------
