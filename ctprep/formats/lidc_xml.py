@@ -44,9 +44,11 @@ CHARACTERISTIC_RANGES = {"subtlety": (1, 5), "internalStructure": (1, 4), "calci
                          "sphericity": (1, 5), "margin": (1, 5), "lobulation": (1, 5), "spiculation": (1, 5),
                          "texture": (1, 5), "malignancy": (1, 5)}
 # Reader ids as the real XMLs write them: ``Nodule 001``, ``_Non-nodule 001``, ``MI014_12126``, ``IL057_127367``, ``3``.
-# Kept: at most 32 characters of tokens ``[A-Za-z0-9_.:-]`` joined by single spaces whose letter runs are at most
-# 3 letters or the words nodule / non. Anything else (a reader's or patient's name, free text) becomes
-# ``id-<8 hex of sha256>``; ``ctprep audit`` holds stores to the same rule (``is_public_lidc_id``).
+# Kept: one token of at most 32 characters ``[A-Za-z0-9_.:-]``, or (the real XMLs' spaced form) at most 32
+# characters of such tokens joined by single spaces whose letter runs are at most 3 letters or the words
+# nodule / non. Anything else (a name with a space or ``^``, free text) becomes ``id-<8 hex of sha256>``;
+# ``ctprep audit`` holds stores to the same rule (``is_public_lidc_id``).
+_ID_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,32}", re.ASCII)
 _ID_SHAPE = re.compile(r"[A-Za-z0-9_.:-]+(?: [A-Za-z0-9_.:-]+)*", re.ASCII)
 _ID_WORDS = frozenset({"nodule", "non"})
 HASHED_ID = re.compile(r"id-[0-9a-f]{8}", re.ASCII)
@@ -222,7 +224,7 @@ def parse_lidc_xml(path: str | Path) -> LidcAnnotations:
 
 def is_public_lidc_id(text: str) -> bool:
     """True for a reader id of the real XMLs' form (module constants), or one ctprep made (``id-<hex>``)."""
-    if HASHED_ID.fullmatch(text):
+    if HASHED_ID.fullmatch(text) or _ID_TOKEN.fullmatch(text):
         return True
     if len(text) > 32 or not _ID_SHAPE.fullmatch(text):
         return False

@@ -23,7 +23,7 @@ def _xml(tmp_path: Path, nodule_id: str, characteristics: dict, non_nodule_id: s
     return write_lidc_xml(tmp_path / "crafted.xml", "1.2.3", "1.2", [session])
 
 
-@pytest.mark.parametrize("planted", ["Jane Doe", "DOE^JANE", "Smith_12", "nodule of Mr Brown", "x" * 40])
+@pytest.mark.parametrize("planted", ["Jane Doe", "DOE^JANE", "Mary Smith 12", "nodule of Mr Brown", "x" * 40])
 def test_a_name_in_an_id_is_replaced_and_counted(tmp_path, planted):
     ann = parse_lidc_xml(_xml(tmp_path, planted, GOOD, non_nodule_id=planted))
     (session,) = ann.sessions
@@ -55,7 +55,7 @@ def test_real_ids_and_ratings_are_kept():
 
 
 def test_id_rule():
-    for good in ("Nodule 001", "_Non-nodule 001", "MI014_12126", "IL057_127367", "3", "id-0123abcd"):
+    for good in ("Nodule 001", "_Non-nodule 001", "MI014_12126", "IL057_127367", "3", "id-0123abcd", "small", "N1"):
         assert is_public_lidc_id(good), good
     for bad in ("Jane Doe", "Nodule  001", "Nodule 001\n", "", "a/b", "Müller 1", "DOE^JANE"):
         assert not is_public_lidc_id(bad), bad
