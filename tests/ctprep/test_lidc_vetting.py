@@ -59,3 +59,22 @@ def test_id_rule():
         assert is_public_lidc_id(good), good
     for bad in ("Jane Doe", "Nodule  001", "Nodule 001\n", "", "a/b", "Müller 1", "DOE^JANE"):
         assert not is_public_lidc_id(bad), bad
+
+
+def test_a_converted_case_keeps_no_planted_id_and_audits_clean(tmp_path):
+    from ctprep.commands.audit import audit_store
+    from ctprep.convert import ConvertConfig, convert_dataset
+    from ctprep.phantoms.lidc import write_lidc_case
+    from ctprep.store.slicestore import SliceStore
+
+    phantom = write_lidc_case(tmp_path / "in", 1, shape=(8, 32, 32))
+    text = phantom.xml.read_text()
+    assert "Nodule 001" in text and "<malignancy>" in text
+    text = text.replace("Nodule 001", "Jane Doe").replace("<malignancy>3<", "<malignancy>seen by Jane Doe<", 1)
+    phantom.xml.write_text(text)
+    store = tmp_path / "lidc.zarr"
+    convert_dataset(ConvertConfig(source="lidc", input_dir=str(tmp_path / "in"), output=str(store)), progress=False)
+    assert not [p for p in store.rglob("*.json") if "Jane" in p.read_text()]
+    assert audit_store(store).clean
+    record = SliceStore.open(str(store)).record(phantom.patient)
+    assert record.annotations["lidc"]["replaced_values"] >= 1
