@@ -11,6 +11,9 @@ artifacts while catching what a DICOM header would bring along:
 * ``person-name``: a value in DICOM person-name form, ``FAMILY^GIVEN``.
 * ``birth-date``: a key mentioning birth (``birth_date``, ``DOB``) with a non-empty value.
 * ``contact``: e-mail addresses, telephone and US social security numbers.
+* ``field-<rule>``: in a store's and its manifest's JSON, a key or string that is not of the form its
+  field allows (case ids, public input paths, ROI names, LIDC ids, no free text ...): the table of
+  :mod:`ctprep.commands.audit_fields`.
 
 Binary chunks are not scanned (they hold pixels); every JSON and text file is.
 """
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from ctprep.commands.audit_fields import field_findings
 from lkbase.errors import ParameterError
 
 # Identity-bearing attributes of the Basic Application Level Confidentiality Profile
@@ -125,16 +129,23 @@ def scan_json(value, where: str = "") -> Iterator[tuple[str, str, str]]:
             yield where, rule, hit
 
 
-def audit_text(name: str, text: str) -> list[Finding]:
-    """Findings in one document called ``name``: JSON is walked key by key, other text line by line."""
+def audit_text(name: str, text: str, fields: bool = False) -> list[Finding]:
+    """Findings in one document called ``name``: JSON is walked key by key, other text line by line.
+
+    ``fields``: the document is a store's or manifest's JSON, so every key and string must also be of the
+    form its field allows (:mod:`ctprep.commands.audit_fields`); one finding per place, the PHI rules first.
+    """
     if name.endswith(".json"):
         try:
             document = json.loads(text)
         except json.JSONDecodeError:
             document = None
         if document is not None:
-            return [Finding(path=name, where=where or "(root)", rule=rule, excerpt=_mask(hit))
-                    for where, rule, hit in scan_json(document)]
+            found = [(where or "(root)", rule, hit) for where, rule, hit in scan_json(document)]
+            if fields:
+                seen = {where for where, _, _ in found}
+                found += [f for f in field_findings(document) if f[0] not in seen]
+            return [Finding(path=name, where=where, rule=rule, excerpt=_mask(hit)) for where, rule, hit in found]
     return [Finding(path=name, where=f"line {n}", rule=rule, excerpt=_mask(hit))
             for n, line in enumerate(text.splitlines(), 1) for rule, hit in scan_text(line)]
 
@@ -182,5 +193,5 @@ def audit_store(store_path: str | Path, extra: list[str | Path] = ()) -> AuditRe
     """Audit a store (a folder or an fsspec URL), the manifest written beside it (if any) and ``extra`` files (logs)."""
     documents = _store_documents(store_path)
     others = audit_files([Path(p) for p in extra])
-    findings = [f for name, text in documents for f in audit_text(name, text)] + list(others.findings)
+    findings = [f for name, text in documents for f in audit_text(name, text, fields=True)] + list(others.findings)
     return AuditReport(files_scanned=len(documents) + others.files_scanned, findings=tuple(findings))

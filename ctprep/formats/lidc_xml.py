@@ -26,7 +26,9 @@ files either.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,19 @@ from ctprep.errors import CaseInputError, MissingInputError
 NAMESPACE = "http://www.nih.gov"
 CHARACTERISTICS = ("subtlety", "internalStructure", "calcification", "sphericity", "margin",
                    "lobulation", "spiculation", "texture", "malignancy")
+# The schema's ratings: every characteristic is an integer in this range (LIDC XML schema, Armato 2011).
+CHARACTERISTIC_RANGES = {"subtlety": (1, 5), "internalStructure": (1, 4), "calcification": (1, 6),
+                         "sphericity": (1, 5), "margin": (1, 5), "lobulation": (1, 5), "spiculation": (1, 5),
+                         "texture": (1, 5), "malignancy": (1, 5)}
+# Reader ids as the real XMLs write them: ``Nodule 001``, ``_Non-nodule 001``, ``MI014_12126``, ``IL057_127367``, ``3``.
+# Kept: one token of at most 32 characters ``[A-Za-z0-9_.:-]``, or (the real XMLs' spaced form) at most 32
+# characters of such tokens joined by single spaces whose letter runs are at most 3 letters or the words
+# nodule / non. Anything else (a name with a space or ``^``, free text) becomes ``id-<8 hex of sha256>``;
+# ``ctprep audit`` holds stores to the same rule (``is_public_lidc_id``).
+_ID_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,32}", re.ASCII)
+_ID_SHAPE = re.compile(r"[A-Za-z0-9_.:-]+(?: [A-Za-z0-9_.:-]+)*", re.ASCII)
+_ID_WORDS = frozenset({"nodule", "non"})
+HASHED_ID = re.compile(r"id-[0-9a-f]{8}", re.ASCII)
 
 ReaderNoduleKey = tuple[int, str]  # (reader_index, nodule_id)
 
@@ -120,6 +135,7 @@ class LidcAnnotations:
     study_uid: str
     sessions: tuple[ReadingSession, ...]
     path: str = ""
+    replaced_values: int = 0  # ids and characteristics not of the schema's form (replaced or dropped)
 
     @property
     def nodules(self) -> tuple[tuple[int, Nodule], ...]:
@@ -199,9 +215,47 @@ def parse_lidc_xml(path: str | Path) -> LidcAnnotations:
     study_uid = _find_uid(search, "studyinstanceuid") or ""
     if not series_uid:
         raise CaseInputError(path, "no SeriesInstanceUID in the ResponseHeader")
-    sessions = tuple(_parse_session(path, index, element)
+    vetted = _Vetted()
+    sessions = tuple(_parse_session(path, index, element, vetted)
                      for index, element in enumerate(_children(root, "readingSession")))
-    return LidcAnnotations(series_uid=series_uid, study_uid=study_uid, sessions=sessions, path=str(path))
+    return LidcAnnotations(series_uid=series_uid, study_uid=study_uid, sessions=sessions, path=str(path),
+                           replaced_values=vetted.replaced)
+
+
+def is_public_lidc_id(text: str) -> bool:
+    """True for a reader id of the real XMLs' form (module constants), or one ctprep made (``id-<hex>``)."""
+    if HASHED_ID.fullmatch(text) or _ID_TOKEN.fullmatch(text):
+        return True
+    if len(text) > 32 or not _ID_SHAPE.fullmatch(text):
+        return False
+    return all(len(w) <= 3 or w.lower() in _ID_WORDS for w in re.findall(r"[A-Za-z]+", text))
+
+
+def public_lidc_id(text: str) -> str:
+    """``text`` when it is an id of the real XMLs' form, else ``id-<8 hex of sha256(text)>``."""
+    if is_public_lidc_id(text):
+        return text
+    return "id-" + hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def characteristic_value(name: str, text: str) -> int | None:
+    """A rating as the schema allows it (an integer in the characteristic's range), else None."""
+    low, high = CHARACTERISTIC_RANGES.get(name, (None, None))
+    if low is None or not re.fullmatch(r"[0-9]{1,2}", text, re.ASCII):
+        return None
+    return int(text) if low <= int(text) <= high else None
+
+
+class _Vetted:
+    """Counts the values of one XML that were not of the schema's form."""
+
+    def __init__(self):
+        self.replaced = 0
+
+    def id(self, text: str) -> str:
+        public = public_lidc_id(text)
+        self.replaced += public != text
+        return public
 
 
 def _find_uid(elements: Iterable[ET.Element], name: str) -> str | None:
@@ -218,7 +272,7 @@ def _find_uid(elements: Iterable[ET.Element], name: str) -> str | None:
     return None
 
 
-def _parse_session(path: Path, index: int, element: ET.Element) -> ReadingSession:
+def _parse_session(path: Path, index: int, element: ET.Element, vetted: _Vetted) -> ReadingSession:
     nodules: list[Nodule] = []
     small: list[Point] = []
     non_nodules: list[Point] = []
@@ -226,7 +280,7 @@ def _parse_session(path: Path, index: int, element: ET.Element) -> ReadingSessio
     for child in element:
         tag = _local(child.tag)
         if tag == "unblindedreadnodule":
-            nodule_id = _text(child, "noduleID") or ""
+            nodule_id = vetted.id(_text(child, "noduleID") or "")
             rois = tuple(_parse_roi(path, f"{where}, nodule {nodule_id!r}", roi)
                          for roi in _children(child, "roi"))
             if len(rois) == 1 and len(rois[0].points) == 1:
@@ -234,10 +288,10 @@ def _parse_session(path: Path, index: int, element: ET.Element) -> ReadingSessio
                 (x, y), = roi.points
                 small.append(Point(nodule_id=nodule_id, z_mm=roi.z_mm, sop_uid=roi.sop_uid, x=x, y=y))
             else:
-                nodules.append(Nodule(nodule_id=nodule_id, characteristics=_characteristics(child),
+                nodules.append(Nodule(nodule_id=nodule_id, characteristics=_characteristics(child, vetted),
                                       rois=rois))
         elif tag == "nonnodule":
-            nodule_id = _text(child, "nonNoduleID") or ""
+            nodule_id = vetted.id(_text(child, "nonNoduleID") or "")
             context = f"{where}, non-nodule {nodule_id!r}"
             loci = _children(child, "locus")
             if not loci:
@@ -250,7 +304,8 @@ def _parse_session(path: Path, index: int, element: ET.Element) -> ReadingSessio
                           nodules=tuple(nodules), small_nodules=tuple(small), non_nodules=tuple(non_nodules))
 
 
-def _characteristics(nodule: ET.Element) -> dict:
+def _characteristics(nodule: ET.Element, vetted: _Vetted) -> dict:
+    """The ratings of the schema's form; any other element or value is dropped and counted."""
     out: dict = {}
     for block in _children(nodule, "characteristics"):
         for item in block:
@@ -258,13 +313,11 @@ def _characteristics(nodule: ET.Element) -> dict:
             text = (item.text or "").strip()
             if not name or not text:
                 continue
-            try:
-                out[name] = int(text)
-            except ValueError:
-                try:
-                    out[name] = float(text)
-                except ValueError:
-                    out[name] = text
+            value = characteristic_value(name, text)
+            if value is None:
+                vetted.replaced += 1
+            else:
+                out[name] = value
     return out
 
 

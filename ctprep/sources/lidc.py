@@ -139,6 +139,8 @@ class LidcSource(DicomSource):
         mapper = CanonicalMapper(ct)
         annotations = {
             "lidc": {"reading_sessions": len(ann.sessions),
+                     # ids not of the real XMLs' form (hashed) and characteristics outside the schema (dropped)
+                     "replaced_values": ann.replaced_values,
                      "superseded_xml": [relative(p, root) for p in ref.paths(ROLE_SUPERSEDED)]},
             "nodules": [_group_record(g, _keyed_nodules(ann), masks, slabs, mapper) for g in groups],
             **_point_records(ann, ct, mapper),
