@@ -117,8 +117,8 @@ RULES: dict[str, Callable[[str], bool]] = {
 
 # field (dotted path, list items as []) -> rule; the first match wins, "text" for any other field.
 FIELDS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), r) for p, r in (
-    (r"(?:^|\.)(?:case_id|patient_id|case_ids\[\])$", "case-id"),
-    (r"(?:^|\.)(?:cases|split\.patients)\.\{key\}$", "case-id"),
+    (r"(?:^|\.)(?:case_id|patient_id|case_ids\[\]|summary\.skipped\[\])$", "case-id"),
+    (r"(?:^|\.)(?:cases|split\.patients|folds\.cases|folds\.patients)\.\{key\}$", "case-id"),
     (r"\.inputs\[\]\.path$|\.superseded_xml\[\]$", "input-path"),
     (r"\.rtstruct\.(?:rois\[\]|labels\.[^.]+\[\])$", "roi-name"),
     (r"\.reader_nodule_ids\.[0-9]+$|\.(?:small_nodules|non_nodules)\[\]\.id$", "lidc-id"),

@@ -41,6 +41,7 @@ import numpy as np
 
 from ctprep.case import CaseRef, CaseVolume, LabelSpec
 from ctprep.errors import CaseInputError, MissingInputError
+from ctprep.public_paths import public_path
 from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, DicomSource, HashInBackground,
                                          file_input, find_cases, patient_of, relative, series_input)
 from ctprep.sources.nsclc import ct_annotations
@@ -141,7 +142,7 @@ class LidcSource(DicomSource):
             "lidc": {"reading_sessions": len(ann.sessions),
                      # ids not of the real XMLs' form (hashed) and characteristics outside the schema (dropped)
                      "replaced_values": ann.replaced_values,
-                     "superseded_xml": [relative(p, root) for p in ref.paths(ROLE_SUPERSEDED)]},
+                     "superseded_xml": [public_path(relative(p, root)) for p in ref.paths(ROLE_SUPERSEDED)]},
             "nodules": [_group_record(g, _keyed_nodules(ann), masks, slabs, mapper) for g in groups],
             **_point_records(ann, ct, mapper),
             "ct": ct_annotations(ct, len(ct_files)),

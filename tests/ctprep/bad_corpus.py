@@ -623,7 +623,7 @@ LIDC_DEFECTS = tuple(_dicom("lidc", *args, **kwargs) for args, kwargs in (
     ((21, "missing-partner", "xml-of-chest-radiographs", r"no LIDC XML names this CT series"),
      dict(target="xml", edit=_idri_root, check=SAME)),
     ((22, "inconsistent-metadata", "two-xmls-one-series"),
-     dict(outcome="converted", note=r'"superseded_xml": \[".*/older\.xml"\]', target="xml", edit=_older_xml_beside)),
+     dict(outcome="converted", note=r'"superseded_xml": \[".*/x-[0-9a-f]{12}\.xml"\]', target="xml", edit=_older_xml_beside)),
     ((23, "missing-partner", "ct-slice-with-an-outline-missing", r"roi at z=-?[\d.]+ mm \(SOP [\d.]+\) is on no "
       r"slice of the series"),
      dict(target="xml", edit=_remove_outlined_slice)),

@@ -15,6 +15,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from ctprep.public_paths import public_path
+
 from ctprep.case import CaseVolume
 from ctprep.commands.check import check_download
 from ctprep.convert import ConvertConfig, convert_dataset
@@ -347,7 +349,8 @@ def test_convert_quirks(quirky, tmp_path):
     first, second = store.record("LIDC-IDRI-0003"), store.record("LIDC-IDRI-0003_2")
     assert first.patient_id == second.patient_id == "LIDC-IDRI-0003" and first.split == second.split
     record = store.record("LIDC-IDRI-0004")
-    assert record.annotations["lidc"]["superseded_xml"] == [cases["older"].relative_to(root).as_posix()]
+    # named as in the manifest: relative, each folder or file name public or hashed (issue 17, C7)
+    assert record.annotations["lidc"]["superseded_xml"] == [public_path(cases["older"].relative_to(root).as_posix())]
     assert record.annotations["lidc"]["reading_sessions"] == 4  # from the newer XML, not the older (one session)
     np.testing.assert_array_equal(store.read_case("LIDC-IDRI-0004").labels["nodule_reader_2"],
                                   cases["newer"].readers[1])
