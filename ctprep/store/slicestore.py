@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -36,6 +37,11 @@ from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, FORMAT_NAME, FORMAT_VERS
 from lkbase.choices import unknown
 from lkbase.plain import differences
 from lkbase.errors import ParameterError
+
+# zarr writes zarr.json through a temporary ``zarr.<hex>.partial`` and warns when a concurrent
+# listing (another worker's case, a second run) meets one: expected here, not the user's concern.
+warnings.filterwarnings("ignore", message=r"Object at .*\.partial is not recognized as a component",
+                        module=r"zarr\.")
 
 
 class SliceStore(SliceReading):
