@@ -25,7 +25,6 @@ import argparse
 import multiprocessing
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -225,20 +224,11 @@ convert_dataset(ConvertConfig(source="lits", input_dir={str(source)!r}, output={
 
 
 def moto_server() -> tuple[subprocess.Popen, str]:
-    """moto's S3 server in its own process (in ours it would share the GIL with the reader)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process, f"http://127.0.0.1:{port}"
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("moto server did not start")
+    """moto's S3 server in its own process: the test suite's (tests/s3_endpoint.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from s3_endpoint import moto_process
+
+    return moto_process()
 
 
 def cpu_seconds(pid: int) -> float:

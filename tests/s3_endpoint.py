@@ -74,13 +74,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def checking_server() -> tuple[subprocess.Popen, str]:
-    """A moto server in its own process that checks credentials (moto's IAM auth, on from the first request)."""
+def moto_process(env: dict | None = None, timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in a process of its own (sharing ours, it would share the GIL): (process, endpoint URL)."""
     port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -88,3 +87,8 @@ def checking_server() -> tuple[subprocess.Popen, str]:
         time.sleep(0.1)
     process.kill()
     raise RuntimeError("moto server did not start")
+
+
+def checking_server() -> tuple[subprocess.Popen, str]:
+    """A moto server in its own process that checks credentials (moto's IAM auth, on from the first request)."""
+    return moto_process({**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}, timeout_s=30)
