@@ -187,6 +187,9 @@ def check(source, input_dir) -> None:
 def info(store, as_json, list_cases, fingerprint) -> None:
     """Summarise a store: cases, slices, lesion slices, windows, labels, size and compression.
 
+    A predictions store (`ctseg predict --output`): its dataset store and whether it still
+    matches, its cases and prediction labels, size.
+
     \b
     Example:
       ctprep info lits.zarr --fingerprint     (reads every case: minutes for a large store)
@@ -245,6 +248,9 @@ def report(store, out, quiet) -> None:
 @_fail_cleanly
 def preview(store, case_id, zs, channel, out, labels) -> None:
     """Write a PNG of stored slices with the outline of each label.
+
+    Given a predictions store, draws its predictions (and the truth labels) over the images
+    of the dataset store it refers to.
 
     Every label has its own colour and legend entry; float labels (pred_*, soft_*) are outlined at
     0.5. Tiles show the canonical orientation (R/L, A/P) and a scale bar in mm.

@@ -40,6 +40,11 @@ class StoreParameterError(StoreError, ValueError):
     """A conversion into an existing store asked for different parameters."""
 
 
+class PredictionsMismatchError(StoreError, ValueError):
+    """A predictions store was not predicted from the dataset store it is used with (another store,
+    or the same one re-converted, or a case rewritten since)."""
+
+
 class StoreWriteError(StoreError, OSError):
     """The store cannot take the write at all (no space left, quota, read-only file system).
 

@@ -143,7 +143,12 @@ def _inference(tta: bool, window: bool, largest: int | None, min_size_mm3: float
 
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="best.pt or last.pt of a run.")
-@click.option("--store", type=click.Path(), help="Store to predict (labels are added to it).")
+@click.option("--store", type=click.Path(), help="Dataset store to predict (path or URL). Without --output the "
+              "predictions are added to it as labels.")
+@click.option("--output", type=click.Path(),
+              help="With --store: a predictions store to write instead (path or URL; created if absent, resumed if "
+                   "interrupted): only the prediction labels, naming the dataset store, which stays unchanged. "
+                   "Recommended.")
 @click.option("--input", "input_path", type=click.Path(),
               help="Instead of --store: a CT as a NIfTI file, a DICOM series folder, or a folder of them.")
 @click.option("--out", type=click.Path(file_okay=False),
@@ -162,11 +167,14 @@ def _inference(tta: bool, window: bool, largest: int | None, min_size_mm3: float
               help="Also write each prediction as <case>_<label>.nii.gz on the case's original grid.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_fail_cleanly
-def predict(checkpoint, store, input_path, out, formats, series, overwrite, cases, name, threshold, device,
+def predict(checkpoint, store, output, input_path, out, formats, series, overwrite, cases, name, threshold, device,
             batch_size, export_nifti, quiet, **inference) -> None:
     """Predict cases slice by slice.
 
-    With --store: writes pred_<run> (probabilities) and pred_<run>_mask into the store.
+    With --store and --output (recommended): writes pred_<run> (probabilities) and
+    pred_<run>_mask per case into the predictions store OUTPUT, which refers to the dataset
+    store; the dataset store is only read. Cases already predicted there the same way are kept.
+    With --store alone: writes the same labels into the dataset store itself.
     With --input: reads CT files with the run's windows, spacing and size (recorded in the
     checkpoint) and writes <name>_pred_<run>_mask.nii.gz on the input's own grid, plus a
     DICOM RTSTRUCT and/or SEG referring to a DICOM input series (--format rtstruct,seg).
@@ -175,6 +183,8 @@ def predict(checkpoint, store, input_path, out, formats, series, overwrite, case
 
     if (store is None) == (input_path is None):
         raise click.UsageError("give exactly one of --store or --input")
+    if output is not None and store is None:
+        raise click.UsageError("--output is a predictions store of --store; with --input use --out")
     require_file(checkpoint)  # before torch is imported
     if input_path is not None:
         from ctseg.predict_file import parse_formats, predict_files
@@ -190,17 +200,24 @@ def predict(checkpoint, store, input_path, out, formats, series, overwrite, case
 
     wanted = [c.strip() for text in cases for c in text.split(",") if c.strip()] or None
     done = predict_store(checkpoint, store, cases=wanted, name=name, threshold=threshold, device=device,
-                         batch_size=batch_size, progress=not quiet, export_nifti=export_nifti,
+                         batch_size=batch_size, progress=not quiet, export_nifti=export_nifti, output=output,
                          **dict(zip(("inference", "post"), _inference(batch_size=batch_size, **inference))))
     labels = sorted({label for case in done for label in case.labels})
-    click.echo(f"ctseg: predicted {len(done)} case(s) into {store}: labels {', '.join(labels)}"
+    kept = sum(case.kept for case in done)
+    click.echo(f"ctseg: predicted {len(done) - kept} case(s) into {output or store}"
+               + (f" (predictions of {store})" if output else "")
+               + (f", kept {kept} already there" if kept else "") + f": labels {', '.join(labels)}"
                + (f"; NIfTI in {export_nifti}" if export_nifti else ""))
 
 
 @main.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Run folder of `ctseg train`.")
-@click.option("--store", required=True, help="Slice store (a path or an fsspec URL).")
+@click.option("--store", help="Dataset store (a path or an fsspec URL). Required, unless --predictions names it.")
+@click.option("--predictions", type=click.Path(),
+              help="A predictions store (`ctseg predict --output`): read the run's predictions from it (predicting "
+                   "missing cases into it) and the truth from its dataset store (the one it names, or --store, "
+                   "which must be that one). Default: predictions in the dataset store itself.")
 @click.option("--split", default="test", show_default=True, help="train, val, test or all.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: RUN/best.pt (else last.pt).")
 @click.option("--threshold", type=float, help="Binarisation threshold (default: the run's).")
@@ -211,8 +228,11 @@ def predict(checkpoint, store, input_path, out, formats, series, overwrite, case
                    "writes protocol_<PAPER>.csv/.json next to the report and prints paper vs measured.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_fail_cleanly
-def evaluate(run_dir, store, split, checkpoint, threshold, device, protocols, quiet, **inference) -> None:
+def evaluate(run_dir, store, predictions, split, checkpoint, threshold, device, protocols, quiet, **inference) -> None:
     """Evaluate a run on a split: predicts the cases if needed, then per-case and global metrics.
+
+    Predictions are read from (and missing ones written to) the dataset store, or with
+    --predictions from a predictions store; the truth always from the dataset store.
 
     Writes RUN/eval/<split>/ per_case.csv, per_case.json, per_slice.csv, summary.json and
     report.html (metrics table, box plots, best and worst cases). A model with other outputs
@@ -222,12 +242,14 @@ def evaluate(run_dir, store, split, checkpoint, threshold, device, protocols, qu
 
     for name in protocols:
         check_name(name)  # before anything is predicted
+    if store is None and predictions is None:
+        raise click.UsageError("give --store, or --predictions (a predictions store names its dataset store)")
     from ctseg.outputs import compare_run_outputs
     from ctseg.predict import evaluate_checkpoint_run
     from ctseg.protocols import protocol_for_evaluation
 
     for output in evaluate_checkpoint_run(run_dir, store, split, checkpoint=checkpoint, device=device,
-                                          threshold=threshold, progress=not quiet,
+                                          threshold=threshold, progress=not quiet, predictions=predictions,
                                           **dict(zip(("inference", "post"), _inference(**inference)))):
         for line in output.lines():
             click.echo(line)

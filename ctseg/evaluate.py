@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ctprep.store import SliceStore
+from ctprep.store import SliceStore, WithPredictions
 from ctprep.store.layout import PREDICTION_PREFIX, prediction_labels
 from ctseg import metrics as m
 from ctseg.errors import EvaluationError
@@ -152,7 +152,7 @@ def _check_threshold(threshold: float) -> float:
     return threshold
 
 
-def evaluate_store(store: SliceStore | str | Path, cases: Sequence[str], prediction_label: str,
+def evaluate_store(store: SliceStore | WithPredictions | str | Path, cases: Sequence[str], prediction_label: str,
                    truth_label: str | None = None, threshold: float = 0.5, *, progress: bool = False) -> Evaluation:
     """Score ``prediction_label`` against ``truth_label`` (default: each case's lesion label) over ``cases``.
 
@@ -161,7 +161,7 @@ def evaluate_store(store: SliceStore | str | Path, cases: Sequence[str], predict
     """
     from tqdm import tqdm
 
-    if not isinstance(store, SliceStore):
+    if isinstance(store, (str, Path)):
         store = SliceStore.open(store)
     threshold = _check_threshold(threshold)
     if not cases:
@@ -189,6 +189,18 @@ def evaluate_store(store: SliceStore | str | Path, cases: Sequence[str], predict
 
 
 # ---- a run ------------------------------------------------------------------------------------
+def open_evaluated(store_path: str | Path | None, predictions: str | Path | None = None) -> SliceStore | WithPredictions:
+    """What an evaluation reads: the dataset store, or it with the predictions store ``predictions``
+    (``store_path`` None: the dataset store the predictions store names; given: checked against it)."""
+    if predictions is not None:
+        from ctprep.store import open_predictions
+
+        return open_predictions(predictions, store_path)
+    if store_path is None:
+        raise EvaluationError("no store to evaluate: give the dataset store, or a predictions store")
+    return SliceStore.open(store_path)
+
+
 def split_cases(store: SliceStore, split: str) -> list[str]:
     """The store's cases of ``split`` ("all" for every case)."""
     if split == "all":
@@ -221,16 +233,18 @@ def run_prediction_labels(store: SliceStore, case_id: str, run_dir: str | Path) 
 def evaluate_run(run_dir: str | Path, store_path: str | Path, split: str = "test",
                  prediction_label: str | Sequence[str] | None = None, truth_label: str | None = None,
                  threshold: float | None = None, *, cases: Sequence[str] | None = None, out_dir: str | Path | None = None,
-                 report: bool = True, progress: bool = False) -> list[EvaluationOutput]:
+                 report: bool = True, progress: bool = False,
+                 predictions: str | Path | None = None) -> list[EvaluationOutput]:
     """Evaluate a run's predictions on a split and write ``RUN_DIR/eval/<split>/`` (one folder per label).
 
     ``prediction_label`` defaults to the probability labels ``ctseg predict`` wrote for
     this run (found by their attributes, else ``pred_<run folder name>``); ``truth_label``
     to the label the prediction was trained on (its ``target`` attribute), else the
     case's lesion label; ``threshold`` to the one predict used (attribute), else 0.5.
-    With several prediction labels each gets ``eval/<split>/<label>/``.
+    With several prediction labels each gets ``eval/<split>/<label>/``. With ``predictions`` (a
+    predictions store of ``store_path``) the prediction labels are read from there.
     """
-    store = SliceStore.open(store_path)
+    store = open_evaluated(store_path, predictions)
     chosen = list(cases) if cases else split_cases(store, split)
     unknown = sorted(set(chosen) - set(store.case_ids()))
     if unknown:

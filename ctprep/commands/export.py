@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ctprep.case import CaseRecord
-from ctprep.store import SliceStore
+from ctprep.store import SliceStore, WithPredictions, open_for_reading
 from lkbase.atomic import atomic_path
 from lkbase.errors import FileFormatError, ParameterError
 
@@ -136,14 +136,15 @@ def write_nifti(array: np.ndarray, affine_ras: np.ndarray, out_path: str | Path)
     return out_path
 
 
-def export_label_nifti(store: SliceStore | str | Path, case_id: str, label: str,
+def export_label_nifti(store: SliceStore | WithPredictions | str | Path, case_id: str, label: str,
                        out_path: str | Path) -> ExportResult:
     """Write label ``label`` of ``case_id`` as NIfTI on the case's original grid with the source's affine.
 
-    uint8 labels are written as uint8, float32 (probabilities) as float32.
+    uint8 labels are written as uint8, float32 (probabilities) as float32. A predictions store
+    path reads its labels with the dataset store it refers to.
     """
-    if not isinstance(store, SliceStore):
-        store = SliceStore.open(store)
+    if isinstance(store, (str, Path)):
+        store = open_for_reading(store)
     exported = label_on_source_grid(store, case_id, label)
     path = write_nifti(exported.array, exported.affine_ras, out_path)
     if exported.missing_slices:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ctprep.store import SliceStore
+from ctprep.store import SliceStore, WithPredictions, open_for_reading
 from lkbase.atomic import atomic_path
 from lkbase.errors import ParameterError
 
@@ -128,7 +128,7 @@ def _orientation(tile: np.ndarray) -> None:
         cv2.putText(tile, letter, places[side], cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 255), 1, cv2.LINE_AA)
 
 
-def render_preview(store: SliceStore, case_id: str, zs: Sequence[int] = (), channel: int = 0,
+def render_preview(store: SliceStore | WithPredictions, case_id: str, zs: Sequence[int] = (), channel: int = 0,
                    labels: Sequence[str] | None = None) -> np.ndarray:
     """A BGR uint8 image: header (captions, legend) above the chosen slices side by side, one window,
     the contour of each label (``labels``: default all), orientation letters and a scale bar."""
@@ -188,7 +188,7 @@ def write_preview(store_path: str | Path, case_id: str, out: str | Path, zs: Seq
                   channel: int = 0, labels: Sequence[str] | None = None) -> Path:
     import cv2
 
-    image = render_preview(SliceStore.open(store_path), case_id, zs, channel, labels)
+    image = render_preview(open_for_reading(store_path), case_id, zs, channel, labels)
     out = Path(out)
     with atomic_path(out) as tmp:
         if not cv2.imwrite(str(tmp), image):

@@ -2,7 +2,7 @@
 
 Functions: case_path, case_lock_name, slice_chunks, validate_case_id, validate_label_name, staging_name,
 is_staged, local_leftover, remote_leftover, trimap_label, soft_label, soft_base,
-softened_label, binary_label, run_label_stem, prediction_labels.
+softened_label, binary_label, run_label_stem, prediction_labels, store_kind, wrong_kind.
 
 Convention: a label name is a plain array name (no '/', no leading '.' or '_'). Names
 starting with ``_staging.`` are labels being written (never listed as labels). Labels
@@ -10,6 +10,10 @@ derived from a label ``<name>`` are ``trimap_<name>`` (uint8 trimap), ``soft_<na
 (float32 alpha), ``softened_<name>`` and ``binary_<name>`` (ctlabel soften); a model
 run ``<run>`` writes ``pred_<run>`` (float32 probabilities) and ``pred_<run>_mask``
 (uint8), ``<run>`` cleaned to letters, digits, '-' and '_'.
+
+Kinds of store (the root attribute's ``kind``; absent means ``dataset``): a dataset store
+(images, truth labels) or a predictions store (prediction labels only, naming the dataset
+store it was predicted from: ctprep.store.predictions).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ LABEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 _CHUNK_KEYS = {"name": "default", "separator": "."}
 
 PREDICTION_PREFIX = "pred_"
+DATASET_KIND = "dataset"
+PREDICTIONS_KIND = "predictions"
 _SOFT_PREFIX = "soft_"
 
 
@@ -115,3 +121,18 @@ def prediction_labels(run: str) -> tuple[str, str]:
     """The labels a model run writes: (``pred_<run>`` probabilities, ``pred_<run>_mask``), ``run`` cleaned."""
     probabilities = f"{PREDICTION_PREFIX}{run_label_stem(run)}"
     return probabilities, f"{probabilities}_mask"
+
+
+def store_kind(info: dict) -> str:
+    """The kind of a store from its root attribute (stores written before kinds existed are datasets)."""
+    return str(info.get("kind", DATASET_KIND))
+
+
+def wrong_kind(path, info: dict, wanted: str) -> str:
+    """The one line refusing to open a store of another kind than ``wanted``."""
+    kind = store_kind(info)
+    if kind == PREDICTIONS_KIND:
+        dataset = (info.get("dataset") or {}).get("path", "?")
+        return (f"{path}: is a predictions store (predictions of {dataset}), not a {wanted} store; "
+                "give the dataset store (`ctseg evaluate` reads this one with --predictions)")
+    return f"{path}: is a {kind} store, not a {wanted} store"

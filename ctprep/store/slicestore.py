@@ -31,9 +31,9 @@ from ctprep.store.files import _LOCK_NAME, _Files, is_url, write_error
 from ctprep.store.reading import SliceReading
 from ctprep.store.integrity import case_problem, check_array, check_record, missing_chunks
 from ctprep.store.index import SliceIndex, read_index, write_index
-from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, FORMAT_NAME, FORMAT_VERSION, case_lock_name, case_path,
-                                 is_staged, local_leftover, remote_leftover, staging_name, validate_case_id,
-                                 validate_label_name)
+from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, DATASET_KIND, FORMAT_NAME, FORMAT_VERSION, case_lock_name,
+                                 case_path, is_staged, local_leftover, remote_leftover, staging_name, store_kind,
+                                 validate_case_id, validate_label_name, wrong_kind)
 from lkbase.choices import unknown
 from lkbase.plain import differences
 from lkbase.errors import ParameterError
@@ -54,6 +54,7 @@ class SliceStore(SliceReading):
 
     # The one call through which every array is written (tests wrap it to interrupt a write).
     _write_array = staticmethod(write_array)
+    KIND = DATASET_KIND  # the root attribute's ``kind`` this class opens (layout.store_kind)
 
     def __init__(self, path: str | Path, group: zarr.Group, files: _Files | None = None):
         self.path: Path | str = path if is_url(path) else Path(path)
@@ -65,8 +66,8 @@ class SliceStore(SliceReading):
     # ---- opening -------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, *, parameters: Mapping, created_by: str,
-               overwrite: bool = False) -> "SliceStore":
-        """Create an empty store; with ``overwrite`` an existing one at ``path`` is removed first."""
+               overwrite: bool = False, info: Mapping | None = None) -> "SliceStore":
+        """Create an empty store (``info``: more root fields, same write); ``overwrite`` removes one at ``path``."""
         from lkbase import __version__
 
         files = _Files(path)
@@ -85,7 +86,7 @@ class SliceStore(SliceReading):
             "lesionkit_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "created_by": created_by,
-            "parameters": dict(parameters),
+            "parameters": dict(parameters), **dict(info or {}),
         }})
         group.create_group("cases")
         return cls(path, group, files)
@@ -112,6 +113,8 @@ class SliceStore(SliceReading):
             raise StoreFormatError(
                 f"{path}: store format version {version}, this lesionkit reads version "
                 f"{FORMAT_VERSION}; {'upgrade lesionkit' if newer else 'reconvert the data'}")
+        if store_kind(info) != cls.KIND:
+            raise StoreFormatError(wrong_kind(path, info, cls.KIND))
         return cls(path, group, files)
 
     @staticmethod
@@ -269,12 +272,16 @@ class SliceStore(SliceReading):
         label_group = group.create_group("labels")
         for name, array in labels.items():
             checksums[f"labels/{name}"] = self._write(label_group, name, array, ("z", "y", "x"))
+        self._complete_case(group, record, checksums)
+
+    def _complete_case(self, group: zarr.Group, record: CaseRecord, checksums: dict, **marker) -> None:
+        """Check every written array is whole on disk, then write the completion marker (last)."""
         for name, chunks in checksums.items():  # never marked complete unless whole on disk
             if problem := missing_chunks(self._files, str(self.path), record.case_id, name,
                                          f"{group.path}/{name}", chunks):
                 raise StoreError(f"{problem} after writing it (removed by another writer?)")
         # The completion marker is the last write: before it the case does not exist for readers.
-        group.attrs.update({_CASE_KEY: {"complete": True, "record": record.to_dict(), "checksums": checksums}})
+        group.attrs.update({_CASE_KEY: {"complete": True, "record": record.to_dict(), "checksums": checksums, **marker}})
 
     def _write(self, group: zarr.Group, name: str, data, dims: tuple[str, ...],
                attributes: Mapping | None = None) -> dict[str, str]:
