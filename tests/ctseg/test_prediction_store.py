@@ -72,6 +72,7 @@ def test_the_predictions_store_holds_the_in_store_predictions_and_no_image(route
     preds, inplace = PredictionStore.open(routes["preds"]), SliceStore.open(routes["inplace"])
     assert preds.case_ids() == inplace.case_ids() == ["volume-0", "volume-1", "volume-2"]
     for case_id in preds.case_ids():
+        assert np.ptp(inplace.read_label(case_id, "pred_run")) > 0, "the comparison needs real probabilities"
         assert preds.label_names(case_id) == list(LABELS)
         for label in LABELS:
             np.testing.assert_array_equal(preds.read_label(case_id, label), inplace.read_label(case_id, label))
@@ -171,7 +172,7 @@ def test_another_or_a_reconverted_dataset_store_is_refused_in_one_line(routes, t
         open_predictions(tmp_path / "copy-preds.zarr")
 
 
-def test_ctprep_info_and_preview_of_a_predictions_store(routes, tmp_path):
+def test_ctprep_info_preview_and_export_of_a_predictions_store(routes, tmp_path):
     from lesionkit.cli import ctprep
 
     info = CliRunner().invoke(ctprep, ["info", str(routes["preds"]), "--cases"])
@@ -188,12 +189,21 @@ def test_ctprep_info_and_preview_of_a_predictions_store(routes, tmp_path):
                                         "--label", "tumour", "--label", "pred_run_mask"])
     assert shown.exit_code == 0, shown.output
     import cv2
+    import nibabel as nib
 
     from ctprep.commands.preview import render_preview
 
     image = cv2.imread(str(out))
     plain = render_preview(SliceStore.open(routes["dataset"]), "volume-0", labels=["tumour"])
     assert image.shape[1] == plain.shape[1] and image.shape[0] >= plain.shape[0]
+    arrays = []
+    for store in (routes["preds"], routes["inplace"]):
+        path = tmp_path / f"{store.name}.nii.gz"
+        done = CliRunner().invoke(ctprep, ["export", str(store), "--case", "volume-2", "--label", "pred_run",
+                                           "--out", str(path)])
+        assert done.exit_code == 0, done.output
+        arrays.append(np.asarray(nib.load(path).dataobj))
+    np.testing.assert_array_equal(*arrays)
     fingerprint = CliRunner().invoke(ctprep, ["info", str(routes["preds"]), "--fingerprint"])
     assert "is a predictions store" in _one_line_error(fingerprint)
 
