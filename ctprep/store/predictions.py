@@ -28,7 +28,8 @@ from ctprep.errors import CaseNotFoundError, PredictionsMismatchError, StoreErro
 from ctprep.store.arrays import SliceBatch, check_label_array
 from ctprep.store.files import _Files, is_url, store_lock
 from ctprep.store.integrity import missing_chunks
-from ctprep.store.layout import _CASE_KEY, _STORE_KEY, FORMAT_NAME, PREDICTIONS_KIND, store_kind, validate_label_name
+from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, FORMAT_NAME, PREDICTION_PREFIX, PREDICTIONS_KIND, store_kind,
+                                 validate_label_name)
 from ctprep.store.slicestore import SliceStore
 
 
@@ -170,9 +171,9 @@ class PredictionStore(SliceStore):
 class WithPredictions:
     """A dataset store read together with a predictions store of it, as one store.
 
-    Cases, records, images and the dataset's labels come from ``dataset``; a label the
-    predictions store holds for a case comes from there, once the case is checked against
-    the dataset case (PredictionStore.check_case). Offers what evaluation, previews and
+    Cases, records, images and the dataset's truth labels come from ``dataset``; predictions
+    only from the predictions store (the dataset's own ``pred_*`` labels are not listed), once
+    the case is checked against the dataset case (PredictionStore.check_case). Offers what evaluation, previews and
     exports read: case_ids, record, records, label_names, read_label, label_attributes, read_slices.
     """
 
@@ -205,7 +206,8 @@ class WithPredictions:
         return self.predictions if name in self.predicted_labels(case_id) else self.dataset
 
     def label_names(self, case_id: str) -> list[str]:
-        return sorted(set(self.dataset.label_names(case_id)) | set(self.predicted_labels(case_id)))
+        truth = {n for n in self.dataset.label_names(case_id) if not n.startswith(PREDICTION_PREFIX)}
+        return sorted(truth | set(self.predicted_labels(case_id)))
 
     def read_label(self, case_id: str, name: str) -> np.ndarray:
         return self._holder(case_id, name).read_label(case_id, name)

@@ -163,6 +163,11 @@ def test_another_or_a_reconverted_dataset_store_is_refused_in_one_line(routes, t
     assert open_predictions(routes["preds"], copy).read_label("volume-0", "pred_run").dtype == np.float32
     predict_store(routes["checkpoint"], copy, cases=["volume-0"], name="run", progress=False,
                   output=tmp_path / "copy-preds.zarr")
+    rewritten = SliceStore.open(copy, mode="a")  # a case written again (as ctprep rebuild does), other pixels
+    case = rewritten.read_case("volume-0", hu=False)
+    rewritten.write_case(case.record, case.image[::-1].copy(), case.labels)
+    with pytest.raises(PredictionsMismatchError, match="case volume-0 was predicted from another version of it"):
+        open_predictions(tmp_path / "copy-preds.zarr").read_label("volume-0", "pred_run")
     shutil.rmtree(copy)
     _convert(routes["raw"], copy)
     line = _one_line_error(CliRunner().invoke(main, ["evaluate", "--run", str(routes["root"] / "run"), "--predictions",
