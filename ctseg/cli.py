@@ -174,7 +174,9 @@ def predict(checkpoint, store, output, input_path, out, formats, series, overwri
     With --store and --output (recommended): writes pred_<run> (probabilities) and
     pred_<run>_mask per case into the predictions store OUTPUT, which refers to the dataset
     store; the dataset store is only read. Cases already predicted there the same way are kept.
+
     With --store alone: writes the same labels into the dataset store itself.
+
     With --input: reads CT files with the run's windows, spacing and size (recorded in the
     checkpoint) and writes <name>_pred_<run>_mask.nii.gz on the input's own grid, plus a
     DICOM RTSTRUCT and/or SEG referring to a DICOM input series (--format rtstruct,seg).
