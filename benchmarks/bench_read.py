@@ -5,7 +5,9 @@
     python benchmarks/bench_read.py --quick --s3  # + the same store in a bucket of a local S3 server (moto)
 
 Target (issue 20, --s3): read_slices from a bucket (moto on 127.0.0.1, a batch's chunks
-requested at once) >= 0.3x of the same store on local disk.
+requested at once) >= 0.3x of the same store on local disk. The run also prints what bounds
+it (benchmarks/_s3_bench.py): requests per batch, moto's requests/s against a plain GET loop,
+moto's CPU per GetObject with and without its HTTP server, and the best ratio these allow.
 
 Target 3 (benchmarks/README.md), ratios measured in this run:
 
