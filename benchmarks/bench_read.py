@@ -5,7 +5,9 @@
     python benchmarks/bench_read.py --quick --s3  # + the same store in a bucket of a local S3 server (moto)
 
 Target (issue 20, --s3): read_slices from a bucket (moto on 127.0.0.1, a batch's chunks
-requested at once) >= 0.3x of the same store on local disk.
+requested at once) >= 0.3x of the same store on local disk. The run also prints what bounds
+it (benchmarks/_s3_bench.py): requests per batch, moto's requests/s against a plain GET loop,
+moto's CPU per GetObject with and without its HTTP server, and the best ratio these allow.
 
 Target 3 (benchmarks/README.md), ratios measured in this run:
 
@@ -23,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
+from _s3_bench import s3_rates  # noqa: E402
 
 WINDOW = "liver"
 BATCH = 16
@@ -132,11 +133,13 @@ class NiftiPerSlice:
         self.store = store_reader.store
         self.labels = store_reader.labels
         self.label_values = {spec.name: spec.values for spec in get_source("lits").manifest.labels}
+        # The store keeps no input paths (issue 17): the source finds the case's files again.
+        self.refs = {ref.case_id: ref for ref in get_source("lits").discover(input_dir)}
         self.tables = [window_lookup_table(w) for w in self.store.record(self.store.case_ids()[0]).windows]
 
     def _slice(self, case_id, z, role):
         record = self.store.record(case_id)
-        inputs = {f.role: f.path for f in record.inputs}
+        inputs = dict(self.refs[case_id].files)
         proxy = self.nib.load(self.input_dir / inputs[role]).dataobj
         # The test case is stored RAS (checked below): array (x, y, z), canonical (z, y, x) flips x and y.
         return np.asarray(proxy[:, :, record.slice_indices[z]]).T[::-1, ::-1]
@@ -156,7 +159,6 @@ class NiftiPerBatch(NiftiPerSlice):
     """Each batch loads its cases once with ctprep's own reader (source.load: ISA-L, label checks)."""
 
     def __call__(self, keys):
-        from ctprep.case import CaseRef
         from ctprep.sources import get_source
         from ctprep.windowing import apply_windows
 
@@ -168,9 +170,7 @@ class NiftiPerBatch(NiftiPerSlice):
             by_case.setdefault(case_id, []).append(i)
         for case_id, rows in by_case.items():
             record = self.store.record(case_id)
-            ref = CaseRef(source="lits", case_id=case_id, patient_id=case_id, root=str(self.input_dir),
-                          files=tuple((f.role, f.path) for f in record.inputs))
-            volume = source.load(ref)
+            volume = source.load(self.refs[case_id])
             zs = [record.slice_indices[keys[i][1]] for i in rows]
             image[rows] = apply_windows(volume.hu[zs], record.windows)
             for name in self.labels:
@@ -209,6 +209,35 @@ def parallel_rate(path: Path, processes: int, seconds: float) -> float:
     return sum(n for n, _ in outcomes) / max(t for _, t in outcomes)
 
 
+# ---- --s3: the bucket against local disk, and moto's ceiling (_s3_bench.py) ----------------------
+
+def s3_verdicts(verdicts: "common.Verdicts", s3: dict) -> None:
+    ratios = [r / l for l, r in zip(s3["local"], s3["remote"])]
+    local = statistics.median(s3["local"])
+    verdicts.check("s3 read_slices (moto on 127.0.0.1) / local disk, median of 3 rounds",
+                   statistics.median(ratios), 0.3)
+    verdicts.note("(rounds: " + ", ".join(f"local {l:,.0f} / bucket {r:,.0f} slices/s = {r / l:.3f}x at load "
+                                         f"{a:.1f}" for l, r, a in zip(s3["local"], s3["remote"], s3["loads"])) + ")")
+    per_slice = s3["chunks_per_batch"] / BATCH
+    calls = ", ".join(f"{n:.1f} {op}" for op, n in sorted(s3["calls"].items()))
+    verdicts.note(f"(requests per batch of {BATCH}: {calls}; the batch's distinct recorded chunks: "
+                  f"{s3['chunks_per_batch']:.1f}, i.e. {per_slice:.2f} a slice)")
+    verdicts.note(f"(read_slices: {s3['requests_per_s']:.0f} requests/s, {s3['wall_ms']:.1f} ms wall a request; "
+                  f"CPU a request: moto's server {s3['server_ms']:.1f} ms, this reader (s3fs/botocore + "
+                  f"decoding) {s3['client_ms']:.1f} ms)")
+    (rate1, cpu1), (rate2, cpu2) = s3["trivial"][1], s3["trivial"][2]
+    best = max(rate1, rate2)
+    verdicts.note(f"(moto's ceiling: a plain http.client GET loop gets {rate1:.0f} requests/s (1 thread; "
+                  f"server {cpu1:.1f} ms CPU a request), {rate2:.0f} (2 threads; {cpu2:.1f} ms): read_slices "
+                  f"reaches {s3['requests_per_s'] / best:.0%} of it; best ratio against moto "
+                  f"~{best / per_slice / local:.3f}x)")
+    floor = s3["app_ms"]
+    verdicts.note(f"(moto's S3 code alone, called in-process without HTTP: {floor:.2f} ms CPU per GetObject of "
+                  f"{s3['chunk_bytes']:,} bytes = at most {1000 / floor:.0f} requests/s on a core, "
+                  f"~{1000 / floor / per_slice / local:.3f}x of local at best; 0.3x needs "
+                  f"{0.3 * local * per_slice:,.0f} requests/s, {1000 / (0.3 * local * per_slice):.2f} ms a request)")
+
+
 # ---- main ---------------------------------------------------------------------------------------
 
 def build_store(out: Path, source: Path) -> Path:
@@ -221,59 +250,6 @@ convert_dataset(ConvertConfig(source="lits", input_dir={str(source)!r}, output={
                               windows=(parse_window({WINDOW!r}),), overwrite=True), progress=False)
 """)
     return path
-
-
-def moto_server() -> tuple[subprocess.Popen, str]:
-    """moto's S3 server in its own process: the test suite's (tests/s3_endpoint.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from s3_endpoint import moto_process
-
-    return moto_process()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def s3_rates(path: Path, batches, seconds: float, rounds: int = 3) -> dict:
-    """read_slices slices/s from the store on local disk and from a copy in a bucket of moto's server
-    (its own process), ``rounds`` alternating rounds; also the server's CPU time per request."""
-    server, url = moto_server()
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=url)
-    try:
-        import fsspec
-
-        fs = fsspec.filesystem("s3")
-        fs.mkdir("bench")
-        fs.put(str(path), "bench/read.zarr", recursive=True)
-        local_reader, remote_reader = StoreReader(path), StoreReader("s3://bench/read.zarr")
-        want, got = local_reader(batches[0]), remote_reader(batches[0])
-        if not (np.array_equal(want[0], got[0]) and all(np.array_equal(want[1][n], got[1][n]) for n in want[1])):
-            raise SystemExit("the bucket returned different slices")
-        chunks = sum(r.has_chunk(z) for c, z in (k for b in batches[:50] for k in b)
-                     for r in [remote_reader.store._reader(c, a) for a in ("image", *(f"labels/{n}" for n in
-                                                                                     remote_reader.labels))])
-        local, remote, loads = [], [], []
-        for _ in range(rounds):
-            local.append(timed(local_reader, batches, seconds)[0])
-            remote.append(timed(remote_reader, batches, seconds)[0])
-            loads.append(os.getloadavg()[0])
-        before, client_before = cpu_seconds(server.pid), time.process_time()
-        started = time.perf_counter()
-        for batch in batches[:50]:
-            remote_reader(batch)
-        elapsed = time.perf_counter() - started
-        server_cpu = (cpu_seconds(server.pid) - before) / chunks
-        client_cpu = (time.process_time() - client_before) / chunks
-        return {"client_ms": 1000 * client_cpu, "local": local, "remote": remote, "loads": loads, "server_ms": 1000 * server_cpu,
-                "chunks_per_slice": chunks / (50 * BATCH), "wall_ms": 1000 * elapsed / chunks}
-    finally:
-        server.kill()
-        server.wait()
 
 
 def main() -> int:
@@ -350,18 +326,7 @@ def main() -> int:
     verdicts.note(f"(one process: {single:,.0f} slices/s; plain zarr arr[z] in one process: "
                   f"{rates['zarr arr[z] per slice']:,.0f} slices/s)")
     if args.s3:
-        s3 = s3_rates(path, batches, args.seconds)
-        ratios = [r / l for l, r in zip(s3["local"], s3["remote"])]
-        verdicts.check("s3 read_slices (moto on 127.0.0.1) / local disk, median of 3 rounds",
-                       statistics.median(ratios), 0.3)
-        verdicts.note("(rounds: " + ", ".join(f"local {l:,.0f} / bucket {r:,.0f} slices/s = {r / l:.3f}x at load "
-                                             f"{a:.1f}" for l, r, a in zip(s3["local"], s3["remote"], s3["loads"]))
-                      + ")")
-        ceiling = 1000 / (s3["server_ms"] * s3["chunks_per_slice"])
-        verdicts.note(f"(per chunk request: {s3['wall_ms']:.1f} ms wall, of which moto's server spends "
-                      f"{s3['server_ms']:.1f} ms CPU and this reader (s3fs + decoding) {s3['client_ms']:.1f} ms CPU; "
-                      f"{s3['chunks_per_slice']:.2f} requests a slice, so moto alone caps the bucket at "
-                      f"~{ceiling:,.0f} slices/s per server core)")
+        s3_verdicts(verdicts, s3_rates(StoreReader, path, batches, timed, args.seconds))
     print(common.machine_line())
     return verdicts.print()
 
