@@ -3,7 +3,7 @@
     for epoch:                      (phases set learning rates and loss weights per epoch)
         for batch:                  (the batch sampler: shuffled, balanced or patient runs)
             logs = model.train_step(batch, ctx)     (the model owns its GAN update order)
-        validate: per-case Dice on re-stacked slices; keep best.pt; early stopping
+        validate: per-case Dice on whole cases; keep best.pt (ties: the later); early stopping
         checkpoint last.pt (atomic; everything needed to continue exactly)
 
 Around it: the device (CUDA when available), mixed precision (bf16 on CUDA where
@@ -405,9 +405,13 @@ def end_epoch(model: SegModel, config: TrainConfig, state: LoopState, scheds: di
     log.epoch(state.step, metrics, grid)
     state.history.append({"epoch": epoch + 1, "step": state.step, **metrics})
     tracked = "score" if "score" in metrics else "dice"  # a model's own validation score, else Dice
-    improved = tracked in metrics and metrics[tracked] > state.best
+    # A tie keeps the later model (it trained longer): small validation sets tie often, at 0 before the
+    # model finds a small lesion in whole slices (issue 13); only a strict gain resets early stopping.
+    improved = tracked in metrics and metrics[tracked] >= state.best
     if improved:
-        state.best, state.best_epoch, state.bad_epochs = metrics[tracked], epoch + 1, 0
+        gained = metrics[tracked] > state.best
+        state.best, state.best_epoch = metrics[tracked], epoch + 1
+        state.bad_epochs = 0 if gained else state.bad_epochs + 1
     elif tracked in metrics:
         state.bad_epochs += 1
     # last.pt is the epoch's commit point, so it is written last: a run killed before it resumes

@@ -320,7 +320,8 @@ class TestLGANCommon:
         assert config.size == 224 and config.crop == "resize"
         assert all(o.name == "adam" and o.lr == 1e-5 for o in config.optimizers.values())
         default = build_config(model="lgan-lf", layers=[{"store": "s.zarr", "target": "lung"}])
-        assert default.size == 224 and default.model_options["n_critic"] == 5
+        assert default.size == 224 and default.model_options["n_critic"] == 1 and config.model_options["n_critic"] == 5
+        assert default.loss_weights["adv"] == 0.01 and config.loss_weights["adv"] == 1.0
         assert default.model_options["lipschitz"] == "gp" and default.loss_weights["gp"] == 10.0
         # LGAN Sec. 4.2: weight decay 0.0005 and a Gaussian initialisation; paper-n1: one critic step
         assert all(o.weight_decay == 5e-4 for o in config.optimizers.values())

@@ -8,14 +8,13 @@ false positives a model trained on lesion-centred crops alone makes.
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
 from ctprep.store import SliceStore
 from ctseg.build import build_config
 from ctseg.errors import ConfigError
+from whole_ct import meets_the_bar, train_and_score
 
 
 def layer(store, out, **extra) -> dict:
@@ -132,85 +131,12 @@ def test_a_run_keeps_its_largest_component_unless_told_otherwise(whole_ct_store,
 
 
 # ---- learning on whole slices -----------------------------------------------------------------------
-# ---- every segmenting model, from its defaults --------------------------------------------------------
-SEGMENTERS = ("unet", "ctumorgan", "segan", "crgan", "lgan-basic", "lgan-product", "lgan-ef", "lgan-lf",
-              "lgan-regression")
-_LGAN = {"features": [16, 32, 64], "critic_features": [16, 32, 64], "fc": 64}
-# CPU-sized networks: each default architecture, narrower (and the 8-level ones shallower, for 64-px crops).
-TINY = {"unet": {"features": [16, 32, 64]},
-        "ctumorgan": {"features": [16, 32, 64, 64, 64, 64], "d_features": 16, "z_dim": 16},
-        "segan": {"features": [16, 32, 64, 64], "critic_features": [16, 32, 64]},
-        "crgan": {"features": [16, 32, 64, 64, 64, 64], "d_features": 16},
-        **{name: dict(_LGAN) for name in SEGMENTERS if name.startswith("lgan")}}
-WHOLE_SLICE_STEPS = 300
-# Measured with benchmarks/bench_whole_slices.py --steps 300 (docs/models.md, "Whole-slice results"): these
-# do not reach the bar from their defaults in the test's budget. Marked xfail without running (each would cost
-# ~40-80 s of the suite's budget); whoever improves a model's defaults removes it here and the test runs it.
-SHORT_OF_THE_BAR: dict[str, str] = {
-    "ctumorgan": "Dice 0.000, precision 0.000, recall 0.000 at 150 steps (also with g lr 2e-3)",
-    "segan": "Dice 0.000, precision 0.000, recall 0.000, crop Dice 0.000 at 300 steps (also with s lr 1e-3)",
-    "crgan": "Dice 0.010, precision 0.005, recall 0.759 at 150 steps",
-    "lgan-basic": "Dice 0.000, precision 0.000, recall 0.630 at 150 steps (G updated every 5th step)",
-    "lgan-product": "Dice 0.000, precision 0.000, recall 0.463, crop Dice 0.012 at 300 steps",
-    "lgan-ef": "Dice 0.000, precision 0.000, recall 0.463, crop Dice 0.011 at 300 steps",
-    "lgan-lf": "Dice 0.000, precision 0.000, recall 0.500, crop Dice 0.013 at 300 steps",
-    "lgan-regression": "Dice 0.000, precision 0.000, recall 0.519, crop Dice 0.013 at 300 steps",
-}
-
-
-def _case(model: str):
-    if model not in SHORT_OF_THE_BAR:
-        return model
-    return pytest.param(model, marks=pytest.mark.xfail(run=False, reason=f"measured: {SHORT_OF_THE_BAR[model]}"))
-
-
-def defaults_layer(model: str, store, out, steps: int = WHOLE_SLICE_STEPS) -> dict:
-    """All a user gives beyond the model's defaults: store, target, out; here also a tiny network, 64-px
-    crops and few steps (10 epochs). Validation is the default one (held-out slices: no val case)."""
-    return {"store": str(store), "target": "tumour", "out": str(out), "size": 64, "batch_size": 8,
-            "epochs": 10, "steps_per_epoch": max(steps // 10, 1), "image_every": 0, "model_options": TINY[model]}
-
-
-def whole_case_scores(checkpoint, store, copy) -> dict:
-    """Dice, precision, recall of the case predicted whole as `ctseg predict` does by default (the run's
-    post-processing), and the crop-only Dice (crops of the training size centred on the nodule)."""
-    import torch
-
-    from ctseg.build import load_model
-    from ctseg.crops import crop_padded
-    from ctseg.metrics import confusion, overlap_metrics
-    from ctseg.predict import predict_store
-
-    shutil.copytree(store, copy)
-    predict_store(checkpoint, copy, name="x", progress=False)
-    case = SliceStore.open(copy).read_case("volume-0", labels=["tumour", "pred_x_mask"])
-    truth, mask = case.labels["tumour"] > 0, case.labels["pred_x_mask"] > 0
-    whole = overlap_metrics(confusion(mask, truth))
-    model, config, _ = load_model(checkpoint, "cpu")
-    zs = np.nonzero(truth.any(axis=(1, 2)))[0]
-    ys, xs = np.nonzero(truth.any(axis=0))
-    cy, cx = int(ys.mean()), int(xs.mean())
-    crops = torch.from_numpy(np.stack([crop_padded(case.image[z], cy, cx, config.size) for z in zs])).float() / 255
-    crop_truth = np.stack([crop_padded(truth[z][None], cy, cx, config.size)[0] for z in zs])
-    model.eval()
-    crop = overlap_metrics(confusion(model.predict(crops)[:, 0].numpy() >= config.threshold, crop_truth))
-    return {k: float(whole[k]) for k in ("dice", "precision", "recall")} | {"crop_dice": float(crop["dice"])}
-
-
+# ---- every segmenting model, from its defaults (the LGANs: test_whole_slices_lgan.py) -------------------
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # ~60 s on an idle 2-core machine; 300 s was reached at load average 15
-@pytest.mark.parametrize("model", [_case(m) for m in SEGMENTERS])
+@pytest.mark.timeout(600)  # ~30-70 s each on an idle 2-core machine; several times that under load
+@pytest.mark.parametrize("model", ["unet", "ctumorgan", "segan", "crgan"])
 def test_each_model_from_its_defaults_segments_whole_slices_of_a_real_ct(whole_ct_store, tmp_path, model):
     """`ctseg train --model X` defaults (tiny network, few steps) then `ctseg predict` defaults: the whole
     case scores Dice >= 0.6 with precision >= 0.5."""
-    import torch
-
-    from ctseg.train import train
-
-    torch.manual_seed(0)
-    train(build_config(model=model, layers=[defaults_layer(model, whole_ct_store, tmp_path / model)]),
-          progress=False)
-    best = tmp_path / model / "best.pt"
-    scores = whole_case_scores(best if best.is_file() else tmp_path / model / "last.pt", whole_ct_store,
-                               tmp_path / "pred.zarr")
-    assert scores["dice"] >= 0.6 and scores["precision"] >= 0.5, scores
+    scores = train_and_score(model, whole_ct_store, tmp_path / model)
+    assert meets_the_bar(scores), scores
