@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -24,11 +24,12 @@ from ctprep.case import CaseRecord, CaseRef
 from ctprep.conversion_manifest import command_line, library_versions, manifest_path, write_json_atomic
 from ctprep.datasets import SplitConfig, assign_split, fold_table
 from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreUnreachableError, StoreWriteError
-from ctprep.lookup import LazySlices, nonzero_per_slice
+from ctprep.geometry import Geometry
 from ctprep.public_paths import Redactor, public_path
 from ctprep.sources import get_source
+from ctprep.slabs import CaseStream, read_ahead
 from ctprep.sources.base import refuse_duplicate_ids, refuse_long_ids
-from ctprep.store import SliceStore, check_shared, checksums_digest, store_lock
+from ctprep.store import SliceStore, Slab, check_shared, checksums_digest, store_lock
 from ctprep.windowing import Window, windowed_slices
 from lkbase import __version__
 from lkbase.errors import ParameterError, is_storage_failure
@@ -194,8 +195,57 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
 
 def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...],
                     store: SliceStore) -> ConversionOutcome:
+    """Stream the case into the store slab by slab (whole only to resample or select slices): each label
+    slice is computed once, counted and written; each slab windowed while the next is read."""
     started = time.perf_counter()
     source = get_source(config.source, config.source_options)
+    if config.spacing or config.size or config.slices != "all":
+        stream, canonical_geometry, selected = _selected_stream(source, ref, config)
+    else:
+        stream = source.stream(ref)
+        canonical_geometry, selected = stream.geometry, np.arange(stream.geometry.shape[0])
+    names = [spec.name for spec in stream.label_specs]
+    lesion_label = source.manifest.lesion_label if source.manifest.lesion_label in names else None
+    z_all = stream.geometry.z_positions()
+    windows = tuple(windows) + tuple(stream.windows)
+    annotations = source.adapt_annotations(stream.annotations, before=canonical_geometry,
+                                           after=stream.geometry, rows=selected)
+    quirks = tuple(f"{q.id}: {q.description}" for q in source.manifest.quirks_of(ref.case_id))
+    lesion_pixels = np.zeros(len(selected), dtype=np.int64)  # counted as the slabs go by
+    record = CaseRecord(
+        case_id=ref.case_id, source=config.source, patient_id=ref.patient_id, split=split,
+        geometry=stream.geometry, canonical_geometry=canonical_geometry,
+        source_grid=stream.source_grid, slice_indices=tuple(int(i) for i in selected),
+        z_positions=tuple(z_all[i] for i in selected), windows=windows,
+        labels=stream.label_specs, lesion_label=lesion_label,
+        lesion_pixels=(0,) * len(selected), has_hu=config.keep_hu, quirks=quirks,
+        parameters=config.content_parameters(), annotations=annotations,
+    )
+    slabs = _store_slabs(stream, windows, lesion_label, lesion_pixels, config.keep_hu)
+    written = store.write_case_slabs(record, read_ahead(slabs), final=lambda: dataclasses.replace(
+        record, lesion_pixels=tuple(int(n) for n in lesion_pixels)))
+    return ConversionOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
+                             seconds=time.perf_counter() - started, quirks=quirks, split=split,
+                             inputs=tuple({**f.to_dict(), "path": public_path(f.path)} for f in stream.inputs()))
+
+
+def _store_slabs(stream: CaseStream, windows: tuple[Window, ...], lesion_label: str | None,
+                 lesion_pixels: np.ndarray, keep_hu: bool) -> Iterator[Slab]:
+    """The store's slabs of ``stream``: labels computed here (once), lesion pixels counted into
+    ``lesion_pixels``, the image windowed slice by slice in the store's writer threads."""
+    for part in stream.slabs:
+        labels = {name: np.asarray(label) for name, label in part.labels.items()}
+        if lesion_label is not None:
+            lesion = labels[lesion_label]
+            lesion_pixels[part.start:part.start + len(lesion)] = np.count_nonzero(
+                lesion.reshape(len(lesion), -1), axis=1)
+        yield Slab(start=part.start, image=windowed_slices(part.hu, windows), labels=labels,
+                   hu=part.hu if keep_hu else None)
+
+
+def _selected_stream(source, ref: CaseRef, config: ConvertConfig) -> tuple[CaseStream, Geometry, np.ndarray]:
+    """The case loaded whole, resampled (--spacing, --size) and its slices selected (--slices): the
+    stream of the kept slices, the grid before resampling and the kept slice numbers."""
     volume = source.load(ref)
     canonical_geometry = volume.geometry  # before resampling: needed to export results back
     if config.spacing or config.size:
@@ -204,41 +254,17 @@ def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tu
         volume = resample_case(volume, spacing=config.spacing, size=config.size)
     nz = volume.geometry.shape[0]
     lesion_label = source.manifest.lesion_label if source.manifest.lesion_label in volume.labels else None
-    lesion_all = nonzero_per_slice(volume.labels[lesion_label]) if lesion_label else None
+    lesion_all = None
+    if lesion_label is not None and parse_slice_mode(config.slices)[0] == "lesion":
+        lesion = np.asarray(volume.labels[lesion_label])  # once: counted here, its kept slices stored
+        lesion_all = np.count_nonzero(lesion.reshape(nz, -1), axis=1)
+        volume = dataclasses.replace(volume, labels={**volume.labels, lesion_label: lesion})
     selected = _select_slices(nz, lesion_all, config.slices, ref.case_id)
     if len(selected) == 0:
         # The case's last file names it (NIfTI: the segmentation; DICOM sources: the annotation file).
         raise CaseInputError(Path(ref.root) / ref.files[-1][1] if ref.files else ref.case_id,
                              f"no {lesion_label} voxels, so --slices {config.slices} keeps no slice")
-    if len(selected) == nz:
-        hu, labels = volume.hu, dict(volume.labels)
-    else:
-        hu = volume.hu[selected]
-        labels = {name: _take_slices(label, selected) for name, label in volume.labels.items()}
-    lesion_pixels = lesion_all[selected] if lesion_all is not None else np.zeros(len(selected), dtype=np.int64)
-    z_all = volume.geometry.z_positions()
-    windows = tuple(windows) + tuple(volume.windows)
-    annotations = source.adapt_annotations(volume.annotations, before=canonical_geometry,
-                                           after=volume.geometry, rows=selected)
-    quirks = tuple(f"{q.id}: {q.description}" for q in source.manifest.quirks_of(ref.case_id))
-    record = CaseRecord(
-        case_id=ref.case_id, source=config.source, patient_id=ref.patient_id, split=split,
-        geometry=volume.geometry, canonical_geometry=canonical_geometry,
-        source_grid=volume.source_grid, slice_indices=tuple(int(i) for i in selected),
-        z_positions=tuple(z_all[i] for i in selected), windows=windows,
-        labels=volume.label_specs, lesion_label=lesion_label,
-        lesion_pixels=tuple(int(n) for n in lesion_pixels), has_hu=config.keep_hu, quirks=quirks,
-        parameters=config.content_parameters(), annotations=annotations,
-    )
-    # The windowed image is computed slice by slice inside the store's writer threads.
-    written = store.write_case(record, windowed_slices(hu, windows), labels, hu=hu if config.keep_hu else None)
-    return ConversionOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
-                             seconds=time.perf_counter() - started, quirks=quirks, split=split,
-                             inputs=tuple({**f.to_dict(), "path": public_path(f.path)} for f in volume.inputs))
-
-
-def _take_slices(label, indices: np.ndarray):
-    return label.take(indices) if isinstance(label, LazySlices) else label[indices]
+    return CaseStream.of_volume(volume, selected), canonical_geometry, selected
 
 
 def _convert_guarded(job: tuple[CaseRef, str], config: ConvertConfig) -> ConversionOutcome:

@@ -15,6 +15,7 @@ from ctprep.datasets import DatasetManifest, load_dataset_manifest
 from ctprep.errors import CaseInputError
 from ctprep.geometry import Geometry, canonicalize
 from ctprep.lookup import LazySlices
+from ctprep.slabs import CaseStream
 from ctprep.formats.nifti import NiftiHeader, NiftiVolume, hu_int16, label_uint8, read_nifti, read_nifti_header
 from lkbase.errors import ParameterError
 
@@ -84,6 +85,13 @@ class Source(ABC):
     @abstractmethod
     def load(self, ref: CaseRef) -> CaseVolume:
         """Decode a case onto the canonical grid; raise CaseInputError when it is unusable."""
+
+    def stream(self, ref: CaseRef) -> CaseStream:
+        """The case as slabs for the converter (ctprep/slabs.py); raise CaseInputError when it is unusable,
+        before the first slab or, for input found bad part way, in place of a slab.
+
+        This default loads the case whole; sources that can read a slab at a time override it."""
+        return CaseStream.of_volume(self.load(ref))
 
     def header_problem(self, ref: CaseRef) -> str | None:
         """A cheap check for ``ctprep check`` (headers only, no voxels): None, or '<file>: <problem>'.
