@@ -25,6 +25,7 @@ from ctprep.conversion_manifest import command_line, library_versions, manifest_
 from ctprep.datasets import SplitConfig, assign_split, fold_table
 from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreUnreachableError, StoreWriteError
 from ctprep.geometry import Geometry
+from ctprep.lookup import LazySlices
 from ctprep.public_paths import Redactor, public_path
 from ctprep.sources import get_source
 from ctprep.slabs import CaseStream, read_ahead
@@ -231,16 +232,24 @@ def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tu
 
 def _store_slabs(stream: CaseStream, windows: tuple[Window, ...], lesion_label: str | None,
                  lesion_pixels: np.ndarray, keep_hu: bool) -> Iterator[Slab]:
-    """The store's slabs of ``stream``: labels computed here (once), lesion pixels counted into
-    ``lesion_pixels``, the image windowed slice by slice in the store's writer threads."""
+    """The store's slabs of ``stream``: image and labels computed slice by slice in the store's writer
+    threads (each once), the lesion label's pixels counted into ``lesion_pixels`` as they are made."""
     for part in stream.slabs:
-        labels = {name: np.asarray(label) for name, label in part.labels.items()}
+        labels = dict(part.labels)
         if lesion_label is not None:
-            lesion = labels[lesion_label]
-            lesion_pixels[part.start:part.start + len(lesion)] = np.count_nonzero(
-                lesion.reshape(len(lesion), -1), axis=1)
+            labels[lesion_label] = _counted(labels[lesion_label], lesion_pixels[part.start:part.start + len(part.hu)])
         yield Slab(start=part.start, image=windowed_slices(part.hu, windows), labels=labels,
                    hu=part.hu if keep_hu else None)
+
+
+def _counted(label, counts: np.ndarray) -> LazySlices:
+    """``label``'s slices, each counting its non-zero pixels into ``counts`` when it is made."""
+    def make_slice(z: int) -> np.ndarray:
+        plane = np.asarray(label[z])
+        counts[z] = np.count_nonzero(plane)
+        return plane
+
+    return LazySlices(tuple(label.shape), np.uint8, make_slice)
 
 
 def _selected_stream(source, ref: CaseRef, config: ConvertConfig) -> tuple[CaseStream, Geometry, np.ndarray]:
