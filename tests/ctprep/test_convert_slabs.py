@@ -1,0 +1,161 @@
+"""Conversion streamed slab by slab (issue 19): the same store as the whole-volume path, bad input found
+part way leaves no trace, the NIfTI slab reader reads and hashes a file in one pass, read_ahead."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctprep.convert import ConvertConfig, convert_dataset
+from ctprep.errors import CaseInputError
+from ctprep.formats.nifti import read_nifti
+from ctprep.formats.nifti_stream import NiftiSlabReader
+from ctprep.slabs import SLAB_SLICES, read_ahead
+from ctprep.sources import get_source
+from ctprep.store import SliceStore
+from ctprep.windowing import parse_window
+
+# More slices than two slabs, so every case streams in three, the last one short.
+TALL = (2 * SLAB_SLICES + 7, 40, 40)
+# axcodes of the file's voxel axes, gzip: head first, feet first (slabs come from the top), and a
+# layout whose last axis is not the slice axis (loaded whole).
+CASES = {0: ("Batch", ("R", "A", "S"), True), 1: ("Batch", ("R", "A", "I"), False),
+         2: ("Batch", ("S", "R", "A"), True)}
+
+
+@pytest.fixture(scope="module")
+def tall_lits(tmp_path_factory, ct):
+    return ct.write_lits(tmp_path_factory.mktemp("tall") / "lits", CASES, shape=TALL)
+
+
+def _convert(root: Path, output: Path, **kwargs):
+    return convert_dataset(ConvertConfig(source="lits", input_dir=str(root), output=str(output),
+                                         windows=(parse_window("liver"), parse_window("100:400/eq")), **kwargs),
+                           progress=False)
+
+
+def _chunks(store: Path, case_id: str) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted((store / "cases" / case_id).rglob("c.*"))}
+
+
+def test_streamed_cases_equal_the_phantom_and_the_whole_volume_path(tall_lits, tmp_path):
+    streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
+    report = _convert(tall_lits.root, streamed, keep_hu=True)
+    assert [o.status for o in report.outcomes] == ["converted"] * 3
+    # lesion+K with K past the case keeps every slice, through the whole-volume path (load, select)
+    _convert(tall_lits.root, whole, keep_hu=True, slices=f"lesion+{TALL[0]}")
+    stream_store, whole_store = SliceStore.open(streamed), SliceStore.open(whole)
+    source = get_source("lits")
+    refs = {r.case_id: r for r in source.discover(tall_lits.root)}
+    for case_id in tall_lits.case_ids:
+        assert _chunks(streamed, case_id) == _chunks(whole, case_id), case_id
+        a, b = stream_store.record(case_id), whole_store.record(case_id)
+        assert a.to_dict() | {"parameters": None} == b.to_dict() | {"parameters": None}
+        hu, _ = tall_lits.phantom(case_id)
+        data = stream_store.read_case(case_id, hu=True)
+        assert np.array_equal(data.hu, hu)
+        for name, expected in tall_lits.labels(case_id).items():
+            assert np.array_equal(data.labels[name], expected), (case_id, name)
+        assert list(a.lesion_pixels) == [int(n) for n in np.count_nonzero(tall_lits.labels(case_id)["tumour"],
+                                                                          axis=(1, 2))]
+        assert stream_store.recorded_checksums(case_id) == whole_store.recorded_checksums(case_id)
+        # the inputs hashed while streaming are the files' sha256
+        inputs = {e["role"]: e for e in report.outcomes[tall_lits.case_ids.index(case_id)].inputs}
+        assert inputs["image"]["sha256"] == hashlib.sha256(refs[case_id].path("image").read_bytes()).hexdigest()
+    # the first two stream (slices along the file's last axis), the third is loaded whole
+    streams = [source.stream(refs[c]) for c in tall_lits.case_ids]
+    starts = [[slab.start for slab in s.slabs] for s in streams[:2]]
+    assert starts == [[0, SLAB_SLICES, 2 * SLAB_SLICES], [SLAB_SLICES + 7, 7, 0]]
+
+
+def _truncate_gz_mid_voxels(path: Path) -> None:
+    """Keep the gzip stream only up to about 50 slices of voxels: the first slab whole, the second short."""
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw)[:len(gzip.compress(raw[:352 + TALL[1] * TALL[2] * 2 * 50]))])
+
+
+def test_input_found_bad_part_way_leaves_no_trace(tall_lits, tmp_path, ct):
+    folder = tmp_path / "lits"
+    ct.write_lits(folder, {0: CASES[0], 3: ("Batch", ("R", "A", "S"), True)}, shape=TALL)
+    _truncate_gz_mid_voxels(folder / "Batch" / "volume-3.nii.gz")
+    output = tmp_path / "out.zarr"
+    report = _convert(folder, output)
+    status = {o.case_id: (o.status, o.reason) for o in report.outcomes}
+    assert status["volume-0"][0] == "converted"
+    assert status["volume-3"][0] == "skipped" and "volume-3.nii.gz" in status["volume-3"][1]
+    assert "truncated or corrupt gzip stream" in status["volume-3"][1]
+    store = SliceStore.open(output)
+    assert store.case_ids() == ["volume-0"] and store.incomplete_case_ids() == []
+    assert not (output / "cases" / "volume-3").exists()
+
+
+def test_a_label_value_outside_the_map_in_a_later_slab_is_counted_over_the_whole_file(tmp_path, ct):
+    import nibabel as nib
+
+    folder = tmp_path / "lits"
+    ct.write_lits(folder, {0: CASES[0]}, shape=TALL)
+    path = folder / "Batch" / "segmentation-0.nii.gz"
+    image = nib.load(path)
+    data = np.asarray(image.dataobj).copy()
+    data[:3, :2, -1] = 7  # the last slab only (RAS: the last axis is z)
+    data[:1, :1, 0] = 7  # and one voxel of the first
+    nib.save(nib.Nifti1Image(data, image.affine, image.header), path)
+    report = _convert(folder, tmp_path / "out.zarr")
+    assert report.outcomes[0].status == "skipped"
+    assert "label values outside the label map [0, 1, 2]: 7 (7 voxels)" in report.outcomes[0].reason
+
+
+def test_the_slab_reader_reads_a_file_as_read_nifti_does_in_one_pass(tall_lits):
+    for path in sorted(tall_lits.root.rglob("*.nii*")):
+        whole = read_nifti(path)
+        with NiftiSlabReader(path) as reader:
+            parts, done = [], 0
+            while done < reader.shape[2]:
+                parts.append(reader.read(min(5, reader.shape[2] - done)))
+                done += parts[-1].shape[2]
+            size, sha256 = reader.finish()
+        assert np.array_equal(np.concatenate(parts, axis=2), whole.array.reshape(reader.shape, order="A"))
+        assert (size, sha256) == (whole.size, whole.sha256) == (path.stat().st_size,
+                                                               hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def test_the_slab_reader_refuses_a_stream_inflating_past_its_header(tmp_path, ct):
+    folder = tmp_path / "lits"
+    ct.write_lits(folder, {0: CASES[0]}, shape=(4, 16, 16))
+    path = folder / "Batch" / "volume-0.nii.gz"
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()) + bytes(3 << 20)))
+    with NiftiSlabReader(path) as reader:
+        reader.read(4)
+        with pytest.raises(CaseInputError, match="decompression bomb"):
+            reader.finish()
+
+
+def test_read_ahead_hands_over_items_and_errors_and_stops_its_producer():
+    assert list(read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+    def failing():
+        yield 1
+        raise CaseInputError("x.nii", "bad on the way")
+
+    items = read_ahead(failing())
+    assert next(items) == 1
+    with pytest.raises(CaseInputError, match="bad on the way"):
+        next(items)
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                yield 0
+        finally:
+            closed.set()
+
+    ahead = read_ahead(endless())
+    next(ahead)
+    ahead.close()  # the consumer stops early: the producer's generator is closed
+    assert closed.wait(5)
