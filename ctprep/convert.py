@@ -209,8 +209,6 @@ def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tu
     lesion_label = source.manifest.lesion_label if source.manifest.lesion_label in names else None
     z_all = stream.geometry.z_positions()
     windows = tuple(windows) + tuple(stream.windows)
-    annotations = source.adapt_annotations(stream.annotations, before=canonical_geometry,
-                                           after=stream.geometry, rows=selected)
     quirks = tuple(f"{q.id}: {q.description}" for q in source.manifest.quirks_of(ref.case_id))
     lesion_pixels = np.zeros(len(selected), dtype=np.int64)  # counted as the slabs go by
     record = CaseRecord(
@@ -220,11 +218,17 @@ def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tu
         z_positions=tuple(z_all[i] for i in selected), windows=windows,
         labels=stream.label_specs, lesion_label=lesion_label,
         lesion_pixels=(0,) * len(selected), has_hu=config.keep_hu, quirks=quirks,
-        parameters=config.content_parameters(), annotations=annotations,
+        parameters=config.content_parameters(),
     )
     slabs = _store_slabs(stream, windows, lesion_label, lesion_pixels, config.keep_hu)
-    written = store.write_case_slabs(record, read_ahead(slabs), final=lambda: dataclasses.replace(
-        record, lesion_pixels=tuple(int(n) for n in lesion_pixels)))
+
+    def final() -> CaseRecord:  # once every slab is written: a stream may complete its annotations
+        annotations = source.adapt_annotations(stream.annotations, before=canonical_geometry,
+                                               after=stream.geometry, rows=selected)
+        return dataclasses.replace(record, lesion_pixels=tuple(int(n) for n in lesion_pixels),
+                                   annotations=annotations)
+
+    written = store.write_case_slabs(record, read_ahead(slabs), final=final)
     return ConversionOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
                              seconds=time.perf_counter() - started, quirks=quirks, split=split,
                              inputs=tuple({**f.to_dict(), "path": public_path(f.path)} for f in stream.inputs()))

@@ -94,6 +94,12 @@ class Source(ABC):
         This default loads the case whole; sources that can read a slab at a time override it."""
         return CaseStream.of_volume(self.load(ref))
 
+    def _refuse_as_load(self, ref: CaseRef, exc: CaseInputError) -> NoReturn:
+        """For a stream that found ``exc`` (on the way, or in its first read): raise the reason :meth:`load`
+        gives for the case (it words whole-file counts and ranges), or ``exc`` if load finds none."""
+        self.load(ref)
+        raise exc
+
     def header_problem(self, ref: CaseRef) -> str | None:
         """A cheap check for ``ctprep check`` (headers only, no voxels): None, or '<file>: <problem>'.
 
@@ -189,11 +195,6 @@ class NiftiPairSource(Source):
                     sums[role] = reader.finish()
         except CaseInputError as exc:
             self._refuse_as_load(ref, exc)
-
-    def _refuse_as_load(self, ref: CaseRef, exc: CaseInputError) -> NoReturn:
-        """Raise the reason :meth:`load` gives for the case (whole-file counts and ranges), else ``exc``."""
-        self.load(ref)
-        raise exc
 
     def header_problem(self, ref: CaseRef) -> str | None:
         """Read only the headers (no voxels): each file exists and is a NIfTI of real voxels, as

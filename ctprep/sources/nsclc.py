@@ -25,6 +25,7 @@ The case's annotations record which ROI went into which label.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 
 from ctprep.case import CaseRef, CaseVolume, LabelSpec
 from ctprep.datasets import MANIFEST_DIR, DatasetManifest
+from ctprep.slabs import CaseStream
 from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, DicomSource, HashInBackground,
                                          file_input, find_cases, patient_of, relative, series_input,
@@ -99,8 +101,29 @@ class NsclcSource(DicomSource):
             refs.append(case_ref(self.name, case, root, [(ROLE_RTSTRUCT, a.path) for a in case.annotations]))
         return refs
 
-    # ---- load --------------------------------------------------------------------------------
+    # ---- load ----------------------------------------------------------------------------------
     def load(self, ref: CaseRef) -> CaseVolume:
+        volume, _, hashing = self._case(ref, pixels=True)
+        return dataclasses.replace(volume, inputs=hashing.result())
+
+    def stream(self, ref: CaseRef) -> CaseStream:
+        """The headers read first (order, geometry, contours rasterised), then the pixels a slab at a time
+        while the store compresses the previous one (ctprep/sources/dicom_stream.py); a series that
+        needs more (duplicates, gantry tilt, irregular steps) is loaded whole."""
+        from ctprep.sources.dicom_stream import series_stream, streamable
+
+        try:
+            volume, ct, hashing = self._case(ref, pixels=False)
+        except CaseInputError as exc:
+            self._refuse_as_load(ref, exc)
+        if not streamable(ct):
+            hashing.cancel()
+            return super().stream(ref)
+        return series_stream(volume, ct, hashing, refuse=lambda exc: self._refuse_as_load(ref, exc))
+
+    def _case(self, ref: CaseRef, pixels: bool) -> tuple[CaseVolume, object, HashInBackground]:
+        """The case from its CT series read with ``pixels`` (or its headers only: ``hu`` a placeholder, see
+        read_ct_series), the series, and the hashing of the inputs (still running)."""
         from ctprep.formats.dicom import read_ct_series
         from ctprep.formats.rtstruct import rasterise_rois, roi_names, shown_rois
 
@@ -112,7 +135,7 @@ class NsclcSource(DicomSource):
         try:
             available = roi_names(rtstruct)
             plan = self.label_plan(available, rtstruct)
-            ct = read_ct_series(ct_files)
+            ct = read_ct_series(ct_files, pixels=pixels)
             wanted = list(dict.fromkeys(roi for rois in plan.values() for roi in rois))
             masks = rasterise_rois(ct.files, rtstruct, wanted, headers=ct.headers)
         except BaseException:
@@ -130,8 +153,9 @@ class NsclcSource(DicomSource):
             "rtstruct": {"rois": shown_rois(available, wanted), "labels": {label: list(rois) for label, rois in plan.items()}},
             "ct": ct_annotations(ct, len(ct_files)),
         }
-        return CaseVolume(ref=ref, hu=ct.hu, labels=labels, label_specs=specs, geometry=ct.geometry,
-                          source_grid=ct.source_grid, inputs=hashing.result(), annotations=annotations)
+        volume = CaseVolume(ref=ref, hu=ct.hu, labels=labels, label_specs=specs, geometry=ct.geometry,
+                            source_grid=ct.source_grid, annotations=annotations)
+        return volume, ct, hashing
 
     def _inputs(self, ref: CaseRef) -> tuple[list[Path], Path]:
         ct_files, rtstructs = ref.paths(ROLE_CT), ref.paths(ROLE_RTSTRUCT)

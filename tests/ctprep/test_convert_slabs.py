@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from ctprep.convert import ConvertConfig, convert_dataset
@@ -159,3 +160,53 @@ def test_read_ahead_hands_over_items_and_errors_and_stops_its_producer():
     next(ahead)
     ahead.close()  # the consumer stops early: the producer's generator is closed
     assert closed.wait(5)
+
+
+# ---- DICOM: headers first, then the pixels slab by slab ------------------------------------------
+
+def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path):
+    from ctprep.phantoms.nsclc import write_nsclc_case
+
+    root = tmp_path / "nsclc"
+    write_nsclc_case(root, 1, shape=(2 * SLAB_SLICES + 5, 48, 48), tumours=2)
+    streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
+    config = dict(source="nsclc", input_dir=str(root), keep_hu=True)
+    convert_dataset(ConvertConfig(output=str(streamed), **config), progress=False)
+    convert_dataset(ConvertConfig(output=str(whole), slices=f"lesion+{3 * SLAB_SLICES}", **config), progress=False)
+    source = get_source("nsclc")
+    stream = source.stream(source.discover(root)[0])
+    assert [slab.start for slab in stream.slabs] == [0, SLAB_SLICES, 2 * SLAB_SLICES]  # streamed, not loaded
+    assert _chunks(streamed, "LUNG1-001") == _chunks(whole, "LUNG1-001")
+    a, b = SliceStore.open(streamed).record("LUNG1-001"), SliceStore.open(whole).record("LUNG1-001")
+    assert a.to_dict() | {"parameters": None} == b.to_dict() | {"parameters": None}
+    assert a.annotations["ct"] == b.annotations["ct"]
+
+
+def _series(folder: Path, **kwargs) -> list[Path]:
+    from ctprep.phantoms.dicom import write_ct_series
+
+    hu = np.random.default_rng(1).integers(-1000, 400, (3, 16, 16)).astype(np.int16)
+    return write_ct_series(folder, hu, **kwargs)
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "implicit", "rle"])
+def test_pixels_read_after_the_header_equal_a_whole_read(tmp_path, syntax):
+    """Straight from the file's end for uncompressed files, read_slice again for compressed ones."""
+    from ctprep.formats.dicom import read_slice, with_pixels
+
+    for path in _series(tmp_path, transfer_syntax=syntax, padding_value=0):
+        header = read_slice(path, pixels=False)
+        assert header.hu is None
+        later, whole = with_pixels(path, header.header), read_slice(path)
+        assert np.array_equal(later.hu, whole.hu) and later.padded == whole.padded and later.raw_min == whole.raw_min
+
+
+def test_pixels_not_at_the_end_of_the_file_are_read_by_pydicom(tmp_path):
+    from ctprep.formats.dicom import read_slice, with_pixels
+
+    path = _series(tmp_path)[0]
+    ds = pydicom.dcmread(path)
+    ds.add_new((0xFFFC, 0xFFFC), "OB", b"\0" * 8)  # data set trailing padding after PixelData
+    ds.save_as(path)
+    header = read_slice(path, pixels=False).header
+    assert np.array_equal(with_pixels(path, header).hu, read_slice(path).hu)
