@@ -12,26 +12,24 @@ import concurrent.futures as cf
 import dataclasses
 import functools
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ctprep.case import CaseRecord, CaseRef
+from ctprep.case_slabs import parse_slice_mode, selected_stream, store_slabs
 from ctprep.conversion_manifest import command_line, library_versions, manifest_path, write_json_atomic
 from ctprep.datasets import SplitConfig, assign_split, fold_table
 from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreUnreachableError, StoreWriteError
-from ctprep.geometry import Geometry
-from ctprep.lookup import LazySlices
 from ctprep.public_paths import Redactor, public_path
 from ctprep.sources import get_source
-from ctprep.slabs import CaseStream, read_ahead
+from ctprep.slabs import read_ahead
 from ctprep.sources.base import refuse_duplicate_ids, refuse_long_ids
-from ctprep.store import SliceStore, Slab, check_shared, checksums_digest, store_lock
-from ctprep.windowing import Window, windowed_slices
+from ctprep.store import SliceStore, check_shared, checksums_digest, store_lock
+from ctprep.windowing import Window
 from lkbase import __version__
 from lkbase.errors import ParameterError, is_storage_failure
 from lkbase.runner import CaseOutcome, case_pool, run_cases, run_guarded
@@ -102,15 +100,6 @@ class ConvertConfig:
                    source_options=dict(data.get("source_options") or {}), folds=data.get("folds"))
 
 
-def parse_slice_mode(mode: str) -> tuple[str, int]:
-    """``all`` -> ("all", 0); ``lesion`` -> ("lesion", 0); ``lesion+K`` -> ("lesion", K)."""
-    if mode == "all":
-        return "all", 0
-    if m := re.fullmatch(r"lesion(?:\+(\d+))?", mode):
-        return "lesion", int(m[1] or 0)
-    raise ParameterError(f"--slices {mode!r}: expected all, lesion or lesion+K")
-
-
 _MANIFEST_ENTRY_KEYS = ("case_id", "status", "reason", "slices", "bytes_written", "seconds", "quirks", "inputs",
                        "split")
 
@@ -166,20 +155,6 @@ class ConversionReport:
         return lines
 
 
-def _select_slices(nz: int, lesion_per_slice: np.ndarray | None, mode: str, case_id: str) -> np.ndarray:
-    """Indices of the slices to store, from each slice's lesion pixel count."""
-    kind, margin = parse_slice_mode(mode)
-    if kind == "all":
-        return np.arange(nz)
-    if lesion_per_slice is None:
-        raise CaseInputError(case_id, f"--slices {mode} needs a lesion label; this source has none")
-    # A slice is kept when a lesion slice lies within `margin` of it, clipped to the volume.
-    before = np.concatenate([[0], np.cumsum(lesion_per_slice > 0)])
-    z = np.arange(nz)
-    keep = before[np.minimum(z + margin + 1, nz)] - before[np.maximum(z - margin, 0)] > 0
-    return np.flatnonzero(keep)
-
-
 def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...]) -> ConversionOutcome:
     """Load, resample, window and store one case, as its one writer. Raises CaseInputError for unusable input.
 
@@ -201,7 +176,7 @@ def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tu
     started = time.perf_counter()
     source = get_source(config.source, config.source_options)
     if config.spacing or config.size or config.slices != "all":
-        stream, canonical_geometry, selected = _selected_stream(source, ref, config)
+        stream, canonical_geometry, selected = selected_stream(source, ref, config.spacing, config.size, config.slices)
     else:
         stream = source.stream(ref)
         canonical_geometry, selected = stream.geometry, np.arange(stream.geometry.shape[0])
@@ -220,7 +195,7 @@ def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tu
         lesion_pixels=(0,) * len(selected), has_hu=config.keep_hu, quirks=quirks,
         parameters=config.content_parameters(),
     )
-    slabs = _store_slabs(stream, windows, lesion_label, lesion_pixels, config.keep_hu)
+    slabs = store_slabs(stream, windows, lesion_label, lesion_pixels, config.keep_hu)
 
     def final() -> CaseRecord:  # once every slab is written: a stream may complete its annotations
         annotations = source.adapt_annotations(stream.annotations, before=canonical_geometry,
@@ -232,52 +207,6 @@ def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tu
     return ConversionOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
                              seconds=time.perf_counter() - started, quirks=quirks, split=split,
                              inputs=tuple({**f.to_dict(), "path": public_path(f.path)} for f in stream.inputs()))
-
-
-def _store_slabs(stream: CaseStream, windows: tuple[Window, ...], lesion_label: str | None,
-                 lesion_pixels: np.ndarray, keep_hu: bool) -> Iterator[Slab]:
-    """The store's slabs of ``stream``: image and labels computed slice by slice in the store's writer
-    threads (each once), the lesion label's pixels counted into ``lesion_pixels`` as they are made."""
-    for part in stream.slabs:
-        labels = dict(part.labels)
-        if lesion_label is not None:
-            labels[lesion_label] = _counted(labels[lesion_label], lesion_pixels[part.start:part.start + len(part.hu)])
-        yield Slab(start=part.start, image=windowed_slices(part.hu, windows), labels=labels,
-                   hu=part.hu if keep_hu else None)
-
-
-def _counted(label, counts: np.ndarray) -> LazySlices:
-    """``label``'s slices, each counting its non-zero pixels into ``counts`` when it is made."""
-    def make_slice(z: int) -> np.ndarray:
-        plane = np.asarray(label[z])
-        counts[z] = np.count_nonzero(plane)
-        return plane
-
-    return LazySlices(tuple(label.shape), np.uint8, make_slice)
-
-
-def _selected_stream(source, ref: CaseRef, config: ConvertConfig) -> tuple[CaseStream, Geometry, np.ndarray]:
-    """The case loaded whole, resampled (--spacing, --size) and its slices selected (--slices): the
-    stream of the kept slices, the grid before resampling and the kept slice numbers."""
-    volume = source.load(ref)
-    canonical_geometry = volume.geometry  # before resampling: needed to export results back
-    if config.spacing or config.size:
-        from ctprep.resample import resample_case
-
-        volume = resample_case(volume, spacing=config.spacing, size=config.size)
-    nz = volume.geometry.shape[0]
-    lesion_label = source.manifest.lesion_label if source.manifest.lesion_label in volume.labels else None
-    lesion_all = None
-    if lesion_label is not None and parse_slice_mode(config.slices)[0] == "lesion":
-        lesion = np.asarray(volume.labels[lesion_label])  # once: counted here, its kept slices stored
-        lesion_all = np.count_nonzero(lesion.reshape(nz, -1), axis=1)
-        volume = dataclasses.replace(volume, labels={**volume.labels, lesion_label: lesion})
-    selected = _select_slices(nz, lesion_all, config.slices, ref.case_id)
-    if len(selected) == 0:
-        # The case's last file names it (NIfTI: the segmentation; DICOM sources: the annotation file).
-        raise CaseInputError(Path(ref.root) / ref.files[-1][1] if ref.files else ref.case_id,
-                             f"no {lesion_label} voxels, so --slices {config.slices} keeps no slice")
-    return CaseStream.of_volume(volume, selected), canonical_geometry, selected
 
 
 def _convert_guarded(job: tuple[CaseRef, str], config: ConvertConfig) -> ConversionOutcome:

@@ -167,7 +167,6 @@ def _raw_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
         raise CaseInputError(path, "no pixel data")
     syntax = ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if ds.file_meta else ImplicitVRLittleEndian
     bits = int(ds.get("BitsAllocated", 16))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
     if syntax in _NATIVE_SYNTAXES and bits == 16:
         return _native_raw(path, ds, ds.PixelData)
     try:
