@@ -164,18 +164,35 @@ def test_read_ahead_hands_over_items_and_errors_and_stops_its_producer():
 
 # ---- DICOM: headers first, then the pixels slab by slab ------------------------------------------
 
-def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path):
+def _feet_first_case(root: Path) -> None:
+    """LUNG1-001 scanned feet first: its slices ascend along a normal pointing inferior, so the
+    canonical grid runs the other way and the slabs come from the top."""
+    from ctprep.phantoms.dicom import FEET_FIRST_SUPINE, write_ct_series
+    from ctprep.phantoms.nsclc import make_chest_phantom, write_rtstruct
+
+    hu, rois = make_chest_phantom((2 * SLAB_SLICES + 5, 48, 48), seed=3)
+    study = root / "LUNG1-001" / "study"
+    files = write_ct_series(study / "ct", hu, orientation=FEET_FIRST_SUPINE, patient_id="LUNG1-001", seed=3)
+    write_rtstruct(files, rois, study / "rtstruct" / "rs.dcm")
+
+
+@pytest.mark.parametrize("layout", ["head first", "feet first"])
+def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path, layout):
     from ctprep.phantoms.nsclc import write_nsclc_case
 
     root = tmp_path / "nsclc"
-    write_nsclc_case(root, 1, shape=(2 * SLAB_SLICES + 5, 48, 48), tumours=2)
+    if layout == "head first":
+        write_nsclc_case(root, 1, shape=(2 * SLAB_SLICES + 5, 48, 48), tumours=2)
+    else:
+        _feet_first_case(root)
     streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
     config = dict(source="nsclc", input_dir=str(root), keep_hu=True)
     convert_dataset(ConvertConfig(output=str(streamed), **config), progress=False)
     convert_dataset(ConvertConfig(output=str(whole), slices=f"lesion+{3 * SLAB_SLICES}", **config), progress=False)
     source = get_source("nsclc")
     stream = source.stream(source.discover(root)[0])
-    assert [slab.start for slab in stream.slabs] == [0, SLAB_SLICES, 2 * SLAB_SLICES]  # streamed, not loaded
+    starts = [0, SLAB_SLICES, 2 * SLAB_SLICES] if layout == "head first" else [SLAB_SLICES + 5, 5, 0]
+    assert [slab.start for slab in stream.slabs] == starts  # streamed, not loaded
     assert _chunks(streamed, "LUNG1-001") == _chunks(whole, "LUNG1-001")
     a, b = SliceStore.open(streamed).record("LUNG1-001"), SliceStore.open(whole).record("LUNG1-001")
     assert a.to_dict() | {"parameters": None} == b.to_dict() | {"parameters": None}
@@ -210,3 +227,22 @@ def test_pixels_not_at_the_end_of_the_file_are_read_by_pydicom(tmp_path):
     ds.save_as(path)
     header = read_slice(path, pixels=False).header
     assert np.array_equal(with_pixels(path, header).hu, read_slice(path).hu)
+
+
+def test_a_dicom_series_with_a_duplicate_slice_is_loaded_whole(tmp_path):
+    """Whether two files at one position are the same slice needs their pixels: such a series is not streamed."""
+    import shutil
+
+    from ctprep.phantoms.nsclc import write_nsclc_case
+
+    root = tmp_path / "nsclc"
+    phantom = write_nsclc_case(root, 1, shape=(SLAB_SLICES + 3, 32, 32))
+    shutil.copy(phantom.ct_files[5], phantom.ct_files[5].with_name("copy-of-a-slice.dcm"))
+    source = get_source("nsclc")
+    ref = source.discover(root)[0]
+    assert "of_volume" in source.stream(ref).slabs.__qualname__
+    report = convert_dataset(ConvertConfig(source="nsclc", input_dir=str(root), output=str(tmp_path / "o.zarr")),
+                             progress=False)
+    assert report.outcomes[0].status == "converted"
+    notes = SliceStore.open(tmp_path / "o.zarr").record("LUNG1-001").annotations["ct"]["notes"]
+    assert any("dropped 1 duplicate slice" in note for note in notes)
