@@ -11,17 +11,45 @@ irregular steps, slices along its last axis (:func:`streamable`); the notes the 
 
 from __future__ import annotations
 
+import dataclasses
+from abc import abstractmethod
 from typing import Callable, Iterator, NoReturn
 
 import numpy as np
 
-from ctprep.case import CaseVolume
+from ctprep.case import CaseRef, CaseVolume
 from ctprep.errors import CaseInputError
 from ctprep.formats.dicom import CtSeries, pixel_notes, with_pixels
 from ctprep.formats.dicom_scan import sop_instance
 from ctprep.geometry import reorient
 from ctprep.slabs import SLAB_SLICES, CaseStream, SourceSlab
-from ctprep.sources.dicom_source import HashInBackground
+from ctprep.sources.dicom_source import DicomSource, HashInBackground
+
+
+class HeadersFirstSource(DicomSource):
+    """A DICOM source whose case is made from its CT series by :meth:`_case`: loaded whole, or streamed
+    (the series planned from its headers, its pixels read slab by slab)."""
+
+    def load(self, ref: CaseRef) -> CaseVolume:
+        volume, _, hashing = self._case(ref, pixels=True)
+        return dataclasses.replace(volume, inputs=hashing.result())
+
+    def stream(self, ref: CaseRef) -> CaseStream:
+        """Headers first, then the pixels a slab at a time while the store compresses the previous slab;
+        a series whose plan needs its pixels (duplicates, gantry tilt, irregular steps) is loaded whole."""
+        try:
+            volume, ct, hashing = self._case(ref, pixels=False)
+        except CaseInputError as exc:
+            self._refuse_as_load(ref, exc)
+        if not streamable(ct):
+            hashing.cancel()
+            return super().stream(ref)
+        return series_stream(volume, ct, hashing, refuse=lambda exc: self._refuse_as_load(ref, exc))
+
+    @abstractmethod
+    def _case(self, ref: CaseRef, pixels: bool) -> tuple[CaseVolume, CtSeries, HashInBackground]:
+        """The case (without its inputs) from its series read with ``pixels`` (or its headers only:
+        read_ct_series, ``hu`` a placeholder), the series, and the hashing of the inputs (running)."""
 
 
 def streamable(ct: CtSeries) -> bool:

@@ -25,7 +25,6 @@ The case's annotations record which ROI went into which label.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -35,11 +34,12 @@ import numpy as np
 
 from ctprep.case import CaseRef, CaseVolume, LabelSpec
 from ctprep.datasets import MANIFEST_DIR, DatasetManifest
-from ctprep.slabs import CaseStream
 from ctprep.errors import CaseInputError, MissingInputError
-from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, DicomSource, HashInBackground,
+from ctprep.formats.dicom import CtSeries
+from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, HashInBackground,
                                          file_input, find_cases, patient_of, relative, series_input,
                                          stack_native)
+from ctprep.sources.dicom_stream import HeadersFirstSource
 from lkbase.errors import ParameterError
 
 ROLE_RTSTRUCT = "rtstruct"
@@ -62,7 +62,7 @@ def parse_roi_option(value: str) -> tuple[str, str | None]:
     return name, (label or None)
 
 
-class NsclcSource(DicomSource):
+class NsclcSource(HeadersFirstSource):
     name = "nsclc"
     description = ("NSCLC-Radiomics: <patient>/<study>/<series>/*.dcm, a CT series and the RTSTRUCT that "
                    "refers to it per patient folder LUNG1-xxx")
@@ -102,28 +102,7 @@ class NsclcSource(DicomSource):
         return refs
 
     # ---- load ----------------------------------------------------------------------------------
-    def load(self, ref: CaseRef) -> CaseVolume:
-        volume, _, hashing = self._case(ref, pixels=True)
-        return dataclasses.replace(volume, inputs=hashing.result())
-
-    def stream(self, ref: CaseRef) -> CaseStream:
-        """The headers read first (order, geometry, contours rasterised), then the pixels a slab at a time
-        while the store compresses the previous one (ctprep/sources/dicom_stream.py); a series that
-        needs more (duplicates, gantry tilt, irregular steps) is loaded whole."""
-        from ctprep.sources.dicom_stream import series_stream, streamable
-
-        try:
-            volume, ct, hashing = self._case(ref, pixels=False)
-        except CaseInputError as exc:
-            self._refuse_as_load(ref, exc)
-        if not streamable(ct):
-            hashing.cancel()
-            return super().stream(ref)
-        return series_stream(volume, ct, hashing, refuse=lambda exc: self._refuse_as_load(ref, exc))
-
-    def _case(self, ref: CaseRef, pixels: bool) -> tuple[CaseVolume, object, HashInBackground]:
-        """The case from its CT series read with ``pixels`` (or its headers only: ``hu`` a placeholder, see
-        read_ct_series), the series, and the hashing of the inputs (still running)."""
+    def _case(self, ref: CaseRef, pixels: bool) -> tuple[CaseVolume, CtSeries, HashInBackground]:
         from ctprep.formats.dicom import read_ct_series
         from ctprep.formats.rtstruct import rasterise_rois, roi_names, shown_rois
 

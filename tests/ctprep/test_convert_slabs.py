@@ -176,25 +176,29 @@ def _feet_first_case(root: Path) -> None:
     write_rtstruct(files, rois, study / "rtstruct" / "rs.dcm")
 
 
-@pytest.mark.parametrize("layout", ["head first", "feet first"])
+@pytest.mark.parametrize("layout", ["nsclc head first", "nsclc feet first", "lidc"])
 def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path, layout):
+    from ctprep.phantoms.lidc import write_lidc_case
     from ctprep.phantoms.nsclc import write_nsclc_case
 
-    root = tmp_path / "nsclc"
-    if layout == "head first":
+    root = tmp_path / "download"
+    if layout == "nsclc head first":
         write_nsclc_case(root, 1, shape=(2 * SLAB_SLICES + 5, 48, 48), tumours=2)
-    else:
+    elif layout == "nsclc feet first":
         _feet_first_case(root)
+    else:
+        write_lidc_case(root, 1, shape=(2 * SLAB_SLICES + 5, 48, 48))
+    case_id, name = ("LIDC-IDRI-0001", "lidc") if layout == "lidc" else ("LUNG1-001", "nsclc")
     streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
-    config = dict(source="nsclc", input_dir=str(root), keep_hu=True)
+    config = dict(source=name, input_dir=str(root), keep_hu=True)
     convert_dataset(ConvertConfig(output=str(streamed), **config), progress=False)
     convert_dataset(ConvertConfig(output=str(whole), slices=f"lesion+{3 * SLAB_SLICES}", **config), progress=False)
-    source = get_source("nsclc")
+    source = get_source(name)
     stream = source.stream(source.discover(root)[0])
-    starts = [0, SLAB_SLICES, 2 * SLAB_SLICES] if layout == "head first" else [SLAB_SLICES + 5, 5, 0]
+    starts = [SLAB_SLICES + 5, 5, 0] if layout == "nsclc feet first" else [0, SLAB_SLICES, 2 * SLAB_SLICES]
     assert [slab.start for slab in stream.slabs] == starts  # streamed, not loaded
-    assert _chunks(streamed, "LUNG1-001") == _chunks(whole, "LUNG1-001")
-    a, b = SliceStore.open(streamed).record("LUNG1-001"), SliceStore.open(whole).record("LUNG1-001")
+    assert _chunks(streamed, case_id) == _chunks(whole, case_id)
+    a, b = SliceStore.open(streamed).record(case_id), SliceStore.open(whole).record(case_id)
     assert a.to_dict() | {"parameters": None} == b.to_dict() | {"parameters": None}
     assert a.annotations["ct"] == b.annotations["ct"]
 
