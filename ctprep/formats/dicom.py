@@ -91,6 +91,11 @@ class CtSeries:
     _resampling: Resampling | None = field(default=None, repr=False)
 
     @property
+    def resampled(self) -> bool:
+        """Whether the native slices were put on another grid (tilt, irregular steps): see to_canonical."""
+        return self._resampling is not None
+
+    @property
     def native_shape(self) -> tuple[int, int, int]:
         return (len(self.native_sop_uids), int(self.technical["Rows"]), int(self.technical["Columns"]))
 

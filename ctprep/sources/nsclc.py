@@ -30,15 +30,13 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from ctprep.case import CaseRef, CaseVolume, LabelSpec
 from ctprep.datasets import MANIFEST_DIR, DatasetManifest
 from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.formats.dicom import CtSeries
 from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, HashInBackground,
                                          file_input, find_cases, patient_of, relative, series_input,
-                                         stack_native)
+                                         union_slices)
 from ctprep.sources.dicom_stream import HeadersFirstSource
 from lkbase.errors import ParameterError
 
@@ -120,13 +118,7 @@ class NsclcSource(HeadersFirstSource):
         except BaseException:
             hashing.cancel()
             raise
-        native = {roi: stack_native(masks[roi], ct.native_sop_uids, ct.native_shape) for roi in wanted}
-        labels = {}
-        for label, rois in plan.items():
-            union = native[rois[0]]
-            for roi in rois[1:]:
-                union = np.maximum(union, native[roi])
-            labels[label] = ct.to_canonical(union)
+        labels = {label: union_slices([masks[roi] for roi in rois], ct) for label, rois in plan.items()}
         specs = tuple(self._spec(label, rois) for label, rois in plan.items())
         annotations = {
             "rtstruct": {"rois": shown_rois(available, wanted), "labels": {label: list(rois) for label, rois in plan.items()}},
