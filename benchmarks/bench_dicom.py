@@ -3,10 +3,12 @@
     python benchmarks/bench_dicom.py            # 300 slices 512x512, uncompressed (~1 min; first run +20 s)
     python benchmarks/bench_dicom.py --quick    # 60 slices
 
-Target (benchmarks/README.md): t(read_ct_series) <= 1.3 x t(plain), where plain is
+Targets (benchmarks/README.md): t(read_ct_series) <= 1.3 x t(plain), where plain is
 "pydicom.dcmread every file, sort by InstanceNumber, np.stack(pixel_array)" (no HU,
-no checks). Both read the same files, hot (page cache), best of --repeat runs each,
-alternating, in this process.
+no checks); both read the same files, hot (page cache), best of --repeat runs each,
+alternating, in this process. And (issue 19) the whole ``ctprep convert --source nsclc``
+of one case <= 1.5 x the plain read of its CT files: median ratio of --rounds rotated rounds,
+each round's load average printed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 TARGET = 1.3
+CONVERT_TARGET = 1.5  # issue 19: the whole conversion of a case within 1.5x the plain read of its series
 
 
 def series_folder(out: Path, slices: int, size: int) -> Path:
@@ -60,10 +64,12 @@ def ctprep_read(files: list[Path]) -> np.ndarray:
     return read_ct_series(files).hu
 
 
-def convert_ratio(out: Path, slices: int, size: int, repeat: int) -> None:
+def convert_ratio(out: Path, slices: int, size: int, rounds: int) -> str:
     """The whole ``ctprep convert --source nsclc`` of one case (CT series + RTSTRUCT with a GTV and
-    both lungs: read, rasterise, window, write, hash, index, manifest) against the plain read of
-    its CT files. Reported, not a pass/fail target: rasterising and writing are extra work."""
+    both lungs: discover, read, rasterise, window 2 channels, compress, write, hash, index, manifest)
+    against the plain read of its CT files: ``rounds`` rounds, the order of the two rotated each
+    round, the median of the per-round ratios (this machine is shared: each round's load printed).
+    Target (issue 19): <= CONVERT_TARGET. Returns PASS or FAIL."""
     from ctprep.convert import ConvertConfig, convert_dataset
     from ctprep.phantoms.nsclc import write_nsclc_case
 
@@ -77,28 +83,36 @@ def convert_ratio(out: Path, slices: int, size: int, repeat: int) -> None:
     ct_files = [f for f in sorted(root.rglob("*.dcm"))
                 if pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Modality"]).Modality == "CT"]
     config = ConvertConfig(source="nsclc", input_dir=str(root), output=str(out / "nsclc.zarr"), overwrite=True)
-    times = {"plain": [], "convert": []}
-    for _ in range(repeat):
-        started = time.perf_counter()
-        plain_read(ct_files)
-        times["plain"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        convert_dataset(config, progress=False)
-        times["convert"].append(time.perf_counter() - started)
-    best = {k: min(v) for k, v in times.items()}
-    print(f"NSCLC-layout case: {slices} CT slices + RTSTRUCT (GTV-1, Lung-Left, Lung-Right), best of {repeat}")
-    print(f"  {'plain pydicom read of the CT files':52s} {best['plain']:7.3f} s  {slices / best['plain']:8.0f} slices/s")
-    print(f"  {'ctprep convert --source nsclc (everything)':52s} {best['convert']:7.3f} s  "
-          f"{slices / best['convert']:8.0f} slices/s")
-    print(f"ratio t(convert) / t(plain read) = {best['convert'] / best['plain']:.2f} (reported)")
+    steps = {"plain": lambda: plain_read(ct_files), "convert": lambda: convert_dataset(config, progress=False)}
+    convert_dataset(config, progress=False)  # warm: page cache, lazy imports
+    times: dict[str, list[float]] = {"plain": [], "convert": []}
+    print(f"NSCLC-layout case: {slices} CT slices + RTSTRUCT (GTV-1, Lung-Left, Lung-Right), {rounds} rounds")
+    for r in range(rounds):
+        order = ["plain", "convert"] if r % 2 == 0 else ["convert", "plain"]
+        for name in order:
+            started = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - started)
+        print(f"  round {r + 1}: plain {times['plain'][-1]:.3f} s, convert {times['convert'][-1]:.3f} s, "
+              f"ratio {times['convert'][-1] / times['plain'][-1]:.2f}, load average {os.getloadavg()[0]:.2f}")
+    median = {k: statistics.median(v) for k, v in times.items()}
+    ratio = statistics.median(c / p for c, p in zip(times["convert"], times["plain"]))
+    print(f"  {'plain pydicom read of the CT files':52s} {median['plain']:7.3f} s  "
+          f"{slices / median['plain']:8.0f} slices/s (median)")
+    print(f"  {'ctprep convert --source nsclc (everything)':52s} {median['convert']:7.3f} s  "
+          f"{slices / median['convert']:8.0f} slices/s (median)")
+    status = "PASS" if ratio <= CONVERT_TARGET else "FAIL"
+    print(f"ratio t(convert) / t(plain read) = {ratio:.2f} (median of {rounds} rounds; target <= {CONVERT_TARGET}): "
+          f"{status}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     phases = convert_phases(root)
-    phases["the rest: window, compress, write, index, manifest"] = best["convert"] - sum(phases.values())
+    phases["the rest: pixels, window, compress, write, index, manifest"] = median["convert"] - sum(phases.values())
     for name, seconds in phases.items():
-        print(f"    {name:50s} {seconds:7.3f} s  ({seconds / best['plain']:.2f} x plain)")
+        print(f"    {name:50s} {seconds:7.3f} s  ({seconds / median['plain']:.2f} x plain)")
+    return status
 
 
 def convert_phases(root: Path) -> dict[str, float]:
-    """Where a conversion's time goes: the source's steps timed one by one (one run each)."""
+    """Where a conversion's time goes before the pixels stream: the source's steps timed one by one (one run each)."""
     from ctprep.formats.dicom import read_ct_series
     from ctprep.formats.rtstruct import rasterise_rois, roi_names
     from ctprep.sources.nsclc import NsclcSource
@@ -110,8 +124,8 @@ def convert_phases(root: Path) -> dict[str, float]:
     times["discover (scan every header of the folder)"] = time.perf_counter() - started
     ct_files, rtstruct = source._inputs(ref)
     started = time.perf_counter()
-    ct = read_ct_series(ct_files)
-    times["read_ct_series"] = time.perf_counter() - started
+    ct = read_ct_series(ct_files, pixels=False)
+    times["read_ct_series, headers only (the plan)"] = time.perf_counter() - started
     started = time.perf_counter()
     plan = source.label_plan(roi_names(rtstruct), rtstruct)
     rasterise_rois(ct_files, rtstruct, [roi for rois in plan.values() for roi in rois], headers=ct.headers)
@@ -127,6 +141,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="60 slices")
     parser.add_argument("--skip-convert", action="store_true", help="only the reading comparison")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the whole-conversion comparison (default 5)")
     args = parser.parse_args()
     slices = 60 if args.quick else args.slices
     out = Path(args.out) if args.out else common.out_dir(None, "bench") / "dicom"
@@ -152,10 +167,9 @@ def main() -> int:
         print(f"  {label:52s} {best[name]:7.3f} s  {slices / best[name]:8.0f} slices/s")
     status = "PASS" if ratio <= TARGET else "FAIL"
     print(f"ratio t(read_ct_series) / t(plain) = {ratio:.2f} (target <= {TARGET}): {status}")
-    if not args.skip_convert:
-        convert_ratio(out, slices, args.size, args.repeat)
+    convert_status = "PASS" if args.skip_convert else convert_ratio(out, slices, args.size, args.rounds)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
-    return 0 if status == "PASS" else 1
+    return 0 if status == convert_status == "PASS" else 1
 
 
 if __name__ == "__main__":

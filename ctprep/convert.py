@@ -12,7 +12,6 @@ import concurrent.futures as cf
 import dataclasses
 import functools
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +20,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ctprep.case import CaseRecord, CaseRef
+from ctprep.case_slabs import parse_slice_mode, selected_stream, store_slabs
 from ctprep.conversion_manifest import command_line, library_versions, manifest_path, write_json_atomic
 from ctprep.datasets import SplitConfig, assign_split, fold_table
 from ctprep.errors import CaseInputError, LesionkitError, StoreError, StoreUnreachableError, StoreWriteError
-from ctprep.lookup import LazySlices, nonzero_per_slice
 from ctprep.public_paths import Redactor, public_path
 from ctprep.sources import get_source
+from ctprep.slabs import read_ahead
 from ctprep.sources.base import refuse_duplicate_ids, refuse_long_ids
 from ctprep.store import SliceStore, check_shared, checksums_digest, store_lock
-from ctprep.windowing import Window, windowed_slices
+from ctprep.windowing import Window
 from lkbase import __version__
 from lkbase.errors import ParameterError, is_storage_failure
 from lkbase.runner import CaseOutcome, case_pool, run_cases, run_guarded
@@ -100,15 +100,6 @@ class ConvertConfig:
                    source_options=dict(data.get("source_options") or {}), folds=data.get("folds"))
 
 
-def parse_slice_mode(mode: str) -> tuple[str, int]:
-    """``all`` -> ("all", 0); ``lesion`` -> ("lesion", 0); ``lesion+K`` -> ("lesion", K)."""
-    if mode == "all":
-        return "all", 0
-    if m := re.fullmatch(r"lesion(?:\+(\d+))?", mode):
-        return "lesion", int(m[1] or 0)
-    raise ParameterError(f"--slices {mode!r}: expected all, lesion or lesion+K")
-
-
 _MANIFEST_ENTRY_KEYS = ("case_id", "status", "reason", "slices", "bytes_written", "seconds", "quirks", "inputs",
                        "split")
 
@@ -164,20 +155,6 @@ class ConversionReport:
         return lines
 
 
-def _select_slices(nz: int, lesion_per_slice: np.ndarray | None, mode: str, case_id: str) -> np.ndarray:
-    """Indices of the slices to store, from each slice's lesion pixel count."""
-    kind, margin = parse_slice_mode(mode)
-    if kind == "all":
-        return np.arange(nz)
-    if lesion_per_slice is None:
-        raise CaseInputError(case_id, f"--slices {mode} needs a lesion label; this source has none")
-    # A slice is kept when a lesion slice lies within `margin` of it, clipped to the volume.
-    before = np.concatenate([[0], np.cumsum(lesion_per_slice > 0)])
-    z = np.arange(nz)
-    keep = before[np.minimum(z + margin + 1, nz)] - before[np.maximum(z - margin, 0)] > 0
-    return np.flatnonzero(keep)
-
-
 def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...]) -> ConversionOutcome:
     """Load, resample, window and store one case, as its one writer. Raises CaseInputError for unusable input.
 
@@ -194,51 +171,42 @@ def convert_case(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple
 
 def _convert_locked(ref: CaseRef, config: ConvertConfig, split: str, windows: tuple[Window, ...],
                     store: SliceStore) -> ConversionOutcome:
+    """Stream the case into the store slab by slab (whole only to resample or select slices): each label
+    slice is computed once, counted and written; each slab windowed while the next is read."""
     started = time.perf_counter()
     source = get_source(config.source, config.source_options)
-    volume = source.load(ref)
-    canonical_geometry = volume.geometry  # before resampling: needed to export results back
-    if config.spacing or config.size:
-        from ctprep.resample import resample_case
-
-        volume = resample_case(volume, spacing=config.spacing, size=config.size)
-    nz = volume.geometry.shape[0]
-    lesion_label = source.manifest.lesion_label if source.manifest.lesion_label in volume.labels else None
-    lesion_all = nonzero_per_slice(volume.labels[lesion_label]) if lesion_label else None
-    selected = _select_slices(nz, lesion_all, config.slices, ref.case_id)
-    if len(selected) == 0:
-        # The case's last file names it (NIfTI: the segmentation; DICOM sources: the annotation file).
-        raise CaseInputError(Path(ref.root) / ref.files[-1][1] if ref.files else ref.case_id,
-                             f"no {lesion_label} voxels, so --slices {config.slices} keeps no slice")
-    if len(selected) == nz:
-        hu, labels = volume.hu, dict(volume.labels)
+    if config.spacing or config.size or config.slices != "all":
+        stream, canonical_geometry, selected = selected_stream(source, ref, config.spacing, config.size, config.slices)
     else:
-        hu = volume.hu[selected]
-        labels = {name: _take_slices(label, selected) for name, label in volume.labels.items()}
-    lesion_pixels = lesion_all[selected] if lesion_all is not None else np.zeros(len(selected), dtype=np.int64)
-    z_all = volume.geometry.z_positions()
-    windows = tuple(windows) + tuple(volume.windows)
-    annotations = source.adapt_annotations(volume.annotations, before=canonical_geometry,
-                                           after=volume.geometry, rows=selected)
+        stream = source.stream(ref)
+        canonical_geometry, selected = stream.geometry, np.arange(stream.geometry.shape[0])
+    names = [spec.name for spec in stream.label_specs]
+    lesion_label = source.manifest.lesion_label if source.manifest.lesion_label in names else None
+    z_all = stream.geometry.z_positions()
+    windows = tuple(windows) + tuple(stream.windows)
     quirks = tuple(f"{q.id}: {q.description}" for q in source.manifest.quirks_of(ref.case_id))
+    lesion_pixels = np.zeros(len(selected), dtype=np.int64)  # counted as the slabs go by
     record = CaseRecord(
         case_id=ref.case_id, source=config.source, patient_id=ref.patient_id, split=split,
-        geometry=volume.geometry, canonical_geometry=canonical_geometry,
-        source_grid=volume.source_grid, slice_indices=tuple(int(i) for i in selected),
+        geometry=stream.geometry, canonical_geometry=canonical_geometry,
+        source_grid=stream.source_grid, slice_indices=tuple(int(i) for i in selected),
         z_positions=tuple(z_all[i] for i in selected), windows=windows,
-        labels=volume.label_specs, lesion_label=lesion_label,
-        lesion_pixels=tuple(int(n) for n in lesion_pixels), has_hu=config.keep_hu, quirks=quirks,
-        parameters=config.content_parameters(), annotations=annotations,
+        labels=stream.label_specs, lesion_label=lesion_label,
+        lesion_pixels=(0,) * len(selected), has_hu=config.keep_hu, quirks=quirks,
+        parameters=config.content_parameters(),
     )
-    # The windowed image is computed slice by slice inside the store's writer threads.
-    written = store.write_case(record, windowed_slices(hu, windows), labels, hu=hu if config.keep_hu else None)
+    slabs = store_slabs(stream, windows, lesion_label, lesion_pixels, config.keep_hu)
+
+    def final() -> CaseRecord:  # once every slab is written: a stream may complete its annotations
+        annotations = source.adapt_annotations(stream.annotations, before=canonical_geometry,
+                                               after=stream.geometry, rows=selected)
+        return dataclasses.replace(record, lesion_pixels=tuple(int(n) for n in lesion_pixels),
+                                   annotations=annotations)
+
+    written = store.write_case_slabs(record, read_ahead(slabs), final=final)
     return ConversionOutcome(case_id=ref.case_id, status="converted", slices=len(selected), bytes_written=written,
                              seconds=time.perf_counter() - started, quirks=quirks, split=split,
-                             inputs=tuple({**f.to_dict(), "path": public_path(f.path)} for f in volume.inputs))
-
-
-def _take_slices(label, indices: np.ndarray):
-    return label.take(indices) if isinstance(label, LazySlices) else label[indices]
+                             inputs=tuple({**f.to_dict(), "path": public_path(f.path)} for f in stream.inputs()))
 
 
 def _convert_guarded(job: tuple[CaseRef, str], config: ConvertConfig) -> ConversionOutcome:

@@ -138,6 +138,14 @@ class SourceGrid:
                    axes=tuple((int(a), int(f)) for a, f in data["axes"]))
 
 
+def reorient(array: np.ndarray, grid: SourceGrid) -> np.ndarray:
+    """A source-layout array (a volume, or a slab of it along the slice axis) as a canonical ``(z, y, x)`` view,
+    by ``grid``'s axes (as :func:`canonicalize` found them for the whole file)."""
+    from nibabel import orientations
+
+    return orientations.apply_orientation(array, np.asarray(grid.axes, dtype=np.float64)).transpose(2, 1, 0)
+
+
 def canonicalize(array: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, Geometry, SourceGrid]:
     """Reorient a NIfTI-style array (voxel axes mapped to RAS mm by ``affine_ras``) to canonical.
 

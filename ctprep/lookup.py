@@ -74,6 +74,8 @@ class LazySlices:
             if not 0 <= z < self.shape[0]:
                 raise IndexError(f"slice {key} out of range for {self.shape[0]} slices")
             return self._make_slice(z)
+        if isinstance(key, slice) and key.step in (None, 1):  # a slab: still lazy
+            return self.take(range(*key.indices(self.shape[0])))
         return np.asarray(self)[key]
 
     def __array__(self, dtype=None, copy=None):

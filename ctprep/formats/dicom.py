@@ -31,6 +31,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 
 from ctprep.errors import CaseInputError, MissingInputError
 from ctprep.formats import dicom_scan
+from ctprep.formats.dicom_regrid import Resampling, apply_resampling
 from ctprep.formats.dicom_rescale import Rescale, check_series_rescale, read_rescale
 from ctprep.geometry import Geometry, SourceGrid, canonicalize
 from lkbase.errors import ParameterError
@@ -66,15 +67,6 @@ IRREGULAR_MODES = ("resample", "refuse")
 # ---- reading a series ----------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class _Resampling:
-    """How native stacked slices become the regular grid: in-plane shifts, then z interpolation."""
-
-    shifts: np.ndarray | None      # (n_native, 2) row, col shift in pixels (gantry tilt), or None
-    lower: np.ndarray | None       # (n_out,) native index below each output slice, or None
-    weight: np.ndarray | None      # (n_out,) weight of native slice lower + 1
-
-
-@dataclass(frozen=True, kw_only=True, eq=False)
 class CtSeries:
     """A CT series on the canonical grid.
 
@@ -96,7 +88,12 @@ class CtSeries:
     notes: tuple[str, ...]
     files: tuple[Path, ...] = field(default=(), repr=False)
     headers: tuple[pydicom.Dataset, ...] = field(default=(), repr=False)
-    _resampling: _Resampling | None = field(default=None, repr=False)
+    _resampling: Resampling | None = field(default=None, repr=False)
+
+    @property
+    def resampled(self) -> bool:
+        """Whether the native slices were put on another grid (tilt, irregular steps): see to_canonical."""
+        return self._resampling is not None
 
     @property
     def native_shape(self) -> tuple[int, int, int]:
@@ -113,7 +110,7 @@ class CtSeries:
         if native.shape != self.native_shape:
             raise ParameterError(f"expected a native stack of shape {self.native_shape}, found {native.shape}")
         if self._resampling is not None:
-            native = _apply_resampling(native, self._resampling, linear=native.dtype.kind in "fc",
+            native = apply_resampling(native, self._resampling, linear=native.dtype.kind in "fc",
                                        fill=0)
         affine = np.asarray(self.source_grid.affine_ras).reshape(4, 4)
         return canonicalize(native.transpose(2, 1, 0), affine)[0]
@@ -175,20 +172,8 @@ def _raw_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
         raise CaseInputError(path, "no pixel data")
     syntax = ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if ds.file_meta else ImplicitVRLittleEndian
     bits = int(ds.get("BitsAllocated", 16))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
     if syntax in _NATIVE_SYNTAXES and bits == 16:
-        data = ds.PixelData
-        need = rows * cols * 2
-        if len(data) < need:
-            raise CaseInputError(path, f"truncated pixel data: {len(data)} bytes, expected {need}")
-        raw = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=rows * cols).reshape(rows, cols)
-        stored = int(ds.get("BitsStored", 16) or 16)
-        if stored < 16:  # mask unused high bits (overlays), sign-extend signed values
-            if signed:
-                raw = (raw << (16 - stored)) >> (16 - stored)
-            else:
-                raw = raw & np.uint16((1 << stored) - 1)
-        return raw
+        return _native_raw(path, ds, ds.PixelData)
     try:
         raw = ds.pixel_array
     except Exception as exc:  # decoder missing, corrupt or truncated stream
@@ -196,6 +181,47 @@ def _raw_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     if raw.shape != (rows, cols):
         raise CaseInputError(path, f"pixel data decode to shape {raw.shape}, expected {(rows, cols)}")
     return raw
+
+
+def _native_raw(path: Path, ds: pydicom.Dataset, data: bytes) -> np.ndarray:
+    """The stored values of uncompressed 16-bit pixel data ``data`` (a view), high bits masked or sign-extended."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    need = rows * cols * 2
+    if len(data) < need:
+        raise CaseInputError(path, f"truncated pixel data: {len(data)} bytes, expected {need}")
+    raw = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=rows * cols).reshape(rows, cols)
+    stored = int(ds.get("BitsStored", 16) or 16)
+    if stored < 16:  # mask unused high bits (overlays), sign-extend signed values
+        if signed:
+            raw = (raw << (16 - stored)) >> (16 - stored)
+        else:
+            raw = raw & np.uint16((1 << stored) - 1)
+    return raw
+
+
+def with_pixels(path: Path, header: pydicom.Dataset) -> _Slice:
+    """The slice of a file read before without pixels (``header``: read_slice's, CtSeries.headers), now with
+    them: for an uncompressed 16-bit file whose last element is its PixelData, straight from the end of
+    the file (no second parse of the header); otherwise read_slice again. Its HU are read_slice's."""
+    ds = header
+    syntax = ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if ds.file_meta else ImplicitVRLittleEndian
+    if (syntax not in _NATIVE_SYNTAXES or int(ds.get("BitsAllocated", 16)) != 16
+            or int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1):
+        return read_slice(path)
+    need = int(ds.Rows) * int(ds.Columns) * 2
+    explicit = b"" if syntax == ImplicitVRLittleEndian else b"OW\x00\x00"
+    tag = b"\xe0\x7f\x10\x00" + explicit + need.to_bytes(4, "little")
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(0, size - need - len(tag)))
+            data = handle.read()
+    except OSError as exc:
+        raise CaseInputError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if len(data) != need + len(tag) or not data.startswith(tag):  # PixelData is not the file's last element
+        return read_slice(path)
+    return _slice_of(Path(path), ds, False, lambda: _native_raw(path, ds, memoryview(data)[len(tag):]))
 
 
 def _to_hu(path: Path, raw: np.ndarray, slope: float, inter: float,
@@ -229,16 +255,22 @@ def _to_hu(path: Path, raw: np.ndarray, slope: float, inter: float,
     return values.astype(np.int16), padded
 
 
-def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
+def read_slice(path: Path, with_technical: bool = False, pixels: bool = True) -> _Slice:
+    """One file of a series, checked; without ``pixels`` only its header (``hu`` None, no pixel checks)."""
     path = Path(path)
     try:
-        ds = dicom_scan.read_header(path, _READ_TAGS, stop_before_pixels=False)
+        ds = dicom_scan.read_header(path, _READ_TAGS, stop_before_pixels=not pixels)
     except FileNotFoundError as exc:
         raise MissingInputError(path, "file not found") from exc
     except CaseInputError:
         raise
     except Exception as exc:
         raise CaseInputError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+    return _slice_of(path, ds, with_technical, (lambda: _raw_pixels(path, ds)) if pixels else lambda: None)
+
+
+def _slice_of(path: Path, ds: pydicom.Dataset, with_technical: bool, pixels) -> _Slice:
+    """The checked slice of header ``ds``; ``pixels()`` gives its stored values (None: a header only)."""
     sop_class = dicom_scan.sop_class(ds)
     if sop_class != CTImageStorage:
         name = getattr(pydicom.uid.UID(sop_class), "name", sop_class) if sop_class else "no SOP class"
@@ -252,7 +284,7 @@ def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
         spacing = tuple(float(v) for v in ds.PixelSpacing)
         if position.shape != (3,) or orientation.shape != (6,) or len(spacing) != 2:
             raise ValueError("wrong number of values")
-        raw = _raw_pixels(path, ds)
+        raw = pixels()
         rescale = read_rescale(path, ds)
     except CaseInputError:
         raise
@@ -260,7 +292,8 @@ def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
         raise CaseInputError(path, f"bad geometry or pixel attributes ({type(exc).__name__}: {exc})") from exc
     if not (np.all(np.isfinite(position)) and np.all(np.isfinite(orientation))) or min(spacing) <= 0:
         raise CaseInputError(path, "non-finite position/orientation or non-positive pixel spacing")
-    hu, padded = _to_hu(path, raw, rescale.slope, rescale.inter, _padding_range(ds, raw.dtype))
+    hu, padded = _to_hu(path, raw, rescale.slope, rescale.inter, _padding_range(ds, raw.dtype)) \
+        if raw is not None else (None, 0)
     technical = {}
     if with_technical:  # converting the values costs as much as the pixels: first slice only
         for key in _TECHNICAL_TAGS:
@@ -268,11 +301,12 @@ def _read_slice(path: Path, with_technical: bool = False) -> _Slice:
             if value not in (None, ""):
                 technical[key] = _technical_value(value)
     technical["TransferSyntaxUID"] = str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else ""
-    del ds["PixelData"]  # the header stays (CtSeries.headers); the pixels now live in ``hu``
+    if "PixelData" in ds:
+        del ds["PixelData"]  # the header stays (CtSeries.headers); the pixels now live in ``hu``
     return _Slice(header=ds, path=path, sop_uid=dicom_scan.sop_instance(ds), series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
                   position=position, orientation=orientation, spacing=spacing,  # type: ignore[arg-type]
                   shape=(int(ds.Rows), int(ds.Columns)), hu=hu, padded=padded, technical=technical,
-                  rescale=rescale, raw_min=int(raw.min()) if raw.size else 0)
+                  rescale=rescale, raw_min=int(raw.min()) if raw is not None and raw.size else 0)
 
 
 def _check_consistent(slices: list[_Slice]) -> None:
@@ -289,63 +323,6 @@ def _check_consistent(slices: list[_Slice]) -> None:
         if max(abs(a - b) for a, b in zip(s.spacing, first.spacing)) > _SPACING_TOL:
             raise CaseInputError(s.path, f"PixelSpacing {list(s.spacing)} differs from {list(first.spacing)} "
                                          f"of {first.path.name}")
-
-
-def _shift_slice(image: np.ndarray, dr: float, dc: float, linear: bool, fill) -> np.ndarray:
-    """``out[r, c] = image[r - dr, c - dc]`` (bilinear or nearest), ``fill`` outside."""
-    rows, cols = image.shape
-    if not linear:
-        dr, dc = round(dr), round(dc)
-    r0, c0 = math.floor(dr), math.floor(dc)
-    fr, fc = dr - r0, dc - c0
-
-    def shifted(a: np.ndarray, sr: int, sc: int) -> np.ndarray:
-        out = np.full((rows, cols), fill, dtype=np.float32 if linear else image.dtype)
-        src_r = slice(max(0, -sr), min(rows, rows - sr))
-        dst_r = slice(max(0, sr), min(rows, rows + sr))
-        src_c = slice(max(0, -sc), min(cols, cols - sc))
-        dst_c = slice(max(0, sc), min(cols, cols + sc))
-        if src_r.start < src_r.stop and src_c.start < src_c.stop:
-            out[dst_r, dst_c] = a[src_r, src_c]
-        return out
-
-    if not linear or (fr == 0 and fc == 0):
-        return shifted(image, r0, c0).astype(image.dtype, copy=False) if not linear else shifted(image, r0, c0)
-    return ((1 - fr) * (1 - fc) * shifted(image, r0, c0) + (1 - fr) * fc * shifted(image, r0, c0 + 1)
-            + fr * (1 - fc) * shifted(image, r0 + 1, c0) + fr * fc * shifted(image, r0 + 1, c0 + 1))
-
-
-def _apply_resampling(native: np.ndarray, plan: _Resampling, linear: bool, fill) -> np.ndarray:
-    """Apply in-plane shifts then z interpolation. Linear results are rounded back to integer dtypes."""
-    n = native.shape[0]
-    dtype = native.dtype
-
-    def native_slice(i: int) -> np.ndarray:
-        if plan.shifts is None:
-            return native[i].astype(np.float32) if linear else native[i]
-        return _shift_slice(native[i], plan.shifts[i, 0], plan.shifts[i, 1], linear, fill)
-
-    if plan.lower is None:
-        out = np.empty(native.shape, dtype=dtype)
-        for i in range(n):
-            out[i] = _finish(native_slice(i), dtype, linear)
-        return out
-    out = np.empty((len(plan.lower),) + native.shape[1:], dtype=dtype)
-    for k, (i, w) in enumerate(zip(plan.lower, plan.weight)):
-        i, w = int(i), float(w)
-        if not linear:
-            out[k] = native_slice(i + 1 if w >= 0.5 else i)
-        elif w == 0.0 or i + 1 >= n:
-            out[k] = _finish(native_slice(i), dtype, linear)
-        else:
-            out[k] = _finish((1 - w) * native_slice(i) + w * native_slice(i + 1), dtype, linear)
-    return out
-
-
-def _finish(values: np.ndarray, dtype: np.dtype, linear: bool) -> np.ndarray:
-    if linear and dtype.kind in "iub":
-        return np.rint(values).astype(dtype)
-    return values
 
 
 def _dedupe(path_for_error: Path, slices: list[_Slice], d: np.ndarray, notes: list[str]):
@@ -367,6 +344,16 @@ def _dedupe(path_for_error: Path, slices: list[_Slice], d: np.ndarray, notes: li
     return [slices[i] for i in keep], d[keep]
 
 
+def pixel_notes(slices: Sequence[_Slice]) -> list[str]:
+    """What a series' pixels add to its notes (sorted, de-duplicated slices): the rescale checks, padding replaced."""
+    notes = check_series_rescale([s.path for s in slices], [s.rescale for s in slices],
+                                 min(s.raw_min for s in slices))
+    padded = sum(s.padded for s in slices)
+    if padded:
+        notes.append(f"replaced {padded} padding voxels (PixelPaddingValue) with {AIR_HU} HU (air)")
+    return notes
+
+
 def _check_unique_sop_uids(slices: list[_Slice]) -> None:
     """Annotations (RTSTRUCT contours, LIDC rois) name slices by SOPInstanceUID: two slices
     sharing one would put an outline on the wrong slice. (Identical copies are dropped before.)"""
@@ -378,12 +365,13 @@ def _check_unique_sop_uids(slices: list[_Slice]) -> None:
                                          "annotations name slices by it, so it must be unique")
 
 
-def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtSeries:
+def read_ct_series(files: Sequence[Path], *, irregular: str = "resample", pixels: bool = True) -> CtSeries:
     """Read one CT series onto the canonical grid (see the module docstring).
 
     ``irregular``: ``"resample"`` puts irregularly spaced or gantry-tilted series on a
     regular grid perpendicular to the slices (linear interpolation, recorded in
     ``notes``); ``"refuse"`` raises :class:`CaseInputError` for them instead.
+    Without ``pixels``, only the headers are read: the series' plan (see :func:`series_of`).
     """
     if irregular not in IRREGULAR_MODES:
         raise ParameterError(f"irregular must be one of {IRREGULAR_MODES}, not {irregular!r}")
@@ -391,7 +379,18 @@ def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtS
     if not files:
         raise CaseInputError("<empty series>", "no DICOM files given")
     # Serial on purpose: parsing holds the GIL, and threads measured slower (benchmarks/bench_dicom.py).
-    slices = [_read_slice(f, with_technical=(i == 0)) for i, f in enumerate(files)]
+    slices = [read_slice(f, with_technical=(i == 0), pixels=pixels) for i, f in enumerate(files)]
+    return series_of(slices, irregular)
+
+
+def series_of(slices: list[_Slice], irregular: str = "resample") -> CtSeries:
+    """The series of ``slices`` (read_slice of its files, the first with its technical values) on the
+    canonical grid: sorted, checked, de-duplicated, resampled when irregular (see read_ct_series).
+
+    Slices read without pixels give the series' plan only: its ``hu`` a read-only placeholder of
+    the right shape, no rescale or padding checks, and duplicates taken as identical (noted).
+    """
+    pixels = slices[0].hu is not None
     _check_consistent(slices)
     notes: list[str] = []
     first = slices[0]
@@ -409,13 +408,10 @@ def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtS
     d = d[order]
     slices, d = _dedupe(first.path, slices, d, notes)
     _check_unique_sop_uids(slices)
-    notes += check_series_rescale([s.path for s in slices], [s.rescale for s in slices],
-                                  min(s.raw_min for s in slices))
+    if pixels:
+        notes += pixel_notes(slices)
     n = len(slices)
     row_spacing, col_spacing = first.spacing  # DICOM: between rows, between columns
-    padded = sum(s.padded for s in slices)
-    if padded:
-        notes.append(f"replaced {padded} padding voxels (PixelPaddingValue) with {AIR_HU} HU (air)")
 
     # Gantry tilt: slice origins drift in-plane as we go along the normal.
     origin = slices[0].position
@@ -462,12 +458,16 @@ def read_ct_series(files: Sequence[Path], *, irregular: str = "resample") -> CtS
         if tilted:
             notes.append(problems[0] + "; slices shifted in-plane onto a grid perpendicular to them "
                                        "(bilinear, air outside)")
-        plan = _Resampling(shifts=shifts_px if tilted else None, lower=lower, weight=weight)
-    stack = np.empty((n,) + first.shape, dtype=np.int16)
-    for i, s in enumerate(slices):
-        stack[i] = s.hu
-        s.hu = None  # type: ignore[assignment]  # free as we go
-    native_hu = stack if plan is None else _apply_resampling(stack, plan, linear=True, fill=AIR_HU)
+        plan = Resampling(shifts=shifts_px if tilted else None, lower=lower, weight=weight)
+    if pixels:
+        stack = np.empty((n,) + first.shape, dtype=np.int16)
+        for i, s in enumerate(slices):
+            stack[i] = s.hu
+            s.hu = None  # type: ignore[assignment]  # free as we go
+        native_hu = stack if plan is None else apply_resampling(stack, plan, linear=True, fill=AIR_HU)
+    else:
+        count = n if plan is None or plan.lower is None else len(plan.lower)
+        native_hu = np.broadcast_to(np.int16(0), (count,) + first.shape)
 
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_cos * col_spacing   # array x = column index

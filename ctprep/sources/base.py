@@ -6,16 +6,18 @@ import logging
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, NoReturn, Sequence
 
 import numpy as np
 
 from ctprep.case import CaseRef, CaseVolume, InputFile, LabelSpec
 from ctprep.datasets import DatasetManifest, load_dataset_manifest
 from ctprep.errors import CaseInputError
-from ctprep.geometry import Geometry, canonicalize
+from ctprep.geometry import Geometry, SourceGrid, canonicalize, reorient
 from ctprep.lookup import LazySlices
+from ctprep.slabs import SLAB_SLICES, CaseStream, SourceSlab
 from ctprep.formats.nifti import NiftiHeader, NiftiVolume, hu_int16, label_uint8, read_nifti, read_nifti_header
+from ctprep.formats.nifti_stream import NiftiSlabReader
 from lkbase.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,19 @@ class Source(ABC):
     def load(self, ref: CaseRef) -> CaseVolume:
         """Decode a case onto the canonical grid; raise CaseInputError when it is unusable."""
 
+    def stream(self, ref: CaseRef) -> CaseStream:
+        """The case as slabs for the converter (ctprep/slabs.py); raise CaseInputError when it is unusable,
+        before the first slab or, for input found bad part way, in place of a slab.
+
+        This default loads the case whole; sources that can read a slab at a time override it."""
+        return CaseStream.of_volume(self.load(ref))
+
+    def _refuse_as_load(self, ref: CaseRef, exc: CaseInputError) -> NoReturn:
+        """For a stream that found ``exc`` (on the way, or in its first read): raise the reason :meth:`load`
+        gives for the case (it words whole-file counts and ranges), or ``exc`` if load finds none."""
+        self.load(ref)
+        raise exc
+
     def header_problem(self, ref: CaseRef) -> str | None:
         """A cheap check for ``ctprep check`` (headers only, no voxels): None, or '<file>: <problem>'.
 
@@ -131,6 +146,56 @@ class NiftiPairSource(Source):
         return CaseVolume(ref=ref, hu=hu_canonical, labels=labels, label_specs=self.manifest.labels,
                           geometry=geometry, source_grid=source_grid, inputs=inputs)
 
+    def stream(self, ref: CaseRef) -> CaseStream:
+        """Both files read a slab at a time, in one pass each, when the file's last axis is the slice axis
+        (as CT is stored); otherwise the case is loaded whole. Input found bad on the way (a
+        truncated file, a label value outside the map) is reported as :meth:`load` reports it."""
+        try:
+            image, label = _open_pair(ref)
+        except CaseInputError as exc:
+            self._refuse_as_load(ref, exc)
+        try:
+            self._check_same_grid(image, label)
+            _, geometry, source_grid = canonicalize(np.broadcast_to(np.int16(0), image.shape), image.affine)
+        except BaseException:
+            image.close(), label.close()
+            raise
+        if source_grid.axes[2][0] != 2:  # the file's slices are not axial: no slab of it is one of ours
+            image.close(), label.close()
+            return super().stream(ref)
+        sums: dict[str, tuple[int, str]] = {}
+
+        def inputs() -> tuple[InputFile, ...]:
+            root = Path(ref.root)
+            return tuple(InputFile(role=role, path=str(reader.path.relative_to(root)), size=sums[role][0],
+                                   sha256=sums[role][1]) for role, reader in (("image", image), ("label", label)))
+
+        return CaseStream(ref=ref, geometry=geometry, source_grid=source_grid, label_specs=self.manifest.labels,
+                          slabs=self._slabs(ref, image, label, source_grid, sums), rows=geometry.shape[0],
+                          inputs=inputs)
+
+    def _slabs(self, ref: CaseRef, image: NiftiSlabReader, label: NiftiSlabReader, grid: SourceGrid,
+               sums: dict[str, tuple[int, str]]) -> Iterator[SourceSlab]:
+        """The canonical slabs of the pair, in file order (from the top when the file is stored feet first);
+        both files inflate at once (ISA-L and sha256 release the GIL). ``sums`` gets each file's
+        (size, sha256) after the last slab."""
+        nz, flip = image.shape[2], grid.axes[2][1]
+        try:
+            with image, label, ThreadPoolExecutor(max_workers=2) as pool:
+                for done in range(0, nz, SLAB_SLICES):
+                    n = min(SLAB_SLICES, nz - done)
+                    raw_image, raw_label = (job.result() for job in [pool.submit(r.read, n) for r in (image, label)])
+                    hu = hu_int16(_slab_volume(image, raw_image))
+                    values = label_uint8(_slab_volume(label, raw_label))
+                    self._check_label_values(label.path, values)
+                    segmentation = reorient(values, grid)
+                    yield SourceSlab(start=done if flip == 1 else nz - done - n, hu=reorient(hu, grid),
+                                     labels={spec.name: binary_label(segmentation, spec) for spec in self.manifest.labels})
+                for role, reader in (("image", image), ("label", label)):
+                    sums[role] = reader.finish()
+        except CaseInputError as exc:
+            self._refuse_as_load(ref, exc)
+
     def header_problem(self, ref: CaseRef) -> str | None:
         """Read only the headers (no voxels): each file exists and is a NIfTI of real voxels, as
         :meth:`load` reads it, and the segmentation's shape and affine match the image's."""
@@ -140,7 +205,8 @@ class NiftiPairSource(Source):
             return str(exc)
         return None
 
-    def _check_same_grid(self, image: NiftiVolume | NiftiHeader, label: NiftiVolume | NiftiHeader) -> None:
+    def _check_same_grid(self, image: NiftiVolume | NiftiHeader | NiftiSlabReader,
+                         label: NiftiVolume | NiftiHeader | NiftiSlabReader) -> None:
         if image.shape != label.shape:
             raise CaseInputError(label.path, f"segmentation shape {label.shape} differs from "
                                              f"image shape {image.shape} ({image.path.name})")
@@ -164,6 +230,21 @@ class NiftiPairSource(Source):
             found = ", ".join(f"{v} ({n} voxels)" for v, n in sorted(unknown.items()))
             raise CaseInputError(path, f"label values outside the label map "
                                        f"{sorted(self.manifest.label_values)}: {found}")
+
+
+def _open_pair(ref: CaseRef) -> tuple[NiftiSlabReader, NiftiSlabReader]:
+    image = NiftiSlabReader(ref.path("image"))
+    try:
+        return image, NiftiSlabReader(ref.path("label"))
+    except BaseException:
+        image.close()
+        raise
+
+
+def _slab_volume(reader: NiftiSlabReader, array: np.ndarray) -> NiftiVolume:
+    """A slab read by ``reader`` as a NiftiVolume, for the per-volume conversions (hu_int16, label_uint8)."""
+    return NiftiVolume(path=reader.path, array=array, affine=reader.affine, slope=reader.slope, inter=reader.inter,
+                       size=0, sha256="")
 
 
 # Voxels counted per np.bincount call when a label map has gaps (bounds its int64 copy).

@@ -48,6 +48,8 @@ import numpy as np
 
 from ctprep.case import CaseRef, InputFile
 from ctprep.errors import CaseInputError
+from ctprep.geometry import reorient
+from ctprep.lookup import LazySlices
 from ctprep.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -308,3 +310,26 @@ def stack_native(per_uid: dict[str, np.ndarray], sop_uids: Sequence[str], shape:
         if plane is not None:
             out[k] = plane
     return out
+
+
+def union_slices(masks: Sequence[dict[str, np.ndarray]], ct) -> LazySlices | np.ndarray:
+    """The union of per-SOPInstanceUID masks (one dict per ROI) on the canonical grid of ``ct`` (a CtSeries):
+    ``ct.to_canonical`` of the stacked union, computed slice by slice when the series' slices are the
+    grid's (no resampling, slices along its last axis), else whole."""
+    grid, shape = ct.source_grid, ct.native_shape
+    if ct.resampled or grid.axes[2][0] != 2:
+        union = stack_native(masks[0], ct.native_sop_uids, shape)
+        for per_uid in masks[1:]:
+            union = np.maximum(union, stack_native(per_uid, ct.native_sop_uids, shape))
+        return ct.to_canonical(union)
+    n, flip = shape[0], grid.axes[2][1]
+
+    def make_slice(z: int) -> np.ndarray:
+        uid = ct.native_sop_uids[z if flip == 1 else n - 1 - z]
+        plane = np.zeros((1, *shape[1:]), dtype=np.uint8)
+        for per_uid in masks:
+            if (mask := per_uid.get(uid)) is not None:
+                np.maximum(plane[0], mask, out=plane[0])
+        return np.ascontiguousarray(reorient(plane.transpose(2, 1, 0), grid)[0])
+
+    return LazySlices(ct.geometry.shape, np.uint8, make_slice)

@@ -41,9 +41,11 @@ import numpy as np
 
 from ctprep.case import CaseRef, CaseVolume, LabelSpec
 from ctprep.errors import CaseInputError, MissingInputError
+from ctprep.formats.dicom import CtSeries
 from ctprep.public_paths import public_path
-from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, DicomSource, HashInBackground,
+from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, HashInBackground,
                                          file_input, find_cases, patient_of, relative, series_input)
+from ctprep.sources.dicom_stream import HeadersFirstSource
 from ctprep.sources.nsclc import ct_annotations
 
 ROLE_XML = "xml"
@@ -82,7 +84,7 @@ def xml_header(path: Path) -> tuple[str, str | None, tuple[str, str]] | None:
     return ("ct", found.get("seriesinstanceuid"), (found.get("dateservice", ""), found.get("timeservice", "")))
 
 
-class LidcSource(DicomSource):
+class LidcSource(HeadersFirstSource):
     name = "lidc"
     description = ("LIDC-IDRI: LIDC-IDRI-NNNN/<study>/<series>/*.dcm with the readers' XML (LidcReadMessage) "
                    "naming the CT series")
@@ -114,7 +116,7 @@ class LidcSource(DicomSource):
         return refs
 
     # ---- load --------------------------------------------------------------------------------
-    def load(self, ref: CaseRef) -> CaseVolume:
+    def _case(self, ref: CaseRef, pixels: bool) -> tuple[CaseVolume, CtSeries, HashInBackground]:
         from ctprep.formats.dicom import read_ct_series
         from ctprep.formats.lidc_readers import group_nodules, reader_masks
         from ctprep.formats.lidc_xml import parse_lidc_xml
@@ -125,7 +127,7 @@ class LidcSource(DicomSource):
         hashing = HashInBackground(lambda: (series_input(ROLE_CT, ct_files, root), file_input(ROLE_XML, xml, root)))
         try:
             ann = parse_lidc_xml(xml)
-            ct = read_ct_series(ct_files)
+            ct = read_ct_series(ct_files, pixels=pixels)
             masks = reader_masks(ann, ct.native_sop_uids, ct.native_z_mm, ct.native_shape)
             spacing = tuple(float(v) for v in ct.technical.get("PixelSpacing", (1.0, 1.0)))
             groups = group_nodules(masks, ct.native_z_mm, spacing)  # type: ignore[arg-type]
@@ -147,8 +149,9 @@ class LidcSource(DicomSource):
             **_point_records(ann, ct, mapper),
             "ct": ct_annotations(ct, len(ct_files)),
         }
-        return CaseVolume(ref=ref, hu=ct.hu, labels=labels, label_specs=specs, geometry=ct.geometry,
-                          source_grid=ct.source_grid, inputs=hashing.result(), annotations=annotations)
+        volume = CaseVolume(ref=ref, hu=ct.hu, labels=labels, label_specs=specs, geometry=ct.geometry,
+                            source_grid=ct.source_grid, annotations=annotations)
+        return volume, ct, hashing
 
     def _inputs(self, ref: CaseRef) -> tuple[list[Path], Path]:
         ct_files, xmls = ref.paths(ROLE_CT), ref.paths(ROLE_XML)

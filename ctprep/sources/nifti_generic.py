@@ -38,6 +38,7 @@ from typing import Any, Mapping
 from ctprep.case import CaseRef, CaseVolume, InputFile, LabelSpec
 from ctprep.datasets import DatasetManifest
 from ctprep.errors import CaseInputError, ManifestError
+from ctprep.slabs import CaseStream
 from ctprep.sources.base import NiftiPairSource
 from lkbase.errors import ParameterError
 
@@ -109,10 +110,14 @@ class NiftiGenericSource(NiftiPairSource):
             for role in ("image", "label"):
                 reason = reason.replace(_stem(ref.path(role).name), f"{ref.case_id} {role}")
             raise CaseInputError(ref.case_id, reason) from None
-        # a hashed id hides the file name: the recorded inputs must not give it back
-        hidden = tuple(InputFile(role=f.role, path=f"{ref.case_id}/{f.role}{_ending(f.path)}", size=f.size,
-                                 sha256=f.sha256) for f in volume.inputs)
-        return dataclasses.replace(volume, inputs=hidden)
+        return dataclasses.replace(volume, inputs=_hidden(ref, volume.inputs))
+
+    def stream(self, ref: CaseRef) -> CaseStream:
+        self.layout(Path(ref.root))
+        stream = super().stream(ref)  # errors: as load words them (NiftiPairSource._refuse_as_load)
+        if not ref.case_id.startswith(_HASHED):
+            return stream
+        return dataclasses.replace(stream, inputs=lambda: _hidden(ref, stream.inputs()))
 
     def _manifest_of(self, layout: NiftiLayout) -> DatasetManifest:
         lesion = self.options.get("lesion_label") or next(
@@ -135,6 +140,12 @@ def _placeholder_manifest() -> DatasetManifest:
     return DatasetManifest(name="nifti", title="own NIfTI data", case_ids=(), label_values={0: "background"},
                            labels=(), lesion_label=None, default_windows=("abdomen",), lesion_window=None, official_split=None,
                            quirks=(), citation="", licence="", url="")
+
+
+def _hidden(ref: CaseRef, inputs: tuple[InputFile, ...]) -> tuple[InputFile, ...]:
+    """A hashed id hides the file name: the recorded inputs must not give it back."""
+    return tuple(InputFile(role=f.role, path=f"{ref.case_id}/{f.role}{_ending(f.path)}", size=f.size,
+                           sha256=f.sha256) for f in inputs)
 
 
 def _ending(path: str) -> str:

@@ -30,14 +30,14 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from ctprep.case import CaseRef, CaseVolume, LabelSpec
 from ctprep.datasets import MANIFEST_DIR, DatasetManifest
 from ctprep.errors import CaseInputError, MissingInputError
-from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, DicomSource, HashInBackground,
+from ctprep.formats.dicom import CtSeries
+from ctprep.sources.dicom_source import (ROLE_CT, case_ref, Annotation, HashInBackground,
                                          file_input, find_cases, patient_of, relative, series_input,
-                                         stack_native)
+                                         union_slices)
+from ctprep.sources.dicom_stream import HeadersFirstSource
 from lkbase.errors import ParameterError
 
 ROLE_RTSTRUCT = "rtstruct"
@@ -60,7 +60,7 @@ def parse_roi_option(value: str) -> tuple[str, str | None]:
     return name, (label or None)
 
 
-class NsclcSource(DicomSource):
+class NsclcSource(HeadersFirstSource):
     name = "nsclc"
     description = ("NSCLC-Radiomics: <patient>/<study>/<series>/*.dcm, a CT series and the RTSTRUCT that "
                    "refers to it per patient folder LUNG1-xxx")
@@ -99,8 +99,8 @@ class NsclcSource(DicomSource):
             refs.append(case_ref(self.name, case, root, [(ROLE_RTSTRUCT, a.path) for a in case.annotations]))
         return refs
 
-    # ---- load --------------------------------------------------------------------------------
-    def load(self, ref: CaseRef) -> CaseVolume:
+    # ---- load ----------------------------------------------------------------------------------
+    def _case(self, ref: CaseRef, pixels: bool) -> tuple[CaseVolume, CtSeries, HashInBackground]:
         from ctprep.formats.dicom import read_ct_series
         from ctprep.formats.rtstruct import rasterise_rois, roi_names, shown_rois
 
@@ -112,26 +112,21 @@ class NsclcSource(DicomSource):
         try:
             available = roi_names(rtstruct)
             plan = self.label_plan(available, rtstruct)
-            ct = read_ct_series(ct_files)
+            ct = read_ct_series(ct_files, pixels=pixels)
             wanted = list(dict.fromkeys(roi for rois in plan.values() for roi in rois))
             masks = rasterise_rois(ct.files, rtstruct, wanted, headers=ct.headers)
         except BaseException:
             hashing.cancel()
             raise
-        native = {roi: stack_native(masks[roi], ct.native_sop_uids, ct.native_shape) for roi in wanted}
-        labels = {}
-        for label, rois in plan.items():
-            union = native[rois[0]]
-            for roi in rois[1:]:
-                union = np.maximum(union, native[roi])
-            labels[label] = ct.to_canonical(union)
+        labels = {label: union_slices([masks[roi] for roi in rois], ct) for label, rois in plan.items()}
         specs = tuple(self._spec(label, rois) for label, rois in plan.items())
         annotations = {
             "rtstruct": {"rois": shown_rois(available, wanted), "labels": {label: list(rois) for label, rois in plan.items()}},
             "ct": ct_annotations(ct, len(ct_files)),
         }
-        return CaseVolume(ref=ref, hu=ct.hu, labels=labels, label_specs=specs, geometry=ct.geometry,
-                          source_grid=ct.source_grid, inputs=hashing.result(), annotations=annotations)
+        volume = CaseVolume(ref=ref, hu=ct.hu, labels=labels, label_specs=specs, geometry=ct.geometry,
+                            source_grid=ct.source_grid, annotations=annotations)
+        return volume, ct, hashing
 
     def _inputs(self, ref: CaseRef) -> tuple[list[Path], Path]:
         ct_files, rtstructs = ref.paths(ROLE_CT), ref.paths(ROLE_RTSTRUCT)

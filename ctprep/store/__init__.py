@@ -22,14 +22,15 @@ conversion leaves an incomplete case that readers ignore and the next run redoes
 Modules, by concern: ``layout`` (format name and version, paths, every naming rule of
 cases and labels), ``index`` (the slice index), ``chunks`` (the chunk-file fast path and
 checksums), ``files`` (local or fsspec file layer, writer lock, atomic small files),
-``arrays`` (what a case holds, checks on arrays to write), ``slicestore`` (SliceStore),
-``predictions`` (PredictionStore, and WithPredictions: a dataset store read with one).
+``arrays`` (what a case holds, slabs, checks on arrays to write), ``writing`` (a case's arrays
+written slab by slab, then its marker), ``slicestore`` (SliceStore), ``predictions``
+(PredictionStore, and WithPredictions: a dataset store read with one).
 Import the public names from here.
 
 No module outside ctprep/store/ imports zarr.
 """
 
-from ctprep.store.arrays import CaseData, SliceBatch
+from ctprep.store.arrays import CaseData, Slab, SliceBatch
 from ctprep.store.chunks import array_checksums, checksums_digest, chunk_checksum
 from ctprep.store.files import check_shared, is_url, store_lock, write_file_atomic
 from ctprep.store.index import INDEX_DTYPE, SliceIndex
@@ -40,7 +41,7 @@ from ctprep.store.slicestore import SliceStore
 from ctprep.store.predictions import (PredictionStore, WithPredictions, is_predictions_store, open_for_reading,
                                       open_predictions)
 
-__all__ = ["CaseData", "SliceBatch", "array_checksums", "checksums_digest", "chunk_checksum", "check_shared",
+__all__ = ["CaseData", "Slab", "SliceBatch", "array_checksums", "checksums_digest", "chunk_checksum", "check_shared",
            "is_url", "store_lock", "write_file_atomic", "INDEX_DTYPE", "SliceIndex", "FORMAT_NAME",
            "FORMAT_VERSION", "LABEL_DTYPES", "PREDICTION_PREFIX", "ZSTD_LEVEL", "binary_label",
            "prediction_labels", "run_label_stem", "soft_base", "soft_label", "softened_label", "trimap_label",

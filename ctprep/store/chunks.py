@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -103,16 +103,14 @@ class _ChunkFiles:
         """Where slice ``z``'s chunk is, ``/``-joined (an fsspec path when ``folder`` is one)."""
         return f"{self.folder}/{self._encoding.encode_chunk_key((z, *self._zeros))}"
 
-    def write_all(self, data: np.ndarray | LazySlices) -> dict[str, str]:
-        """Write every slice of ``data`` (the array's full shape) as one chunk file each.
+    def write_slices(self, start: int, data: np.ndarray | LazySlices, pool: Executor) -> dict[str, str]:
+        """Write slices ``start .. start + len(data)`` of the array, one chunk file each, in ``pool``'s threads.
 
         Returns the checksum of every chunk file written, by chunk key (see chunk_checksum).
-
-        Slices are pulled with ``data[z]`` from the writer threads, so a LazySlices
-        volume is computed in parallel, slice by slice, and never held whole.
+        Slices are pulled with ``data[i]`` from the threads, so a LazySlices slab is
+        computed in parallel, slice by slice, and never held whole.
         """
-        if data.shape != tuple(self.array.shape):
-            raise ParameterError(f"expected shape {tuple(self.array.shape)}, found {data.shape}")
+        _check_slab(self.array, start, data)
         zstd_codec = self.array.metadata.codecs[1]
         zstd = Zstd(level=zstd_codec.level, checksum=zstd_codec.checksum)
         little = self.dtype.newbyteorder("<")
@@ -120,13 +118,13 @@ class _ChunkFiles:
         os.makedirs(self.folder, exist_ok=True)
         flat = os.path.dirname(self._path(0)) == os.fspath(self.folder)  # our "." chunk keys
 
-        def write(z: int) -> tuple[str, str] | None:
-            chunk = data[z]
+        def write(i: int) -> tuple[str, str] | None:
+            chunk = data[i]
             empty = not chunk.any() if fill == 0 else bool(np.all(chunk == fill))
             if empty:
                 return None  # as zarr (write_empty_chunks=False): a missing chunk reads as the fill value
             payload = zstd.encode(np.ascontiguousarray(chunk, dtype=little))
-            path = self._path(z)
+            path = self._path(start + i)
             if not flat:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             # Written in place, not to a temporary name renamed into place as zarr does: a
@@ -136,9 +134,30 @@ class _ChunkFiles:
                 handle.write(payload)
             return os.path.relpath(path, self.folder), chunk_checksum(payload)
 
-        with ThreadPoolExecutor(max_workers=_WRITE_THREADS) as pool:
-            written = [item for item in pool.map(write, range(data.shape[0])) if item]  # re-raises errors
-        return dict(sorted(written))
+        return _gathered(pool, write, data.shape[0])
+
+
+def _check_slab(array: zarr.Array, start: int, data) -> None:
+    if tuple(data.shape[1:]) != tuple(array.shape[1:]) or not 0 <= start <= start + data.shape[0] <= array.shape[0]:
+        raise ParameterError(f"slices {start}..{start + data.shape[0]} of shape {tuple(data.shape[1:])} do not fit "
+                             f"an array of shape {tuple(array.shape)}")
+
+
+def _gathered(pool: Executor, write: Callable[[int], tuple[str, str] | None], count: int) -> dict[str, str]:
+    """``write(i)`` for every i < count in ``pool``; the (key, checksum) pairs written, sorted.
+
+    A failure (disk full) is raised only once no write of this call is in flight, so the
+    caller's clean-up is not undone by a straggler; slices not started are dropped.
+    """
+    futures = [pool.submit(write, i) for i in range(count)]
+    try:
+        written = [item for item in (f.result() for f in futures) if item]
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
+    return dict(sorted(written))
 
 
 def chunk_checksum(payload: bytes) -> str:
@@ -158,9 +177,10 @@ def array_checksums(folder: Path) -> dict[str, str]:
     return dict(sorted(sums.items()))
 
 
-def _write_chunks_through(put: Callable[[str, bytes], None], array: zarr.Array,
-                          data: np.ndarray | LazySlices) -> dict[str, str]:
-    """Write every slice of ``data`` as one chunk object with ``put(path, bytes)``: the files _ChunkFiles writes locally.
+def _write_chunks_through(put: Callable[[str, bytes], None], array: zarr.Array, start: int,
+                          data: np.ndarray | LazySlices, pool: Executor) -> dict[str, str]:
+    """Write slices ``start ..`` of ``data`` as one chunk object each with ``put(path, bytes)``: the files
+    _ChunkFiles writes locally.
 
     Ours rather than zarr's ``array[...] = data`` for three reasons: a LazySlices
     volume is computed slice by slice in the threads, never held whole; the checksums
@@ -168,29 +188,22 @@ def _write_chunks_through(put: Callable[[str, bytes], None], array: zarr.Array,
     only once no write is in flight, so the caller's clean-up is not undone by a
     straggler (zarr leaves its other puts running when one fails).
     """
-    if data.shape != tuple(array.shape):
-        raise ParameterError(f"expected shape {tuple(array.shape)}, found {data.shape}")
+    _check_slab(array, start, data)
     codec = array.metadata.codecs[1]
     zstd = Zstd(level=codec.level, checksum=codec.checksum)
     little, fill = array.dtype.newbyteorder("<"), array.dtype.type(array.metadata.fill_value)
     encoding, zeros = array.metadata.chunk_key_encoding, (0,) * (array.ndim - 1)
 
-    def write(z: int) -> tuple[str, str] | None:
-        chunk = np.asarray(data[z])
+    def write(i: int) -> tuple[str, str] | None:
+        chunk = np.asarray(data[i])
         if not chunk.any() if fill == 0 else bool(np.all(chunk == fill)):
             return None  # as zarr (write_empty_chunks=False): a missing chunk reads as the fill value
         payload = zstd.encode(np.ascontiguousarray(chunk, dtype=little))
-        key = encoding.encode_chunk_key((z, *zeros))
+        key = encoding.encode_chunk_key((start + i, *zeros))
         put(f"{array.path}/{key}", payload)
         return key, chunk_checksum(payload)
 
-    pool = ThreadPoolExecutor(max_workers=_REMOTE_THREADS)
-    try:
-        futures = [pool.submit(write, z) for z in range(data.shape[0])]
-        written = [item for item in (f.result() for f in futures) if item]
-    finally:  # on failure: slices not started are dropped, those in flight finish before we return
-        pool.shutdown(wait=True, cancel_futures=True)
-    return dict(sorted(written))
+    return _gathered(pool, write, data.shape[0])
 
 
 def checksums_digest(checksums: Mapping[str, Mapping[str, str]]) -> str:
@@ -199,29 +212,48 @@ def checksums_digest(checksums: Mapping[str, Mapping[str, str]]) -> str:
 
 
 
-def write_array(group: zarr.Group, name: str, data: np.ndarray | LazySlices, dims: tuple[str, ...],
-                attributes: Mapping | None = None,
-                put: Callable[[str, bytes], None] | None = None) -> dict[str, str] | None:
-    """Create the array ``name`` in ``group`` holding ``data``.
-
-    Returns its chunk checksums, or None where zarr wrote the chunks itself (the
-    caller then hashes the stored files). ``put(path, bytes)``: writes one object of a
-    non-local store (path relative to its root), for writing chunks through fsspec.
-    """
-    array = group.create_array(
-        name, shape=data.shape, dtype=data.dtype, chunks=slice_chunks(data.shape),
+def create_slice_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype, dims: tuple[str, ...],
+                       attributes: Mapping | None = None) -> zarr.Array:
+    """Create the (empty) array ``name`` in ``group`` in the store's one layout: a slice per chunk, bytes + zstd."""
+    return group.create_array(
+        name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=slice_chunks(tuple(shape)),
         serializer=BytesCodec(), compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0,
         chunk_key_encoding=_CHUNK_KEYS, attributes=dict(attributes or {}),
         dimension_names=dims, overwrite=True)
-    store = group.store
+
+
+def write_slab(array: zarr.Array, start: int, data: np.ndarray | LazySlices,
+               put: Callable[[str, bytes], None] | None = None, pool: Executor | None = None) -> dict[str, str] | None:
+    """Write slices ``start .. start + len(data)`` of ``array`` (made by create_slice_array).
+
+    Returns the chunk checksums written, or None where zarr wrote the chunks itself (the
+    caller then hashes the stored files). ``put(path, bytes)``: writes one object of a
+    non-local store (path relative to its root), for writing chunks through fsspec.
+    ``pool``: the threads that encode and write the chunks (one made for the call if None).
+    """
+    store = array.store
     folder = Path(store.root) / array.path if isinstance(store, LocalStore) else None
-    if folder is not None and _ChunkFiles.usable(array):
+    usable = _ChunkFiles.usable(array)
+    if not usable or (folder is None and put is None):
+        _check_slab(array, start, data)
+        array[start:start + data.shape[0]] = np.asarray(data)
+        return None
+    if pool is None:
+        threads = _WRITE_THREADS if folder is not None else _REMOTE_THREADS
+        with ThreadPoolExecutor(max_workers=threads) as own:
+            return write_slab(array, start, data, put, own)
+    if folder is not None:
         # Our own threaded chunk writer: several times zarr's speed (see _ChunkFiles).
-        return _ChunkFiles(array, folder).write_all(data)
-    if folder is None and put is not None and _ChunkFiles.usable(array):
-        return _write_chunks_through(put, array, data)
-    array[...] = np.asarray(data)
-    return array_checksums(folder) if folder is not None else None
+        return _ChunkFiles(array, folder).write_slices(start, data, pool)
+    return _write_chunks_through(put, array, start, data, pool)
+
+
+def write_array(group: zarr.Group, name: str, data: np.ndarray | LazySlices, dims: tuple[str, ...],
+                attributes: Mapping | None = None,
+                put: Callable[[str, bytes], None] | None = None) -> dict[str, str] | None:
+    """Create the array ``name`` in ``group`` holding ``data``: create_slice_array, then one write_slab."""
+    array = create_slice_array(group, name, data.shape, data.dtype, dims, attributes)
+    return write_slab(array, 0, data, put)
 
 
 def read_slices_into(jobs: list[tuple[object, int, np.ndarray]], fs=None) -> None:

@@ -28,6 +28,7 @@ from ctprep.errors import CaseNotFoundError, PredictionsMismatchError, StoreErro
 from ctprep.store.arrays import SliceBatch, check_label_array
 from ctprep.store.files import _Files, is_url, store_lock
 from ctprep.store.integrity import missing_chunks
+from ctprep.store.writing import complete_case
 from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, FORMAT_NAME, PREDICTION_PREFIX, PREDICTIONS_KIND, store_kind,
                                  validate_label_name)
 from ctprep.store.slicestore import SliceStore
@@ -159,7 +160,7 @@ class PredictionStore(SliceStore):
                 folder = group.create_group("labels")
                 sums = {f"labels/{name}": self._write(folder, name, array, ("z", "y", "x"), attributes.get(name))
                         for name, array in labels.items()}
-                self._complete_case(group, record, sums, dataset_case=digest)
+                complete_case(group, self._files, str(self.path), record, sums, dataset_case=digest)
             except Exception as exc:
                 error = self._write_error(exc, f"case {case_id}")
                 if error is exc:

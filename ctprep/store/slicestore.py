@@ -5,7 +5,8 @@ Convention: a case is visible only once its completion marker (the case group's
 case groups. Labels are replaced through a staging name (layout.staging_name): renamed
 into place on a local store, copied into place behind a marker pointer on an object
 store. Every array is written through :meth:`SliceStore._write_array`
-(chunks.write_array). The format: docs/store-format.md and :mod:`ctprep.store`.
+(chunks.write_array: labels) or, a slab of slices at a time, :meth:`SliceStore._write_slab`
+(chunks.write_slab: cases, streamed by write_case_slabs). The format: docs/store-format.md and :mod:`ctprep.store`.
 """
 
 from __future__ import annotations
@@ -17,20 +18,21 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import zarr
 
 from ctprep.case import CaseRecord
-from ctprep.errors import CaseNotFoundError, StoreError, StoreFormatError, StoreParameterError
+from ctprep.errors import CaseInputError, CaseNotFoundError, StoreError, StoreFormatError, StoreParameterError
 from ctprep.lookup import LazySlices
-from ctprep.store.arrays import CaseData, check_case_arrays, check_label_array
-from ctprep.store.chunks import _ChunkFiles, write_array
+from ctprep.store.arrays import CaseData, Slab, check_case_arrays, check_label_array
+from ctprep.store.chunks import _ChunkFiles, write_array, write_slab
 from ctprep.store.files import _LOCK_NAME, _Files, is_url, write_error
 from ctprep.store.reading import SliceReading
-from ctprep.store.integrity import case_problem, check_array, check_record, missing_chunks
+from ctprep.store.integrity import case_problem, check_array, check_record
 from ctprep.store.index import SliceIndex, read_index, write_index
+from ctprep.store.writing import write_case_arrays
 from ctprep.store.layout import (_CASE_KEY, _STORE_KEY, DATASET_KIND, FORMAT_NAME, FORMAT_VERSION, case_lock_name,
                                  case_path, is_staged, local_leftover, remote_leftover, staging_name, store_kind,
                                  validate_case_id, validate_label_name, wrong_kind)
@@ -52,9 +54,11 @@ class SliceStore(SliceReading):
     Path for a local folder, the URL string otherwise (``str(store.path)`` reopens it).
     """
 
-    # The one call through which every array is written (tests wrap it to interrupt a write).
+    # The calls through which every array is written (tests wrap them to interrupt a write): a
+    # label's whole array, and a case's arrays one slab at a time.
     _write_array = staticmethod(write_array)
     KIND = DATASET_KIND  # the root attribute's ``kind`` this class opens (layout.store_kind)
+    _write_slab = staticmethod(write_slab)
 
     def __init__(self, path: str | Path, group: zarr.Group, files: _Files | None = None):
         self.path: Path | str = path if is_url(path) else Path(path)
@@ -245,43 +249,39 @@ class SliceStore(SliceReading):
 
     def write_case(self, record: CaseRecord, image: np.ndarray, labels: Mapping[str, np.ndarray],
                    hu: np.ndarray | None = None) -> int:
-        """Write one case; it becomes visible only once everything is on disk. Returns bytes written.
-
-        ``image`` and ``labels`` may be numpy arrays or :class:`~ctprep.lookup.LazySlices`.
-        """
+        """Write one case from whole arrays (numpy or :class:`~ctprep.lookup.LazySlices`); see write_case_slabs."""
         check_case_arrays(record, image, labels, hu)
+        return self.write_case_slabs(record, [Slab(start=0, image=image, labels=labels, hu=hu)])
+
+    def write_case_slabs(self, record: CaseRecord, slabs: Iterable[Slab],
+                         final: Callable[[], CaseRecord] | None = None) -> int:
+        """Write one case from ``slabs`` that together hold each stored slice once, in any order, pulling
+        the next slab only once the previous one is written (peak memory: about two slabs). Returns bytes written.
+
+        The case becomes visible only once everything is on disk. ``record`` gives the arrays'
+        shapes; ``final()``, called once every slab is written, gives the record stored with
+        them (e.g. holding lesion counts found while writing), on the same grid. A slab that
+        cannot be made (CaseInputError: bad input found part way) leaves no trace of the case.
+        """
         try:
             self.delete_case(record.case_id)
-            self._write_case_arrays(record, image, labels, hu)
+            self._write_case_arrays(record, slabs, final)
         except Exception as exc:
             error = self._write_error(exc, f"case {record.case_id}")
             if error is exc:
-                raise  # an incomplete case: invisible to readers, redone by the next run
+                if isinstance(exc, CaseInputError):
+                    self._discard_case(record.case_id)
+                raise  # otherwise an incomplete case: invisible to readers, redone by the next run
             # A full disk: the partial case goes at once, giving its space back for the
             # index and manifest at the end of the run.
             self._discard_case(record.case_id)
             raise error from exc
         return self.case_bytes(record.case_id)
 
-    def _write_case_arrays(self, record: CaseRecord, image, labels: Mapping, hu) -> None:
+    def _write_case_arrays(self, record: CaseRecord, slabs: Iterable[Slab],
+                           final: Callable[[], CaseRecord] | None) -> None:
         group = self._cases_group().create_group(record.case_id)
-        group.attrs.update({_CASE_KEY: {"complete": False}})
-        checksums = {"image": self._write(group, "image", image, ("z", "channel", "y", "x"))}
-        if hu is not None:
-            checksums["hu"] = self._write(group, "hu", hu, ("z", "y", "x"))
-        label_group = group.create_group("labels")
-        for name, array in labels.items():
-            checksums[f"labels/{name}"] = self._write(label_group, name, array, ("z", "y", "x"))
-        self._complete_case(group, record, checksums)
-
-    def _complete_case(self, group: zarr.Group, record: CaseRecord, checksums: dict, **marker) -> None:
-        """Check every written array is whole on disk, then write the completion marker (last)."""
-        for name, chunks in checksums.items():  # never marked complete unless whole on disk
-            if problem := missing_chunks(self._files, str(self.path), record.case_id, name,
-                                         f"{group.path}/{name}", chunks):
-                raise StoreError(f"{problem} after writing it (removed by another writer?)")
-        # The completion marker is the last write: before it the case does not exist for readers.
-        group.attrs.update({_CASE_KEY: {"complete": True, "record": record.to_dict(), "checksums": checksums, **marker}})
+        write_case_arrays(group, self._files, str(self.path), record, slabs, final, self._write_slab)
 
     def _write(self, group: zarr.Group, name: str, data, dims: tuple[str, ...],
                attributes: Mapping | None = None) -> dict[str, str]:

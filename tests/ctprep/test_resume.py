@@ -33,16 +33,16 @@ HANGING_CONVERSION = textwrap.dedent("""
     from ctprep.store import SliceStore
 
     input_dir, output, hang_case, marker = sys.argv[1:5]
-    original = SliceStore._write_array
+    original = SliceStore._write_slab
 
-    def write_array(group, name, *args, **kwargs):
-        written = original(group, name, *args, **kwargs)
-        if group.path.endswith(hang_case):
+    def write_slab(array, *args, **kwargs):
+        written = original(array, *args, **kwargs)
+        if array.path.split("/")[1] == hang_case:  # cases/<case>/...: its first slab of the image is on disk
             Path(marker).write_text("hanging")
             time.sleep(600)
         return written
 
-    SliceStore._write_array = staticmethod(write_array)
+    SliceStore._write_slab = staticmethod(write_slab)
     convert_dataset(ConvertConfig(source="lits", input_dir=input_dir, output=output, keep_hu=True,
                                   slices="lesion+2"), progress=False)
 """)
@@ -57,17 +57,17 @@ DYING_WORKER_HOOK = textwrap.dedent("""
     if os.environ.get("LESIONKIT_TEST_VICTIM"):
         from ctprep.store import SliceStore
 
-        original = SliceStore._write_array
+        original = SliceStore._write_slab
         victim, marker = os.environ["LESIONKIT_TEST_VICTIM"], Path(os.environ["LESIONKIT_TEST_MARKER"])
 
-        def write_array(group, name, *args, **kwargs):
-            written = original(group, name, *args, **kwargs)
-            if group.path.endswith(victim) and not marker.exists():
+        def write_slab(array, *args, **kwargs):
+            written = original(array, *args, **kwargs)
+            if array.path.split("/")[1] == victim and not marker.exists():
                 marker.write_text(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGKILL)
             return written
 
-        SliceStore._write_array = staticmethod(write_array)
+        SliceStore._write_slab = staticmethod(write_slab)
 """)
 
 def _wait_for(condition, process: subprocess.Popen, timeout: float = 40.0) -> None:

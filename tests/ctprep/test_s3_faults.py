@@ -72,18 +72,18 @@ PAUSE_HOOK = textwrap.dedent("""
     if os.environ.get("LESIONKIT_TEST_VICTIM"):
         from ctprep.store import SliceStore
 
-        original, victim = SliceStore._write_array, os.environ["LESIONKIT_TEST_VICTIM"]
+        original, victim = SliceStore._write_slab, os.environ["LESIONKIT_TEST_VICTIM"]
         folder = Path(os.environ["LESIONKIT_TEST_FOLDER"])
 
-        def write_array(group, name, *args, **kwargs):
-            written = original(group, name, *args, **kwargs)
-            if group.path.endswith(victim) and name == "image":
+        def write_slab(array, *args, **kwargs):
+            written = original(array, *args, **kwargs)
+            if array.path == f"cases/{victim}/image" and not (folder / "paused").exists():
                 (folder / "paused").write_text("")
                 while not (folder / "go").exists():
                     time.sleep(0.02)
             return written
 
-        SliceStore._write_array = staticmethod(write_array)
+        SliceStore._write_slab = staticmethod(write_slab)
 """)
 
 

@@ -101,15 +101,15 @@ KILL_HOOK = textwrap.dedent("""
     if os.environ.get("LESIONKIT_TEST_VICTIM"):
         from ctprep.store import SliceStore
 
-        original, victim = SliceStore._write_array, os.environ["LESIONKIT_TEST_VICTIM"]
+        original, victim = SliceStore._write_slab, os.environ["LESIONKIT_TEST_VICTIM"]
 
-        def write_array(group, name, *args, **kwargs):
-            written = original(group, name, *args, **kwargs)
-            if group.path.endswith(victim):  # the image of the victim case is in the bucket, no more
+        def write_slab(array, *args, **kwargs):
+            written = original(array, *args, **kwargs)
+            if array.path.split("/")[1] == victim:  # a slab of the victim's image is in the bucket, no more
                 os.kill(os.getpid(), signal.SIGKILL)
             return written
 
-        SliceStore._write_array = staticmethod(write_array)
+        SliceStore._write_slab = staticmethod(write_slab)
 """)
 
 

@@ -130,16 +130,16 @@ def test_resume_redoes_a_complete_case_that_lacks_arrays_or_chunks(damage, tiny_
 def test_a_case_is_never_marked_complete_when_its_chunks_are_gone(tiny_lits, tmp_path, monkeypatch):
     """Another writer removing the case's files while this one writes: refused, never marked complete."""
     output = tmp_path / "out.zarr"
-    real = SliceStore._write_array
+    real = SliceStore._write_slab
 
-    def write_then_lose(group, name, data, *args, **kwargs):
-        sums = real(group, name, data, *args, **kwargs)
-        if name == "image":
-            for chunk in (output / group.path / name).glob("c.*"):
+    def write_then_lose(array, *args, **kwargs):
+        sums = real(array, *args, **kwargs)
+        if array.basename == "image":
+            for chunk in (output / array.path).glob("c.*"):
                 chunk.unlink()
         return sums
 
-    monkeypatch.setattr(SliceStore, "_write_array", staticmethod(write_then_lose))
+    monkeypatch.setattr(SliceStore, "_write_slab", staticmethod(write_then_lose))
     with pytest.raises(Exception, match=r"case volume-0: array image lacks \d+ of its \d+ chunk files"):
         _convert(tiny_lits, output)
     assert "volume-0" not in SliceStore.open(output).case_ids()
