@@ -83,7 +83,7 @@ def test_phases_set_learning_rates_and_weights():
             sched.step()
     assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3, 1e-4, 1e-3, 0.75e-4, 0.75e-3, 0.5e-4, 0.5e-3,
                                    0.25e-4, 0.25e-3])
-    assert config.weights_at(1)["alpha"] == 0 and config.weights_at(2)["alpha"] == 1.0
+    assert config.weights_at(1)["alpha"] == 0 and config.weights_at(2)["alpha"] == 0.01  # the default
 
 
 def test_config_layers_and_assignments(tmp_path):
