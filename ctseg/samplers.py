@@ -120,10 +120,18 @@ class PatientBatches(BatchPlan):
     Each case's slices are cut into runs of ``batch_size`` from a random offset, so run
     boundaries move between epochs; runs shorter than 2 slices are dropped (batch
     statistics need at least two). What patient-wise normalisation (crgan) needs.
+
+    With ``has_lesion`` and ``fraction`` (``sampling: balanced``) a pass holds as many runs,
+    each drawn from the runs with a lesion slice with probability ``fraction`` (as
+    :class:`BalancedBatches` draws slices): a 3-slice nodule in a 48-slice case is otherwise
+    in one run of six (issue 13).
     """
 
-    def __init__(self, cases: Sequence[str], rows: np.ndarray, **kwargs):
+    def __init__(self, cases: Sequence[str], rows: np.ndarray, *, has_lesion: np.ndarray | None = None,
+                 fraction: float | None = None, **kwargs):
         super().__init__(len(cases), **kwargs)
+        self.has_lesion = None if has_lesion is None else np.asarray(has_lesion, dtype=bool)
+        self.fraction = fraction
         order = np.lexsort((rows, np.asarray(cases)))
         self.groups: list[np.ndarray] = []
         names = np.asarray(cases)[order]
@@ -140,7 +148,19 @@ class PatientBatches(BatchPlan):
             for a, b in zip(cuts[:-1], cuts[1:]):
                 if b - a >= 2:
                     batches.append(group[a:b].tolist())
+        if self.has_lesion is not None and self.fraction is not None:
+            return self._balanced(batches, rng)
         return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _balanced(self, runs: list[list[int]], rng: np.random.Generator) -> list[list[int]]:
+        lesion = np.array([bool(self.has_lesion[run].any()) for run in runs])
+        if lesion.all() or not lesion.any():
+            return [runs[i] for i in rng.permutation(len(runs))]
+        picks = rng.random(len(runs)) < self.fraction
+        draw = np.empty(len(runs), dtype=np.int64)
+        draw[picks] = _cycled(np.flatnonzero(lesion), int(picks.sum()), rng)
+        draw[~picks] = _cycled(np.flatnonzero(~lesion), int((~picks).sum()), rng)
+        return [runs[i] for i in draw]
 
 
 def make_batch_sampler(config: TrainConfig, dataset, *, rank: int = 0, world: int = 1) -> BatchPlan:
@@ -148,7 +168,9 @@ def make_batch_sampler(config: TrainConfig, dataset, *, rank: int = 0, world: in
     common = dict(batch_size=config.batch_size, seed=config.seed, steps_per_epoch=config.steps_per_epoch,
                   rank=rank, world=world)
     if config.patient_batches:
-        return PatientBatches(dataset.cases, dataset.rows, **common)
+        balanced = {"has_lesion": dataset.has_lesion, "fraction": config.lesion_fraction} \
+            if config.sampling == "balanced" else {}
+        return PatientBatches(dataset.cases, dataset.rows, **balanced, **common)
     if config.sampling == "balanced":
         return BalancedBatches(dataset.has_lesion, fraction=config.lesion_fraction, **common)
     return ShuffledBatches(len(dataset), **common)

@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -391,8 +392,10 @@ def end_epoch(model: SegModel, config: TrainConfig, state: LoopState, scheds: di
     """Learning rates, validation, best model, images, history and checkpoint at the end of an epoch."""
     epoch = state.epoch
     state.epoch, state.batch = epoch + 1, 0
-    for sched in scheds.values():
-        sched.step()
+    with warnings.catch_warnings():  # a network a stage does not train (crgan's r in stage 1) never steps
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        for sched in scheds.values():
+            sched.step()
     metrics: dict = {}
     if dist.main and checks.due(config, state, epoch):
         metrics = checks.run(model, config, state, amp)

@@ -152,6 +152,24 @@ def test_patient_batches_are_consecutive_slices_of_one_case():
         assert "c" not in {cases[i] for i in seen}  # a single slice cannot make a batch
 
 
+def test_balanced_patient_batches_show_the_lesion_runs_as_often_as_asked():
+    """A 3-slice nodule in a 48-slice case is in one run of six; balanced, half the runs hold it."""
+    cases, rows = ["a"] * 48, np.arange(48)
+    has_lesion = np.isin(rows, [32, 33, 34])
+    shares = []
+    for balanced in ({}, {"has_lesion": has_lesion, "fraction": 0.5}):
+        sampler = PatientBatches(cases, rows, batch_size=8, seed=0, **balanced)
+        hits = runs = 0
+        for epoch in range(200):
+            sampler.set_epoch(epoch)
+            for batch in sampler:
+                zs = rows[[i for i, _ in batch]]
+                assert list(zs) == list(range(zs[0], zs[0] + len(zs)))  # still consecutive, ascending
+                hits, runs = hits + bool(has_lesion[zs].any()), runs + 1
+        shares.append(hits / runs)
+    assert shares[0] < 0.25 and 0.45 < shares[1] < 0.55, shares
+
+
 # ---- augmentation ----------------------------------------------------------------------------------
 def test_identity_augmentation_is_the_centre_crop():
     x = torch.arange(2 * 20 * 20, dtype=torch.float32).reshape(2, 20, 20)
