@@ -12,8 +12,8 @@ still predicted and post-processed whole, as prediction does, and only the held-
 slices are scored. (Scoring a stack of the held-out slices alone, as before, let a
 14-pixel false positive on one slice outweigh a nodule's 10 pixels on another, where in
 the whole case the nodule's three slices are the largest component: issue 13.)
-:func:`validation_interval` spaces
-validations so that they cost at most ``val_budget`` (0.2) of the training time.
+:func:`validation_interval` spaces validations so that they cost at most ``val_budget``
+(0.2) of the training time.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ Generator loss: alpha * bce(D(CT, G(CT)), 1) + beta * MSE(G, truth) + gamma * (1
 ("shape context"), weights from ``loss_weights`` and each phase. The defaults weigh
 (alpha, beta, gamma) = (0.01, 10, 10): on a lesion of a few dozen pixels the patch
 discriminator's loss is ~100 times the MSE, and at alpha 1 it drowned the supervised
-terms (measured, issue 13); the paper's own second phase weighs it 1 against Dice's 100. The paper's two phases
-(``--preset paper``): Adam beta1 0.5, batch 1, lr 2e-4 for 200 epochs with (alpha, beta,
+terms (measured, issue 13); the paper's own second phase weighs it 1 against Dice's 100.
+The paper's two phases (``--preset paper``): Adam beta1 0.5, batch 1, lr 2e-4 for 200 epochs with (alpha, beta,
 gamma) = (0, 1, 0), then lr 5e-5 for 100 epochs with (1, 0, 100); the paper binarises
 at 0.1 (``threshold``; 0.5 elsewhere). The paper trains on tumour slices only (Sec. 2.1:
 "we only focus on slices that have tumor"), whole slices (512 x 512), no augmentation.
