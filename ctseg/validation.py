@@ -77,6 +77,13 @@ def validation_plan(config: TrainConfig) -> ValidationPlan:
                                       f"whole slices")
 
 
+def scored_rows(mask: np.ndarray, truth: np.ndarray, rows: list[int], spacing, post) -> dict[str, float]:
+    """Dice, precision, recall on ``rows`` of a whole case's mask (z, y, x), post-processed whole first."""
+    from ctseg.postprocess import postprocess
+
+    return _scores(postprocess(mask, spacing, post)[rows], truth[rows])
+
+
 def _scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     from ctseg.metrics import confusion, overlap_metrics
 
@@ -91,7 +98,7 @@ def validate_plan(model, config: TrainConfig, plan: ValidationPlan, amp) -> dict
     as ``dice_<name>`` next to ``dice``.
     """
     from ctseg.metrics import truth_mask
-    from ctseg.postprocess import PostProcess, postprocess
+    from ctseg.postprocess import PostProcess
 
     post = PostProcess.of_run(config)
     store = SliceStore.open(config.store)
@@ -104,8 +111,7 @@ def validate_plan(model, config: TrainConfig, plan: ValidationPlan, amp) -> dict
         for suffix, options in outputs.items():
             with model.options_set(options):
                 prob = predict_volume(model, data.image, config, batch_size=config.val_batch_size, amp=amp)
-            scores = [_scores(postprocess(prob[i] >= config.threshold, spacing, post)[rows],
-                              truth_mask(data.labels[t][rows]))
+            scores = [scored_rows(prob[i] >= config.threshold, truth_mask(data.labels[t]), rows, spacing, post)
                       for i, t in enumerate(config.target)]
             per_case[suffix][case_id] = {k: float(np.mean([s[k] for s in scores]))
                                          for k in ("dice", "precision", "recall")}

@@ -82,6 +82,24 @@ def test_a_store_without_validation_cases_holds_out_training_slices_and_says_so(
     assert trained and not trained & plan.excluded() and len(trained) + len(plan.excluded()) == 48
 
 
+def test_held_out_slices_are_scored_after_the_whole_case_is_post_processed():
+    """A 3-slice nodule (10 + 22 + 22 px) and a 14-px false positive on another slice: in the whole case
+    the nodule is the largest component; in a stack of the held-out slices alone the false positive is."""
+    from ctseg.postprocess import PostProcess
+    from ctseg.validation import scored_rows
+
+    truth = np.zeros((10, 20, 20), dtype=bool)
+    truth[3, 2:4, 2:7] = True  # 10 px, held out
+    truth[4:6, 1:3, 1:12] = True  # 22 px each, trained on
+    mask = truth.copy()
+    mask[8, 10:12, 10:17] = True  # 14 px false positive, held out
+    rows = [3, 8]
+    scores = scored_rows(mask, truth, rows, (1.0, 1.0, 1.0), PostProcess(largest=1))
+    assert scores == {"dice": 1.0, "precision": 1.0, "recall": 1.0}
+    stacked = scored_rows(mask[rows], truth[rows], [0, 1], (1.0, 1.0, 1.0), PostProcess(largest=1))
+    assert stacked["dice"] == 0.0  # what validation scored before: the nodule's slice dropped
+
+
 def test_validation_interval_keeps_validation_within_its_budget():
     from ctseg.validation import validation_interval
 
