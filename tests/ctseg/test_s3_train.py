@@ -71,3 +71,33 @@ def test_a_batch_of_items_from_a_bucket_equals_item_by_item(s3_endpoint, phantom
         want = data[item]
         assert got["index"] == item and got["image"].shape[0] == data.in_channels == 6
         assert torch.equal(got["image"], want["image"]) and torch.equal(got["target"], want["target"])
+
+
+def test_predictions_store_in_a_bucket_equals_a_local_one(s3_endpoint, phantom_store, tmp_path):
+    """``ctseg predict --output s3://...``: a predictions store in a bucket, also given a second run's labels
+    for cases it already holds (the copy route of object stores), holds what a local one holds."""
+    from ctprep.store import PredictionStore, open_predictions
+
+    run = tmp_path / "run"
+    runner = CliRunner()
+    done = runner.invoke(main, ["train", "--model", "unet", "--store", str(phantom_store), "--target", "tumour",
+                                "--out", str(run), "--seed", "3", *TINY])
+    assert done.exit_code == 0, done.output
+    outputs = {"bucket": f"s3://{s3_endpoint.new_bucket()}/preds.zarr", "local": str(tmp_path / "preds.zarr")}
+    for output in outputs.values():
+        for name, threshold in (("a", "0.3"), ("b", "0.6")):  # b adds labels to cases a wrote
+            done = runner.invoke(main, ["predict", "--checkpoint", str(run / "last.pt"), "--store",
+                                        str(phantom_store), "--output", output, "--cases", "volume-0",
+                                        "--name", name, "--threshold", threshold, "--quiet"])
+            assert done.exit_code == 0, done.output
+    bucket, local = (open_predictions(outputs[k]) for k in ("bucket", "local"))
+    names = local.label_names("volume-0")
+    assert {"pred_a", "pred_a_mask", "pred_b", "pred_b_mask"} <= set(names)
+    assert bucket.label_names("volume-0") == names
+    for name in names:
+        np.testing.assert_array_equal(bucket.read_label("volume-0", name), local.read_label("volume-0", name))
+    stores = [PredictionStore.open(outputs[k]) for k in ("bucket", "local")]
+    assert stores[0].current_checksums("volume-0") == stores[1].current_checksums("volume-0")
+    current = stores[0].current_checksums("volume-0")  # what the bucket holds is what the case recorded
+    assert stores[0].recorded_checksums("volume-0") == {k: v for k, v in current.items() if k.startswith("labels/")}
+    assert any(current.values())  # some label has chunks: the comparison compares something
