@@ -124,6 +124,11 @@ class PredictionStore(SliceStore):
             raise PredictionsMismatchError(f"{self.path}: case {case_id} was predicted from another version of it "
                                            f"than {dataset.path} holds now (rewritten since); predict it again")
 
+    def current_checksums(self, case_id: str) -> dict[str, dict[str, str]]:
+        """The chunk checksums of the case's prediction labels as stored now (a predictions store has no image)."""
+        return {f"labels/{n}": self._files.checksums(self._array_path(case_id, f"labels/{n}"))
+                for n in self.label_names(case_id)}
+
     def case_problem(self, case_id: str) -> str | None:
         """What a complete case lacks on disk (a label, chunk files its marker lists), or None when whole."""
         try:

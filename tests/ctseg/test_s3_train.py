@@ -99,5 +99,4 @@ def test_predictions_store_in_a_bucket_equals_a_local_one(s3_endpoint, phantom_s
     stores = [PredictionStore.open(outputs[k]) for k in ("bucket", "local")]
     assert stores[0].current_checksums("volume-0") == stores[1].current_checksums("volume-0")
     current = stores[0].current_checksums("volume-0")  # what the bucket holds is what the case recorded
-    assert stores[0].recorded_checksums("volume-0") == {k: v for k, v in current.items() if k.startswith("labels/")}
-    assert any(current.values())  # some label has chunks: the comparison compares something
+    assert stores[0].recorded_checksums("volume-0") == current and any(current.values())
