@@ -103,6 +103,22 @@ def recist_annotation(lesion_id: str, z: int, recist, spacing_yx) -> dict:
             "type": -1, "location": [0.5, 0.5, 0.5], "noisy": False, "source_row": 1}
 
 
+def one_recist_case(path: Path, spacing: tuple[float, float, float]) -> Path:
+    """A store of one case ("case-1", 3 slices of 80 x 80) with a lesion on slice 1 (label "tumour") and a
+    RECIST annotation measured on it."""
+    from ctlabel.trimap import recist_from_mask
+
+    store = new_store(path)
+    hu, truth = lesion_slice(shape=(80, 80), centre=(40, 42), radii=(16, 10), noise=10.0)
+    volume = np.full((3, 80, 80), -800, np.int16)
+    volume[1] = np.round(hu).astype(np.int16)
+    mask = np.zeros((3, 80, 80), np.uint8)
+    mask[1] = truth
+    annotation = recist_annotation("L1", 1, recist_from_mask(truth, spacing[1:]), spacing[1:])
+    write_case(store, "case-1", volume, {"tumour": mask}, spacing, annotations={"lesions": [annotation]})
+    return path
+
+
 @pytest.fixture(scope="session")
 def lung() -> types.SimpleNamespace:
     """The real chest CT of pyradiomics (512x512x48, 0.57 mm) and its real nodule mask, nodule slices +-2."""
@@ -125,4 +141,5 @@ def lk() -> types.SimpleNamespace:
     """This module's helpers, for the test modules (which cannot import a conftest)."""
     return types.SimpleNamespace(
         new_store=new_store, write_case=write_case, lesion_slice=lesion_slice, LUNG_WINDOWS=LUNG_WINDOWS,
-        recist_annotation=recist_annotation, shared_data_path=shared_data_path, REPO=REPO)
+        recist_annotation=recist_annotation, one_recist_case=one_recist_case, shared_data_path=shared_data_path,
+        REPO=REPO)

@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 
 from ctlabel.cli import main
-from ctlabel.trimap import recist_from_mask
 from ctprep.store import SliceStore
 
 SPACING = (2.0, 0.8, 0.8)
@@ -19,15 +18,7 @@ SPACING = (2.0, 0.8, 0.8)
 @pytest.fixture
 def store_path(tmp_path, lk):
     """One case with a lesion on slice 1 and a RECIST annotation measured on it."""
-    store = lk.new_store(tmp_path / "cli.zarr")
-    hu, truth = lk.lesion_slice(shape=(80, 80), centre=(40, 42), radii=(16, 10), noise=10.0)
-    volume = np.full((3, 80, 80), -800, np.int16)
-    volume[1] = np.round(hu).astype(np.int16)
-    mask = np.zeros((3, 80, 80), np.uint8)
-    mask[1] = truth
-    annotation = lk.recist_annotation("L1", 1, recist_from_mask(truth, SPACING[1:]), SPACING[1:])
-    lk.write_case(store, "case-1", volume, {"tumour": mask}, SPACING, annotations={"lesions": [annotation]})
-    return tmp_path / "cli.zarr"
+    return lk.one_recist_case(tmp_path / "cli.zarr", SPACING)
 
 
 def _run(*args):

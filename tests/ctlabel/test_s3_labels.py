@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 from ctlabel.cli import main
-from ctlabel.trimap import recist_from_mask
 from ctprep.store import SliceStore
 
 pytestmark = pytest.mark.timeout(240)
@@ -16,15 +15,7 @@ SPACING = (2.0, 0.8, 0.8)
 
 
 def _store(lk, path):
-    store = lk.new_store(path)
-    hu, truth = lk.lesion_slice(shape=(80, 80), centre=(40, 42), radii=(16, 10), noise=10.0)
-    volume = np.full((3, 80, 80), -800, np.int16)
-    volume[1] = np.round(hu).astype(np.int16)
-    mask = np.zeros((3, 80, 80), np.uint8)
-    mask[1] = truth
-    annotation = lk.recist_annotation("L1", 1, recist_from_mask(truth, SPACING[1:]), SPACING[1:])
-    lk.write_case(store, "case-1", volume, {"tumour": mask}, SPACING, annotations={"lesions": [annotation]})
-    return path
+    return lk.one_recist_case(path, SPACING)
 
 
 def test_softmask_into_a_bucket_matches_a_local_store(s3_endpoint, lk, tmp_path):

@@ -122,6 +122,19 @@ def store_file_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
+def liver_with_made_up_tumour(classes: np.ndarray) -> np.ndarray:
+    """The TotalSegmentator example's liver (class 5) as label 1 with a made-up "tumour" as label 2: the
+    liver voxels in the lower half of the file's slices, right part of the liver (uint8, the file's axes)."""
+    liver = classes == 5
+    segmentation = liver.astype(np.uint8)
+    i, _, k = np.nonzero(liver)
+    tumour = liver.copy()
+    tumour[: int(np.median(i))] = False
+    tumour[:, :, int(np.median(k)):] = False
+    segmentation[tumour] = 2
+    return segmentation
+
+
 @pytest.fixture(scope="session")
 def ct() -> types.SimpleNamespace:
     """This module's constants and helpers, for the test modules (which cannot import a conftest)."""
@@ -129,4 +142,5 @@ def ct() -> types.SimpleNamespace:
         SHAPE=SHAPE, SPACING=SPACING, ORIGIN=ORIGIN, LITS_CASES=LITS_CASES, KITS_CASES=KITS_CASES,
         Dataset=Dataset, write_lits=write_lits, write_kits=write_kits, expected_labels=expected_labels,
         shared_data_path=shared_data_path, sha256_of=sha256_of, store_file_bytes=store_file_bytes,
+        liver_with_made_up_tumour=liver_with_made_up_tumour,
     )

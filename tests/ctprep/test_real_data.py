@@ -159,14 +159,7 @@ def totalseg(tmp_path_factory, ct):
     shutil.copyfile(ct_path, root / "volume-0.nii.gz")
     seg_image = nib.load(seg_path)
     classes = np.asarray(seg_image.dataobj)
-    liver = classes == 5
-    segmentation = liver.astype(np.uint8)
-    # a made-up "tumour": the liver voxels in the lower half of the file's slices, right part of the liver
-    i, _, k = np.nonzero(liver)
-    tumour = liver.copy()
-    tumour[: int(np.median(i))] = False
-    tumour[:, :, int(np.median(k)):] = False
-    segmentation[tumour] = 2
+    segmentation = ct.liver_with_made_up_tumour(classes)
     out = nib.Nifti1Image(segmentation, seg_image.affine, seg_image.header.copy())
     out.set_data_dtype(np.uint8)
     nib.save(out, root / "segmentation-0.nii.gz")

@@ -38,13 +38,7 @@ def real_files(tmp_path_factory, ct) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("real_nifti")
     folder = ct.shared_data_path("totalseg_example")
     seg_image = nib.load(folder / "example_seg.nii.gz")
-    liver = np.asarray(seg_image.dataobj) == 5
-    segmentation = liver.astype(np.uint8)
-    i, _, k = np.nonzero(liver)
-    tumour = liver.copy()
-    tumour[: int(np.median(i))] = False
-    tumour[:, :, int(np.median(k)):] = False
-    segmentation[tumour] = 2
+    segmentation = ct.liver_with_made_up_tumour(np.asarray(seg_image.dataobj))
     label = nib.Nifti1Image(segmentation, seg_image.affine)
     label.set_data_dtype(np.uint8)
     nib.save(label, out / "abdomen_seg.nii.gz")
