@@ -193,11 +193,7 @@ def _already_predicted(target, store, case_id: str, attributes: dict) -> bool:
     """Whether the predictions store holds these labels of the case, whole, made as they would be now."""
     import json
 
-    from ctprep.store.predictions import dataset_case_digest
-
-    if case_id not in target or target.case_problem(case_id) is not None:
-        return False
-    if target.case_digest(case_id) != dataset_case_digest(store, case_id):
+    if not target.is_current(store, case_id):
         return False
     have = target.label_names(case_id)
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731

@@ -119,6 +119,11 @@ class PredictionStore(SliceStore):
         """The dataset case digest recorded when the case was predicted."""
         return self._case_group(case_id).attrs[_CASE_KEY].get("dataset_case")
 
+    def is_current(self, dataset: SliceStore, case_id: str) -> bool:
+        """Whether the case is here, whole, and predicted from the dataset case as it is now."""
+        return case_id in self and self.case_problem(case_id) is None \
+            and self.case_digest(case_id) == dataset_case_digest(dataset, case_id)
+
     def check_case(self, dataset: SliceStore, case_id: str) -> None:
         if self.case_digest(case_id) != dataset_case_digest(dataset, case_id):
             raise PredictionsMismatchError(f"{self.path}: case {case_id} was predicted from another version of it "
@@ -154,7 +159,7 @@ class PredictionStore(SliceStore):
             validate_label_name(name)
             check_label_array(case_id, name, array, record)
         with self.case_lock(case_id):
-            if case_id in self and self.case_digest(case_id) == digest and self.case_problem(case_id) is None:
+            if self.is_current(dataset, case_id):
                 for name, array in labels.items():
                     self.write_label(case_id, name, array, attributes.get(name))
                 return
