@@ -21,26 +21,29 @@ from ctprep.formats.nifti import (_GZIP_MAGIC, _HEADER_BYTES, _INFLATE_TOLERANCE
                                   _parse_header)
 
 _COPY_BLOCK = 1 << 20  # bytes hashed per read of a file's remainder
+_RANGE_READ_BYTES = 16 << 20  # voxel bytes inflated per read by read_range
 
 
 class _HashingFile:
     """A binary file read through this object: every byte read is counted and hashed."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, hashing: bool = True):
         self._handle = handle
-        self.sha256 = hashlib.sha256()
+        self.sha256 = hashlib.sha256() if hashing else None
         self.size = 0
 
     def readinto(self, buffer) -> int:
         got = self._handle.readinto(buffer)
         if got:
-            self.sha256.update(memoryview(buffer)[:got])
+            if self.sha256 is not None:
+                self.sha256.update(memoryview(buffer)[:got])
             self.size += got
         return got
 
     def read(self, size: int = -1) -> bytes:
         data = self._handle.read(size)
-        self.sha256.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
         self.size += len(data)
         return data
 
@@ -51,7 +54,8 @@ class _HashingFile:
 
 
 class NiftiSlabReader:
-    """A NIfTI file opened for reading its 3-D voxels slab by slab along the file's last axis, in file order.
+    """A NIfTI file opened for reading its 3-D voxels slab by slab along the file's last axis, in file order
+    (or, with :meth:`read_range`, one range of another axis).
 
     ``shape`` is the file's (x, y, z) (trailing singleton axes dropped), ``dtype`` the stored
     voxel type, ``slope``/``inter`` its scaling; :meth:`read` returns the next slices unscaled, as
@@ -59,8 +63,9 @@ class NiftiSlabReader:
     gives its (size, sha256). Close it (or use it as a context manager) when done.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, hashing: bool = True):
         self.path = Path(path)
+        self._hashing = hashing
         try:
             self._file = open(self.path, "rb")
         except FileNotFoundError as exc:
@@ -74,7 +79,7 @@ class NiftiSlabReader:
             raise
 
     def _open(self) -> None:
-        self._raw = _HashingFile(self._file)
+        self._raw = _HashingFile(self._file, self._hashing)
         size = self._file.seek(0, 2)
         self._file.seek(0)
         magic = self._file.read(2)
@@ -134,8 +139,23 @@ class NiftiSlabReader:
         self._next += count
         return np.ndarray((*self.shape[:2], count), dtype=self.dtype, buffer=buffer, order="F")
 
-    def finish(self) -> tuple[int, str]:
-        """After the last slice: the file's size and sha256, refusing a gzip stream that inflates more than
+    def read_range(self, axis: int, first: int, last: int) -> np.ndarray:
+        """All the file's voxels whose index along ``axis`` (0 or 1) lies in ``first .. last``, unscaled, in
+        the stored dtype (Fortran order): the whole file read, :data:`_RANGE_READ_BYTES` at a time."""
+        if axis not in (0, 1) or not 0 <= first < last <= self.shape[axis] or self._next:
+            raise ValueError(f"{self.path}: cannot read slices {first}..{last} of axis {axis} of {self.shape}")
+        shape = list(self.shape)
+        shape[axis] = last - first
+        out = np.empty(shape, dtype=self.dtype, order="F")
+        kept = (slice(None),) * axis + (slice(first, last),)
+        step = max(1, _RANGE_READ_BYTES // self._slice_bytes)
+        for done in range(0, self.shape[2], step):
+            count = min(step, self.shape[2] - done)
+            out[..., done:done + count] = self.read(count)[kept]
+        return out
+
+    def finish(self) -> tuple[int, str | None]:
+        """After the last slice: the file's size and sha256 (None when opened without ``hashing``), refusing a gzip stream that inflates more than
         :data:`_INFLATE_TOLERANCE` bytes past the voxel data its header promises (a decompression bomb)."""
         if self.gz:
             extra = len(self._pending) + len(self._read_up_to(_INFLATE_TOLERANCE + 1 - len(self._pending)))
@@ -144,7 +164,7 @@ class NiftiSlabReader:
                                                 f"header promises (more than {_INFLATE_TOLERANCE} bytes beyond "
                                                 "them); refusing to inflate the rest (decompression bomb?)")
         self._raw.drain()
-        return self._raw.size, self._raw.sha256.hexdigest()
+        return self._raw.size, self._raw.sha256.hexdigest() if self._raw.sha256 is not None else None
 
     def close(self) -> None:
         self._file.close()

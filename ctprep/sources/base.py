@@ -126,6 +126,9 @@ class NiftiPairSource(Source):
     # An affine entry may differ between image and segmentation by this much (mm) before
     # the pair counts as misaligned; NIfTI writers round float32 affines differently.
     affine_tolerance_mm: ClassVar[float] = 1e-2
+    # Voxel bytes (image + segmentation) kept per pass over files whose slice axis is not their last:
+    # with the writer's slabs, a 1,500-slice 512^2 case converts in well under 600 MB (issue 19).
+    pass_bytes: ClassVar[int] = 192 << 20
 
     def load(self, ref: CaseRef) -> CaseVolume:
         # Both files inflate at once: ISA-L and sha256 release the GIL (benchmarks/bench_convert.py).
@@ -148,8 +151,9 @@ class NiftiPairSource(Source):
 
     def stream(self, ref: CaseRef) -> CaseStream:
         """Both files read a slab at a time, in one pass each, when the file's last axis is the slice axis
-        (as CT is stored); otherwise the case is loaded whole. Input found bad on the way (a
-        truncated file, a label value outside the map) is reported as :meth:`load` reports it."""
+        (as CT is stored); otherwise in passes over both files, each keeping one range of slices
+        (:meth:`_slabs_in_passes`). Input found bad on the way (a truncated file, a label value
+        outside the map) is reported as :meth:`load` reports it."""
         try:
             image, label = _open_pair(ref)
         except CaseInputError as exc:
@@ -160,10 +164,12 @@ class NiftiPairSource(Source):
         except BaseException:
             image.close(), label.close()
             raise
-        if source_grid.axes[2][0] != 2:  # the file's slices are not axial: no slab of it is one of ours
-            image.close(), label.close()
-            return super().stream(ref)
         sums: dict[str, tuple[int, str]] = {}
+        if source_grid.axes[2][0] == 2:
+            slabs = self._slabs(ref, image, label, source_grid, sums)
+        else:  # the file's slices are not axial (KiTS19 stores z first): no slab of the file is one of ours
+            image.close(), label.close()
+            slabs = self._slabs_in_passes(ref, image.shape, (image.dtype, label.dtype), source_grid, sums)
 
         def inputs() -> tuple[InputFile, ...]:
             root = Path(ref.root)
@@ -171,8 +177,7 @@ class NiftiPairSource(Source):
                                    sha256=sums[role][1]) for role, reader in (("image", image), ("label", label)))
 
         return CaseStream(ref=ref, geometry=geometry, source_grid=source_grid, label_specs=self.manifest.labels,
-                          slabs=self._slabs(ref, image, label, source_grid, sums), rows=geometry.shape[0],
-                          inputs=inputs)
+                          slabs=slabs, rows=geometry.shape[0], inputs=inputs)
 
     def _slabs(self, ref: CaseRef, image: NiftiSlabReader, label: NiftiSlabReader, grid: SourceGrid,
                sums: dict[str, tuple[int, str]]) -> Iterator[SourceSlab]:
@@ -185,16 +190,59 @@ class NiftiPairSource(Source):
                 for done in range(0, nz, SLAB_SLICES):
                     n = min(SLAB_SLICES, nz - done)
                     raw_image, raw_label = (job.result() for job in [pool.submit(r.read, n) for r in (image, label)])
-                    hu = hu_int16(_slab_volume(image, raw_image))
-                    values = label_uint8(_slab_volume(label, raw_label))
-                    self._check_label_values(label.path, values)
-                    segmentation = reorient(values, grid)
-                    yield SourceSlab(start=done if flip == 1 else nz - done - n, hu=reorient(hu, grid),
-                                     labels={spec.name: binary_label(segmentation, spec) for spec in self.manifest.labels})
+                    yield self._slab(image, label, raw_image, raw_label, grid, done if flip == 1 else nz - done - n)
                 for role, reader in (("image", image), ("label", label)):
                     sums[role] = reader.finish()
         except CaseInputError as exc:
             self._refuse_as_load(ref, exc)
+
+    def _slabs_in_passes(self, ref: CaseRef, shape: tuple[int, int, int], dtypes: tuple[np.dtype, np.dtype],
+                         grid: SourceGrid, sums: dict[str, tuple[int, str]]) -> Iterator[SourceSlab]:
+        """The canonical slabs of a pair whose slice axis is not the files' last: each pass inflates both
+        files once, keeping the slices of one range of the slice axis, at most :attr:`pass_bytes` of
+        voxels. Memory stays bounded whatever the slice count (a case loaded whole grows with it),
+        for one more inflation of the files per ``pass_bytes`` of voxels."""
+        axis = next(i for i, (canonical, _) in enumerate(grid.axes) if canonical == 2)  # the file's slice axis
+        flip = grid.axes[axis][1]
+        nz, plane = shape[axis], int(np.prod(shape)) // shape[axis]
+        per_pass = max(SLAB_SLICES, self.pass_bytes // (plane * sum(d.itemsize for d in dtypes))
+                       // SLAB_SLICES * SLAB_SLICES)
+        try:
+            for first in range(0, nz, per_pass):
+                last = min(nz, first + per_pass)
+                image, label = _open_pair(ref, hashing=first == 0)  # the first pass hashes the files
+                with image, label, ThreadPoolExecutor(max_workers=2) as pool:
+                    raw_image, raw_label = (job.result() for job in
+                                            [pool.submit(r.read_range, axis, first, last) for r in (image, label)])
+                    for role, reader in (("image", image), ("label", label)):
+                        size, sha256 = reader.finish()
+                        if sha256 is not None:
+                            sums[role] = (size, sha256)
+                        elif size != sums[role][0]:
+                            raise CaseInputError(reader.path, "changed while it was read (its size differs "
+                                                              "between two passes); convert the case again")
+                for done in range(0, last - first, SLAB_SLICES):
+                    rows = [slice(None)] * 3
+                    rows[axis] = slice(done, done + SLAB_SLICES)
+                    start = first + done
+                    n = min(SLAB_SLICES, last - start)
+                    # copies: a slab still being written must not keep this pass's voxels alive into the next
+                    yield self._slab(image, label, raw_image[tuple(rows)].copy(order="F"),
+                                     raw_label[tuple(rows)].copy(order="F"), grid, start if flip == 1 else nz - start - n)
+                del raw_image, raw_label  # before the next pass reads its own
+        except CaseInputError as exc:
+            self._refuse_as_load(ref, exc)
+
+    def _slab(self, image: NiftiSlabReader, label: NiftiSlabReader, raw_image: np.ndarray, raw_label: np.ndarray,
+              grid: SourceGrid, start: int) -> SourceSlab:
+        """Canonical slices ``start ..`` from the files' voxels ``raw_*`` (source layout, a slab along the
+        slice axis): HU, label values checked, one binary label per spec."""
+        hu = hu_int16(_slab_volume(image, raw_image))
+        values = label_uint8(_slab_volume(label, raw_label))
+        self._check_label_values(label.path, values)
+        segmentation = reorient(values, grid)
+        return SourceSlab(start=start, hu=reorient(hu, grid),
+                          labels={spec.name: binary_label(segmentation, spec) for spec in self.manifest.labels})
 
     def header_problem(self, ref: CaseRef) -> str | None:
         """Read only the headers (no voxels): each file exists and is a NIfTI of real voxels, as
@@ -232,10 +280,10 @@ class NiftiPairSource(Source):
                                        f"{sorted(self.manifest.label_values)}: {found}")
 
 
-def _open_pair(ref: CaseRef) -> tuple[NiftiSlabReader, NiftiSlabReader]:
-    image = NiftiSlabReader(ref.path("image"))
+def _open_pair(ref: CaseRef, hashing: bool = True) -> tuple[NiftiSlabReader, NiftiSlabReader]:
+    image = NiftiSlabReader(ref.path("image"), hashing)
     try:
-        return image, NiftiSlabReader(ref.path("label"))
+        return image, NiftiSlabReader(ref.path("label"), hashing)
     except BaseException:
         image.close()
         raise

@@ -24,7 +24,7 @@ from ctprep.windowing import parse_window
 # More slices than two slabs, so every case streams in three, the last one short.
 TALL = (2 * SLAB_SLICES + 7, 40, 40)
 # axcodes of the file's voxel axes, gzip: head first, feet first (slabs come from the top), and a
-# layout whose last axis is not the slice axis (loaded whole).
+# layout whose last axis is not the slice axis (KiTS19's: read in passes, each keeping a range of slices).
 CASES = {0: ("Batch", ("R", "A", "S"), True), 1: ("Batch", ("R", "A", "I"), False),
          2: ("Batch", ("S", "R", "A"), True)}
 
@@ -68,10 +68,41 @@ def test_streamed_cases_equal_the_phantom_and_the_whole_volume_path(tall_lits, t
         # the inputs hashed while streaming are the files' sha256
         inputs = {e["role"]: e for e in report.outcomes[tall_lits.case_ids.index(case_id)].inputs}
         assert inputs["image"]["sha256"] == hashlib.sha256(refs[case_id].path("image").read_bytes()).hexdigest()
-    # the first two stream (slices along the file's last axis), the third is loaded whole
+    # all three stream: slices along the file's last axis, feet first, and slices along its first axis
     streams = [source.stream(refs[c]) for c in tall_lits.case_ids]
-    starts = [[slab.start for slab in s.slabs] for s in streams[:2]]
-    assert starts == [[0, SLAB_SLICES, 2 * SLAB_SLICES], [SLAB_SLICES + 7, 7, 0]]
+    starts = [[slab.start for slab in s.slabs] for s in streams]
+    assert starts == [[0, SLAB_SLICES, 2 * SLAB_SLICES], [SLAB_SLICES + 7, 7, 0], [0, SLAB_SLICES, 2 * SLAB_SLICES]]
+
+
+@pytest.mark.parametrize("axcodes", [("S", "R", "A"), ("I", "P", "L"), ("R", "I", "A")])
+def test_a_case_whose_slice_axis_is_not_the_files_last_streams_in_passes(tmp_path, ct, monkeypatch, axcodes):
+    """KiTS19 stores z first: each pass inflates both files and keeps one range of slices. With a budget of
+    one slab a pass, the 71 slices take three passes; the store equals the whole-volume path's, the
+    inputs are hashed once, and no pass holds more than its budget of slices."""
+    from ctprep.formats import nifti_stream
+    from ctprep.sources.base import NiftiPairSource
+
+    folder = tmp_path / "lits"
+    dataset = ct.write_lits(folder, {0: ("Batch", axcodes, True)}, shape=TALL)
+    plane = TALL[1] * TALL[2] * (2 + 1)  # int16 image + uint8 segmentation
+    monkeypatch.setattr(NiftiPairSource, "pass_bytes", SLAB_SLICES * plane)
+    kept = []
+    read_range = nifti_stream.NiftiSlabReader.read_range
+    monkeypatch.setattr(nifti_stream.NiftiSlabReader, "read_range",
+                        lambda self, *a: kept.append(a) or read_range(self, *a))
+    streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
+    report = _convert(folder, streamed, keep_hu=True)
+    _convert(folder, whole, keep_hu=True, slices=f"lesion+{TALL[0]}")
+    assert report.outcomes[0].status == "converted", report.outcomes[0].reason
+    axis = kept[0][0]
+    assert sorted(set(kept)) == [(axis, 0, 32), (axis, 32, 64), (axis, 64, 71)] and len(kept) == 6
+    assert _chunks(streamed, "volume-0") == _chunks(whole, "volume-0")
+    data = SliceStore.open(streamed).read_case("volume-0", hu=True)
+    assert np.array_equal(data.hu, dataset.phantom("volume-0")[0])
+    assert np.array_equal(data.labels["tumour"], dataset.labels("volume-0")["tumour"])
+    inputs = {e["role"]: e for e in report.outcomes[0].inputs}
+    for role, name in (("image", "volume-0.nii.gz"), ("label", "segmentation-0.nii.gz")):
+        assert inputs[role]["sha256"] == hashlib.sha256((folder / "Batch" / name).read_bytes()).hexdigest()
 
 
 def _truncate_gz_mid_voxels(path: Path) -> None:
