@@ -35,13 +35,13 @@ MEMORY_TARGET_MB = 1500
 
 # ---- children: each measures one thing in its own process --------------------------------
 
-def child_ctprep(input_dir: str, output: str, workers: int) -> None:
+def child_ctprep(input_dir: str, output: str, workers: int, source: str = "lits") -> None:
     from ctprep.convert import ConvertConfig, convert_dataset
     from ctprep.windowing import parse_window
 
     shutil.rmtree(output, ignore_errors=True)
     clock = common.Clock()
-    config = ConvertConfig(source="lits", input_dir=input_dir, output=output, windows=(parse_window(WINDOW),),
+    config = ConvertConfig(source=source, input_dir=input_dir, output=output, windows=(parse_window(WINDOW),),
                            workers=workers, overwrite=True)
     report = convert_dataset(config, progress=False)
     seconds = time.perf_counter() - clock.wall
@@ -194,9 +194,10 @@ def run_child_mode(argv: list[str]) -> None:
     mode, *rest = argv
     if mode == "ctprep":
         import ctprep.convert  # noqa: F401  (imports before the clock)
+        import ctprep.sources.kits19  # noqa: F401
         import ctprep.sources.lits  # noqa: F401
 
-        child_ctprep(rest[0], rest[1], int(rest[2]))
+        child_ctprep(rest[0], rest[1], int(rest[2]), *rest[3:])
     elif mode == "naive":
         import nibabel  # noqa: F401
         import zarr  # noqa: F401
@@ -242,19 +243,56 @@ def tall_case(source: Path, out: Path, slices: int) -> Path:
     return folder
 
 
+def tall_kits_case(source: Path, out: Path, slices: int) -> Path:
+    """A KiTS19 folder with one case of ``slices`` slices in KiTS19's own layout, the slice axis first
+    (the test volume's slices repeated along z), written uncompressed (``.nii``) a block of the file's
+    last axis at a time."""
+    import nibabel as nib
+    import numpy as np
+
+    root = out / "data" / f"{source.name}-kits{slices}"
+    if (root / "case_00000" / "segmentation.nii").is_file():
+        return root
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "case_00000").mkdir(parents=True)
+    for name, kits_name in (("volume-0", "imaging"), ("segmentation-0", "segmentation")):
+        image = nib.load(source / f"{name}.nii.gz")
+        data = np.asarray(image.dataobj)  # (x, y, z)
+        header = image.header.copy()
+        header.set_data_shape((slices, data.shape[1], data.shape[0]))  # (z, y, x), as KiTS19 stores it
+        header.set_sform(image.affine[:, [2, 1, 0, 3]], code=1)
+        header.set_qform(image.affine[:, [2, 1, 0, 3]], code=1)
+        header.set_data_offset(352)
+        repeat = np.arange(slices) % data.shape[2]
+        with open(partial / "case_00000" / f"{kits_name}.nii", "wb") as f:
+            header.write_to(f)
+            f.write(b"\0" * (352 - f.tell()))
+            for x0 in range(0, data.shape[0], 16):  # Fortran order: the file's last axis (x) slowest
+                block = data[x0:x0 + 16][:, :, repeat].transpose(2, 1, 0)  # (z, y, k)
+                f.write(np.asfortranarray(block.astype(header.get_data_dtype())).tobytes(order="F"))
+    shutil.rmtree(root, ignore_errors=True)
+    partial.rename(root)
+    return root
+
+
 def memory_section(script: str, source: Path, out: Path, counts: list[int], verdicts) -> None:
-    """Peak RSS of ``ctprep convert`` of one case at several slice counts: flat in the count is the aim."""
-    rows = []
-    for count in counts:
-        folder = tall_case(source, out, count)
-        r = common.run_child(script, ["ctprep", str(folder), str(out / "tall.zarr"), "1"], timeout=1200)
-        rows.append([str(count), r["seconds"], count / r["seconds"], r["maxrss_mb"]])
-        shutil.rmtree(out / "tall.zarr", ignore_errors=True)
-    common.print_table("Peak RSS against the case's slice count (one case, 1 window, .nii input)",
-                       ["slices", "seconds", "slices/s", "max RSS MB"], rows)
-    c0, r0, c1, r1 = int(rows[0][0]), rows[0][3], int(rows[-1][0]), rows[-1][3]
-    verdicts.note(f"RSS growth {(r1 - r0) / max(c1 - c0, 1):.2f} MB/slice between {c0} and {c1} slices")
-    verdicts.check(f"2b peak RSS converting a {c1}-slice case", r1, 600.0, " MB", higher=False)
+    """Peak RSS of ``ctprep convert`` of one case at several slice counts, in LiTS's layout (slices along the
+    file's last axis) and KiTS19's (slices along its first): flat in the count is the aim."""
+    for layout, make in (("lits", tall_case), ("kits19", tall_kits_case)):
+        rows = []
+        for count in counts:
+            folder = make(source, out, count)
+            r = common.run_child(script, ["ctprep", str(folder), str(out / "tall.zarr"), "1", layout], timeout=1200)
+            rows.append([str(count), r["seconds"], count / r["seconds"], r["maxrss_mb"]])
+            shutil.rmtree(out / "tall.zarr", ignore_errors=True)
+        common.print_table(f"Peak RSS against the case's slice count ({layout} layout, one case, 1 window, .nii)",
+                           ["slices", "seconds", "slices/s", "max RSS MB"], rows)
+        c0, r0, c1, r1 = int(rows[0][0]), rows[0][3], int(rows[-1][0]), rows[-1][3]
+        verdicts.note(f"{layout} layout: RSS growth {(r1 - r0) / max(c1 - c0, 1):.2f} MB/slice between {c0} "
+                      f"and {c1} slices")
+        verdicts.check(f"2b peak RSS converting a {c1}-slice case ({layout} layout)", r1, 600.0, " MB",
+                       higher=False)
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
-"""Reading a NIfTI file's voxels a slab of slices (the file's last axis) at a time, for conversions whose
-memory must not grow with the case.
+"""Reading a NIfTI file's voxels a slab of slices (the file's last axis) at a time, or one range of slices
+along another axis per pass over the file, for conversions whose memory must not grow with the case.
 
 Convention: one pass over the file from its start, through one open stream: a ``.gz`` file is
 inflated once, sequentially, by ISA-L (never re-inflated from the start per slab, as a seek in
