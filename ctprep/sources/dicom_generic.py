@@ -30,10 +30,13 @@ import numpy as np
 from ctprep.case import CaseRef, CaseVolume, InputFile, LabelSpec
 from ctprep.datasets import DatasetManifest
 from ctprep.errors import CaseInputError
+from ctprep.formats.dicom import CtSeries
+from ctprep.lookup import LazySlices
 from ctprep.sources.base import Source
-from ctprep.sources.dicom_source import (ROLE_CT, ROLE_UNREADABLE, case_ref, Annotation, DicomSource, FoundCase,
+from ctprep.sources.dicom_source import (ROLE_CT, ROLE_UNREADABLE, case_ref, Annotation, FoundCase,
                                          HashInBackground, _numbered, _pair, file_input, looks_like_dicom,
-                                         series_input, stack_native)
+                                         series_input, union_slices)
+from ctprep.sources.dicom_stream import HeadersFirstSource
 from ctprep.sources.nifti_generic import _HASHED, safe_case_ids
 from ctprep.sources.nsclc import ct_annotations, parse_roi_option
 
@@ -53,7 +56,7 @@ def _manifest(labels: tuple[str, ...]) -> DatasetManifest:
                            url="")
 
 
-class DicomGenericSource(DicomSource):
+class DicomGenericSource(HeadersFirstSource):
     name = "dicom"
     description = "own DICOM data: any folder of CT series, each with an optional RTSTRUCT or DICOM SEG"
     options_help = {"rois": "'NAME=LABEL' maps RTSTRUCT ROIs / SEG segments to labels; 'NAME' maps to tumour"}
@@ -110,7 +113,7 @@ class DicomGenericSource(DicomSource):
         return refs
 
     # ---- load --------------------------------------------------------------------------------
-    def load(self, ref: CaseRef) -> CaseVolume:
+    def _case(self, ref: CaseRef, pixels: bool) -> tuple[CaseVolume, CtSeries, HashInBackground]:
         from ctprep.formats.dicom import read_ct_series
 
         self.check_unreadable(ref)
@@ -121,59 +124,54 @@ class DicomGenericSource(DicomSource):
         if len(annotations) > 1:
             raise CaseInputError(annotations[0], f"{len(annotations)} RTSTRUCT/SEG files refer to the same CT "
                                                  "series; expected at most one (convert with --cases or remove)")
-        hashing = HashInBackground(lambda: (series_input(ROLE_CT, ct_files, root),)
-                                   + tuple(file_input(self._role(ref, a), a, root) for a in annotations))
+        hashing = HashInBackground(lambda: _public_inputs(ref, (series_input(ROLE_CT, ct_files, root),) + tuple(
+            file_input(self._role(ref, a), a, root) for a in annotations)))
         try:
-            ct = read_ct_series(ct_files, irregular="resample")
-            masks, record = self._masks(ref, ct, annotations[0]) if annotations else ({}, {})
+            ct = read_ct_series(ct_files, irregular="resample", pixels=pixels)
+            labels, record = self._labels(ref, ct, annotations[0]) if annotations else ({}, {})
         except BaseException:
             hashing.cancel()
             raise
-        labels = {name: ct.to_canonical(mask) for name, mask in masks.items()}
         specs = tuple(s for s in self.manifest.labels if s.name in labels)
-        inputs = hashing.result()
-        if ref.case_id.startswith(_HASHED):  # a hashed id hides the folder names: so must the inputs
-            inputs = tuple(InputFile(role=f.role, path=f"{ref.case_id}/{f.role}", size=f.size, sha256=f.sha256)
-                           for f in inputs)
-        annotations_out = {"ct": ct_annotations(ct, len(ct_files)), **record}
-        return CaseVolume(ref=ref, hu=ct.hu, labels=labels, label_specs=specs, geometry=ct.geometry,
-                          source_grid=ct.source_grid, inputs=inputs, annotations=annotations_out)
+        volume = CaseVolume(ref=ref, hu=ct.hu, labels=labels, label_specs=specs, geometry=ct.geometry,
+                            source_grid=ct.source_grid, annotations={"ct": ct_annotations(ct, len(ct_files)), **record})
+        return volume, ct, hashing
 
     @staticmethod
     def _role(ref: CaseRef, path: Path) -> str:
         return ROLE_SEG if path in ref.paths(ROLE_SEG) else ROLE_RTSTRUCT
 
-    def _masks(self, ref: CaseRef, ct, path: Path) -> tuple[dict[str, np.ndarray], dict]:
-        """Native (slice, row, col) uint8 masks per label from the case's RTSTRUCT or SEG."""
-        if self._role(ref, path) == ROLE_SEG:
+    def _labels(self, ref: CaseRef, ct: CtSeries, path: Path) -> tuple[dict[str, np.ndarray | LazySlices], dict]:
+        """Canonical uint8 labels from the case's RTSTRUCT (rasterised on the series' plan, each label
+        made slice by slice: ``union_slices``) or SEG (highdicom's whole masks), and what was done."""
+        kind = self._role(ref, path)
+        if kind == ROLE_SEG:
             from ctprep.formats.dicom_outputs import read_seg_masks
 
             native = {name: m.astype(np.uint8) for name, m in read_seg_masks(path, ct.files).items()}
-            default = list(native)
+            names, default = list(native), list(native)
+
+            def union(members: list[str]) -> np.ndarray:
+                return ct.to_canonical(np.maximum.reduce([native[m] for m in members]))
         else:
             from ctprep.formats.rtstruct import find_gtvs, rasterise_rois, roi_names
 
             available = roi_names(path)
             default = list(find_gtvs(available))
-            wanted = [self._match(available, roi, path) for roi, _ in self.rois] or default
-            per_uid = rasterise_rois(ct.files, path, wanted, headers=ct.headers) if wanted else {}
-            native = {roi: stack_native(per_uid[roi], ct.native_sop_uids, ct.native_shape) for roi in wanted}
-        kind = self._role(ref, path)
+            names = [self._match(available, roi, path) for roi, _ in self.rois] or default
+            per_uid = rasterise_rois(ct.files, path, names, headers=ct.headers) if names else {}
+
+            def union(members: list[str]) -> np.ndarray | LazySlices:
+                return union_slices([per_uid[m] for m in members], ct)
         plan: dict[str, list[str]] = {}
         for roi, label in self.rois:
-            plan.setdefault(label or "tumour", []).append(self._match(list(native), roi, path))
+            plan.setdefault(label or "tumour", []).append(self._match(names, roi, path))
         if not self.rois:
             if not default:
                 raise CaseInputError(path, f"no GTV ROI to use as tumour; map ROIs with --roi NAME=LABEL "
-                                           f"(it holds: {list(native) or roi_names(path)})")
+                                           f"(it holds: {names or roi_names(path)})")
             plan["tumour"] = default
-        masks = {}
-        for label, names in plan.items():
-            union = np.zeros(ct.native_shape, dtype=np.uint8)
-            for name in names:
-                union = np.maximum(union, native[name])
-            masks[label] = union
-        return masks, {kind: {"labels": plan}}
+        return {label: union(members) for label, members in plan.items()}, {kind: {"labels": plan}}
 
     @staticmethod
     def _match(available: list[str], wanted: str, path: Path) -> str:
@@ -190,6 +188,13 @@ class DicomGenericSource(DicomSource):
         if not ref.paths(ROLE_CT):
             return f"{(ref.paths(ROLE_RTSTRUCT) + ref.paths(ROLE_SEG))[0]}: the CT series it refers to is absent"
         return None
+
+
+def _public_inputs(ref: CaseRef, inputs: tuple[InputFile, ...]) -> tuple[InputFile, ...]:
+    """``inputs`` as recorded: under a hashed case id, which hides the folder names, so must their paths."""
+    if not ref.case_id.startswith(_HASHED):
+        return inputs
+    return tuple(InputFile(role=f.role, path=f"{ref.case_id}/{f.role}", size=f.size, sha256=f.sha256) for f in inputs)
 
 
 def _first_folder(path: Path, root: Path) -> str:

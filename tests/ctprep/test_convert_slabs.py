@@ -111,9 +111,10 @@ def _truncate_gz_mid_voxels(path: Path) -> None:
     path.write_bytes(gzip.compress(raw)[:len(gzip.compress(raw[:352 + TALL[1] * TALL[2] * 2 * 50]))])
 
 
-def test_input_found_bad_part_way_leaves_no_trace(tall_lits, tmp_path, ct):
+@pytest.mark.parametrize("axcodes", [("R", "A", "S"), ("S", "R", "A")])  # read a slab at a time, or in passes
+def test_input_found_bad_part_way_leaves_no_trace(tall_lits, tmp_path, ct, axcodes):
     folder = tmp_path / "lits"
-    ct.write_lits(folder, {0: CASES[0], 3: ("Batch", ("R", "A", "S"), True)}, shape=TALL)
+    ct.write_lits(folder, {0: CASES[0], 3: ("Batch", axcodes, True)}, shape=TALL)
     _truncate_gz_mid_voxels(folder / "Batch" / "volume-3.nii.gz")
     output = tmp_path / "out.zarr"
     report = _convert(folder, output)
@@ -207,7 +208,7 @@ def _feet_first_case(root: Path) -> None:
     write_rtstruct(files, rois, study / "rtstruct" / "rs.dcm")
 
 
-@pytest.mark.parametrize("layout", ["nsclc head first", "nsclc feet first", "lidc"])
+@pytest.mark.parametrize("layout", ["nsclc head first", "nsclc feet first", "lidc", "own dicom"])
 def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path, layout):
     from ctprep.phantoms.lidc import write_lidc_case
     from ctprep.phantoms.nsclc import write_nsclc_case
@@ -215,18 +216,20 @@ def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path, layout):
     root = tmp_path / "download"
     if layout == "nsclc head first":
         write_nsclc_case(root, 1, shape=(2 * SLAB_SLICES + 5, 48, 48), tumours=2)
-    elif layout == "nsclc feet first":
+    elif layout in ("nsclc feet first", "own dicom"):  # own DICOM: --source dicom on an RTSTRUCT case
         _feet_first_case(root)
     else:
         write_lidc_case(root, 1, shape=(2 * SLAB_SLICES + 5, 48, 48))
-    case_id, name = ("LIDC-IDRI-0001", "lidc") if layout == "lidc" else ("LUNG1-001", "nsclc")
+    name = {"lidc": "lidc", "own dicom": "dicom"}.get(layout, "nsclc")
+    case_id = get_source(name).discover(root)[0].case_id
     streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
     config = dict(source=name, input_dir=str(root), keep_hu=True)
     convert_dataset(ConvertConfig(output=str(streamed), **config), progress=False)
     convert_dataset(ConvertConfig(output=str(whole), slices=f"lesion+{3 * SLAB_SLICES}", **config), progress=False)
     source = get_source(name)
     stream = source.stream(source.discover(root)[0])
-    starts = [SLAB_SLICES + 5, 5, 0] if layout == "nsclc feet first" else [0, SLAB_SLICES, 2 * SLAB_SLICES]
+    feet_first = layout in ("nsclc feet first", "own dicom")
+    starts = [SLAB_SLICES + 5, 5, 0] if feet_first else [0, SLAB_SLICES, 2 * SLAB_SLICES]
     assert [slab.start for slab in stream.slabs] == starts  # streamed, not loaded
     assert _chunks(streamed, case_id) == _chunks(whole, case_id)
     a, b = SliceStore.open(streamed).record(case_id), SliceStore.open(whole).record(case_id)
