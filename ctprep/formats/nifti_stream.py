@@ -155,8 +155,9 @@ class NiftiSlabReader:
         return out
 
     def finish(self) -> tuple[int, str | None]:
-        """After the last slice: the file's size and sha256 (None when opened without ``hashing``), refusing a gzip stream that inflates more than
-        :data:`_INFLATE_TOLERANCE` bytes past the voxel data its header promises (a decompression bomb)."""
+        """After the last slice: the file's size and sha256 (None when opened without ``hashing``), refusing
+        a gzip stream that inflates more than :data:`_INFLATE_TOLERANCE` bytes past the voxel data its
+        header promises (a decompression bomb)."""
         if self.gz:
             extra = len(self._pending) + len(self._read_up_to(_INFLATE_TOLERANCE + 1 - len(self._pending)))
             if extra > _INFLATE_TOLERANCE:

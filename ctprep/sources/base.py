@@ -225,10 +225,10 @@ class NiftiPairSource(Source):
                     rows = [slice(None)] * 3
                     rows[axis] = slice(done, done + SLAB_SLICES)
                     start = first + done
-                    n = min(SLAB_SLICES, last - start)
+                    canonical = start if flip == 1 else nz - start - min(SLAB_SLICES, last - start)
                     # copies: a slab still being written must not keep this pass's voxels alive into the next
                     yield self._slab(image, label, raw_image[tuple(rows)].copy(order="F"),
-                                     raw_label[tuple(rows)].copy(order="F"), grid, start if flip == 1 else nz - start - n)
+                                     raw_label[tuple(rows)].copy(order="F"), grid, canonical)
                 del raw_image, raw_label  # before the next pass reads its own
         except CaseInputError as exc:
             self._refuse_as_load(ref, exc)
