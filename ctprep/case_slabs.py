@@ -3,7 +3,8 @@ counted, the image windowed; what ``ctprep convert`` writes for one case (ctprep
 
 Convention: in the store's slabs every label slice and every windowed slice is computed once, in
 the store's writer threads (LazySlices), and the lesion label's pixels are counted as its slices
-are made; only resampling or selecting slices loads a case whole.
+are made; only resampling, or selecting slices where the source cannot count its lesion label
+without the image, loads a case whole.
 """
 
 from __future__ import annotations
@@ -71,8 +72,20 @@ def counted(label, counts: np.ndarray) -> LazySlices:
 
 
 def selected_stream(source, ref: CaseRef, spacing, size, mode: str) -> tuple[CaseStream, Geometry, np.ndarray]:
-    """The case loaded whole, resampled (``spacing``, ``size``: --spacing, --size) and its slices selected
-    (``mode``: --slices): the stream of the kept slices, the grid before resampling and the kept slice numbers."""
+    """The case resampled (``spacing``, ``size``: --spacing, --size) and its slices selected (``mode``:
+    --slices): the stream of the kept slices, the grid before resampling and the kept slice numbers.
+
+    Lesion slices without resampling are streamed when the source counts its lesion label without the
+    image (``Source.lesion_counts``: the annotation read first, then the case streamed keeping those
+    slices); otherwise the case is loaded whole."""
+    if not (spacing or size) and parse_slice_mode(mode)[0] == "lesion":
+        counts = source.lesion_counts(ref)
+        if counts is not None:
+            stream = source.stream(ref)
+            if len(counts) == stream.geometry.shape[0]:
+                selected = _kept(ref, select_slices(len(counts), counts, mode, ref.case_id), mode,
+                                 source.manifest.lesion_label)
+                return stream.keeping(selected), stream.geometry, selected
     volume = source.load(ref)
     canonical_geometry = volume.geometry  # before resampling: needed to export results back
     if spacing or size:
@@ -86,9 +99,14 @@ def selected_stream(source, ref: CaseRef, spacing, size, mode: str) -> tuple[Cas
         lesion = np.asarray(volume.labels[lesion_label])  # once: counted here, its kept slices stored
         lesion_all = np.count_nonzero(lesion.reshape(nz, -1), axis=1)
         volume = dataclasses.replace(volume, labels={**volume.labels, lesion_label: lesion})
-    selected = select_slices(nz, lesion_all, mode, ref.case_id)
+    selected = _kept(ref, select_slices(nz, lesion_all, mode, ref.case_id), mode, lesion_label)
+    return CaseStream.of_volume(volume, selected), canonical_geometry, selected
+
+
+def _kept(ref: CaseRef, selected: np.ndarray, mode: str, lesion_label: str | None) -> np.ndarray:
+    """``selected``, refused when empty: the case's last file names it (NIfTI: the segmentation; DICOM
+    sources: the annotation file)."""
     if len(selected) == 0:
-        # The case's last file names it (NIfTI: the segmentation; DICOM sources: the annotation file).
         raise CaseInputError(Path(ref.root) / ref.files[-1][1] if ref.files else ref.case_id,
                              f"no {lesion_label} voxels, so --slices {mode} keeps no slice")
-    return CaseStream.of_volume(volume, selected), canonical_geometry, selected
+    return selected

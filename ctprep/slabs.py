@@ -9,6 +9,7 @@ feet first streams from the top). :data:`SLAB_SLICES` slices a slab: at 512 x 51
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -80,6 +81,22 @@ class CaseStream:
         return cls(ref=volume.ref, geometry=volume.geometry, source_grid=volume.source_grid,
                    label_specs=volume.label_specs, slabs=slabs(), rows=len(picked), inputs=lambda: volume.inputs,
                    annotations=volume.annotations, windows=volume.windows)
+
+
+    def keeping(self, rows: np.ndarray) -> "CaseStream":
+        """This stream with only its slices ``rows`` (sorted indices of its grid), numbered ``0 .. len(rows)``
+        in that order, as :meth:`of_volume` numbers a selection: ``--slices lesion`` streamed."""
+        position = {int(z): i for i, z in enumerate(rows)}
+
+        def slabs() -> Iterator[SourceSlab]:
+            for slab in self.slabs:
+                kept = np.asarray([z - slab.start for z in range(slab.start, slab.start + len(slab.hu))
+                                   if z in position], dtype=np.int64)
+                if len(kept):
+                    yield SourceSlab(start=position[slab.start + int(kept[0])], hu=slab.hu[kept],
+                                     labels={name: _slab_of(label, kept) for name, label in slab.labels.items()})
+
+        return dataclasses.replace(self, slabs=slabs(), rows=len(rows))
 
 
 def _slab_of(label: np.ndarray | LazySlices, part: slice | np.ndarray) -> np.ndarray | LazySlices:

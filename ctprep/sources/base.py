@@ -14,7 +14,7 @@ from ctprep.case import CaseRef, CaseVolume, InputFile, LabelSpec
 from ctprep.datasets import DatasetManifest, load_dataset_manifest
 from ctprep.errors import CaseInputError
 from ctprep.geometry import Geometry, SourceGrid, canonicalize, reorient
-from ctprep.lookup import LazySlices
+from ctprep.lookup import LazySlices, nonzero_per_slice
 from ctprep.slabs import SLAB_SLICES, CaseStream, SourceSlab
 from ctprep.formats.nifti import NiftiHeader, NiftiVolume, hu_int16, label_uint8, read_nifti, read_nifti_header
 from ctprep.formats.nifti_stream import NiftiSlabReader
@@ -93,6 +93,12 @@ class Source(ABC):
 
         This default loads the case whole; sources that can read a slab at a time override it."""
         return CaseStream.of_volume(self.load(ref))
+
+    def lesion_counts(self, ref: CaseRef) -> np.ndarray | None:
+        """The lesion label's pixels in each slice of the case's grid, found without reading the image (so
+        that ``--slices lesion`` can stream the case), or None: this source counts them on the case
+        loaded whole (as it does for input it finds bad here, so that load words the error)."""
+        return None
 
     def _refuse_as_load(self, ref: CaseRef, exc: CaseInputError) -> NoReturn:
         """For a stream that found ``exc`` (on the way, or in its first read): raise the reason :meth:`load`
@@ -232,6 +238,41 @@ class NiftiPairSource(Source):
                 del raw_image, raw_label  # before the next pass reads its own
         except CaseInputError as exc:
             self._refuse_as_load(ref, exc)
+
+    def lesion_counts(self, ref: CaseRef) -> np.ndarray | None:
+        """Read the segmentation alone (a slab at a time, or in passes): the lesion label's pixels per slice."""
+        spec = next((s for s in self.manifest.labels if s.name == self.manifest.lesion_label), None)
+        try:
+            with NiftiSlabReader(ref.path("label"), hashing=False) as label:
+                _, geometry, grid = canonicalize(np.broadcast_to(np.uint8(0), label.shape), label.affine)
+                shape, dtype = label.shape, label.dtype
+            if spec is None:
+                return None
+            counts = np.zeros(geometry.shape[0], dtype=np.int64)
+            for start, values in self._label_slabs(ref, shape, dtype, grid):
+                mask = binary_label(reorient(values, grid), spec)
+                counts[start:start + mask.shape[0]] = nonzero_per_slice(mask, threads=1)
+            return counts
+        except CaseInputError:
+            return None
+
+    def _label_slabs(self, ref: CaseRef, shape: tuple[int, int, int], dtype: np.dtype,
+                     grid: SourceGrid) -> Iterator[tuple[int, np.ndarray]]:
+        """The segmentation's values (uint8, source layout) a slab of slices at a time, with each slab's
+        first canonical slice: one pass when its slice axis is its last, else passes of :attr:`pass_bytes`."""
+        axis = next(i for i, (canonical, _) in enumerate(grid.axes) if canonical == 2)
+        nz, flip = shape[axis], grid.axes[axis][1]
+        plane_bytes = int(np.prod(shape)) // nz * dtype.itemsize
+        per_pass = nz if axis == 2 else max(SLAB_SLICES, self.pass_bytes // plane_bytes)
+        for first in range(0, nz, per_pass):
+            last = min(nz, first + per_pass)
+            with NiftiSlabReader(ref.path("label"), hashing=False) as label:
+                whole = None if axis == 2 else label.read_range(axis, first, last)
+                for done in range(first, last, SLAB_SLICES):
+                    n = min(SLAB_SLICES, last - done)
+                    rows = (slice(None),) * axis + (slice(done - first, done - first + n),)
+                    raw = label.read(n) if whole is None else whole[rows]
+                    yield (done if flip == 1 else nz - done - n), label_uint8(_slab_volume(label, raw))
 
     def _slab(self, image: NiftiSlabReader, label: NiftiSlabReader, raw_image: np.ndarray, raw_label: np.ndarray,
               grid: SourceGrid, start: int) -> SourceSlab:

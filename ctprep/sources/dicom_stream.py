@@ -22,6 +22,7 @@ from ctprep.errors import CaseInputError
 from ctprep.formats.dicom import CtSeries, pixel_notes, with_pixels
 from ctprep.formats.dicom_scan import sop_instance
 from ctprep.geometry import reorient
+from ctprep.lookup import nonzero_per_slice
 from ctprep.slabs import SLAB_SLICES, CaseStream, SourceSlab
 from ctprep.sources.dicom_source import DicomSource, HashInBackground
 
@@ -45,6 +46,17 @@ class HeadersFirstSource(DicomSource):
             hashing.cancel()
             return super().stream(ref)
         return series_stream(volume, ct, hashing, refuse=lambda exc: self._refuse_as_load(ref, exc))
+
+    def lesion_counts(self, ref: CaseRef) -> np.ndarray | None:
+        """The lesion label's pixels per slice, from the annotation rasterised on the series' plan (no pixels
+        read); None for a series that is loaded whole anyway (duplicates, tilt, irregular steps)."""
+        try:
+            volume, ct, hashing = self._case(ref, pixels=False)
+        except CaseInputError:
+            return None
+        hashing.cancel()
+        label = volume.labels.get(self.manifest.lesion_label)
+        return nonzero_per_slice(label, threads=1) if label is not None and streamable(ct) else None
 
     @abstractmethod
     def _case(self, ref: CaseRef, pixels: bool) -> tuple[CaseVolume, CtSeries, HashInBackground]:

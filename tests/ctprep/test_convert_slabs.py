@@ -40,16 +40,28 @@ def _convert(root: Path, output: Path, **kwargs):
                            progress=False)
 
 
+def _whole(monkeypatch, convert):
+    """``convert()`` through the path that loads each case whole (``Source.stream``'s default, and no
+    lesion counts without the image): the reference the streamed stores must equal."""
+    from ctprep.sources.base import NiftiPairSource, Source
+    from ctprep.sources.dicom_stream import HeadersFirstSource
+
+    with monkeypatch.context() as m:
+        for cls in (NiftiPairSource, HeadersFirstSource):
+            m.setattr(cls, "stream", Source.stream)
+            m.setattr(cls, "lesion_counts", Source.lesion_counts)
+        return convert()
+
+
 def _chunks(store: Path, case_id: str) -> dict[str, bytes]:
     return {str(p.relative_to(store)): p.read_bytes() for p in sorted((store / "cases" / case_id).rglob("c.*"))}
 
 
-def test_streamed_cases_equal_the_phantom_and_the_whole_volume_path(tall_lits, tmp_path):
+def test_streamed_cases_equal_the_phantom_and_the_whole_volume_path(tall_lits, tmp_path, monkeypatch):
     streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
     report = _convert(tall_lits.root, streamed, keep_hu=True)
     assert [o.status for o in report.outcomes] == ["converted"] * 3
-    # lesion+K with K past the case keeps every slice, through the whole-volume path (load, select)
-    _convert(tall_lits.root, whole, keep_hu=True, slices=f"lesion+{TALL[0]}")
+    _whole(monkeypatch, lambda: _convert(tall_lits.root, whole, keep_hu=True))
     stream_store, whole_store = SliceStore.open(streamed), SliceStore.open(whole)
     source = get_source("lits")
     refs = {r.case_id: r for r in source.discover(tall_lits.root)}
@@ -92,7 +104,7 @@ def test_a_case_whose_slice_axis_is_not_the_files_last_streams_in_passes(tmp_pat
                         lambda self, *a: kept.append(a) or read_range(self, *a))
     streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
     report = _convert(folder, streamed, keep_hu=True)
-    _convert(folder, whole, keep_hu=True, slices=f"lesion+{TALL[0]}")
+    _whole(monkeypatch, lambda: _convert(folder, whole, keep_hu=True))
     assert report.outcomes[0].status == "converted", report.outcomes[0].reason
     axis = kept[0][0]
     assert sorted(set(kept)) == [(axis, 0, 32), (axis, 32, 64), (axis, 64, 71)] and len(kept) == 6
@@ -209,7 +221,7 @@ def _feet_first_case(root: Path) -> None:
 
 
 @pytest.mark.parametrize("layout", ["nsclc head first", "nsclc feet first", "lidc", "own dicom"])
-def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path, layout):
+def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path, monkeypatch, layout):
     from ctprep.phantoms.lidc import write_lidc_case
     from ctprep.phantoms.nsclc import write_nsclc_case
 
@@ -225,7 +237,7 @@ def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path, layout):
     streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
     config = dict(source=name, input_dir=str(root), keep_hu=True)
     convert_dataset(ConvertConfig(output=str(streamed), **config), progress=False)
-    convert_dataset(ConvertConfig(output=str(whole), slices=f"lesion+{3 * SLAB_SLICES}", **config), progress=False)
+    _whole(monkeypatch, lambda: convert_dataset(ConvertConfig(output=str(whole), **config), progress=False))
     source = get_source(name)
     stream = source.stream(source.discover(root)[0])
     feet_first = layout in ("nsclc feet first", "own dicom")
@@ -235,6 +247,39 @@ def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path, layout):
     a, b = SliceStore.open(streamed).record(case_id), SliceStore.open(whole).record(case_id)
     assert a.to_dict() | {"parameters": None} == b.to_dict() | {"parameters": None}
     assert a.annotations["ct"] == b.annotations["ct"]
+
+
+@pytest.mark.parametrize("layout", ["lits", "lits slices first", "nsclc", "own dicom"])
+def test_lesion_slices_are_streamed_and_equal_the_whole_volume_path(tmp_path, ct, monkeypatch, layout):
+    """--slices lesion+K: the lesion label counted without the image (Source.lesion_counts), then the case
+    streamed keeping those slices; the case is never loaded whole, the store equals the whole path's."""
+    from ctprep.phantoms.nsclc import write_nsclc_case
+    from ctprep.sources.base import NiftiPairSource
+    from ctprep.sources.dicom_stream import HeadersFirstSource
+
+    root = tmp_path / "download"
+    if layout.startswith("lits"):
+        ct.write_lits(root, {0: CASES[2] if layout.endswith("first") else CASES[0]}, shape=TALL)
+    else:
+        write_nsclc_case(root, 1, shape=(2 * SLAB_SLICES + 5, 48, 48), tumours=2)
+    name = {"own dicom": "dicom"}.get(layout, layout.split()[0])
+    source = get_source(name)
+    ref = source.discover(root)[0]
+    loaded = source.load(ref)
+    lesion = np.asarray(loaded.labels[source.manifest.lesion_label])
+    assert np.array_equal(source.lesion_counts(ref), np.count_nonzero(lesion, axis=(1, 2)))
+    config = dict(source=name, input_dir=str(root), keep_hu=True, slices="lesion+2")
+    streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
+    with monkeypatch.context() as m:
+        for cls in (NiftiPairSource, HeadersFirstSource):
+            m.setattr(cls, "load", lambda self, ref: pytest.fail("the case was loaded whole"))
+        report = convert_dataset(ConvertConfig(output=str(streamed), **config), progress=False)
+    assert report.outcomes[0].status == "converted", report.outcomes[0].reason
+    _whole(monkeypatch, lambda: convert_dataset(ConvertConfig(output=str(whole), **config), progress=False))
+    a, b = SliceStore.open(streamed).record(ref.case_id), SliceStore.open(whole).record(ref.case_id)
+    assert 0 < a.num_slices < loaded.geometry.shape[0]
+    assert a.to_dict() == b.to_dict()
+    assert _chunks(streamed, ref.case_id) == _chunks(whole, ref.case_id)
 
 
 def _series(folder: Path, **kwargs) -> list[Path]:
