@@ -76,16 +76,15 @@ def selected_stream(source, ref: CaseRef, spacing, size, mode: str) -> tuple[Cas
     --slices): the stream of the kept slices, the grid before resampling and the kept slice numbers.
 
     Lesion slices without resampling are streamed when the source counts its lesion label without the
-    image (``Source.lesion_counts``: the annotation read first, then the case streamed keeping those
+    image (``Source.lesion_stream``: the annotation read first, then the case streamed keeping those
     slices); otherwise the case is loaded whole."""
     if not (spacing or size) and parse_slice_mode(mode)[0] == "lesion":
-        counts = source.lesion_counts(ref)
-        if counts is not None:
-            stream = source.stream(ref)
-            if len(counts) == stream.geometry.shape[0]:
-                selected = _kept(ref, select_slices(len(counts), counts, mode, ref.case_id), mode,
-                                 source.manifest.lesion_label)
-                return stream.keeping(selected), stream.geometry, selected
+        found = source.lesion_stream(ref)
+        if found is not None:
+            counts, stream = found
+            selected = _kept(ref, select_slices(len(counts), counts, mode, ref.case_id), mode,
+                             source.manifest.lesion_label)
+            return stream.keeping(selected), stream.geometry, selected
     volume = source.load(ref)
     canonical_geometry = volume.geometry  # before resampling: needed to export results back
     if spacing or size:

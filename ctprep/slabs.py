@@ -9,10 +9,9 @@ feet first streams from the top). :data:`SLAB_SLICES` slices a slab: at 512 x 51
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
@@ -82,7 +81,6 @@ class CaseStream:
                    label_specs=volume.label_specs, slabs=slabs(), rows=len(picked), inputs=lambda: volume.inputs,
                    annotations=volume.annotations, windows=volume.windows)
 
-
     def keeping(self, rows: np.ndarray) -> "CaseStream":
         """This stream with only its slices ``rows`` (sorted indices of its grid), numbered ``0 .. len(rows)``
         in that order, as :meth:`of_volume` numbers a selection: ``--slices lesion`` streamed."""
@@ -96,7 +94,7 @@ class CaseStream:
                     yield SourceSlab(start=position[slab.start + int(kept[0])], hu=slab.hu[kept],
                                      labels={name: _slab_of(label, kept) for name, label in slab.labels.items()})
 
-        return dataclasses.replace(self, slabs=slabs(), rows=len(rows))
+        return replace(self, slabs=slabs(), rows=len(rows))
 
 
 def _slab_of(label: np.ndarray | LazySlices, part: slice | np.ndarray) -> np.ndarray | LazySlices:

@@ -94,10 +94,10 @@ class Source(ABC):
         This default loads the case whole; sources that can read a slab at a time override it."""
         return CaseStream.of_volume(self.load(ref))
 
-    def lesion_counts(self, ref: CaseRef) -> np.ndarray | None:
-        """The lesion label's pixels in each slice of the case's grid, found without reading the image (so
-        that ``--slices lesion`` can stream the case), or None: this source counts them on the case
-        loaded whole (as it does for input it finds bad here, so that load words the error)."""
+    def lesion_stream(self, ref: CaseRef) -> tuple[np.ndarray, CaseStream] | None:
+        """The lesion label's pixels in each slice of the case's grid, counted without reading the image, and
+        the case's stream (not yet read), so that ``--slices lesion`` streams the case; or None: this
+        source counts them only on the case loaded whole."""
         return None
 
     def _refuse_as_load(self, ref: CaseRef, exc: CaseInputError) -> NoReturn:
@@ -193,10 +193,9 @@ class NiftiPairSource(Source):
         nz, flip = image.shape[2], grid.axes[2][1]
         try:
             with image, label, ThreadPoolExecutor(max_workers=2) as pool:
-                for done in range(0, nz, SLAB_SLICES):
-                    n = min(SLAB_SLICES, nz - done)
+                for _, n, start in _slabs_of(0, nz, nz, flip):
                     raw_image, raw_label = (job.result() for job in [pool.submit(r.read, n) for r in (image, label)])
-                    yield self._slab(image, label, raw_image, raw_label, grid, done if flip == 1 else nz - done - n)
+                    yield self._slab(image, label, raw_image, raw_label, grid, start)
                 for role, reader in (("image", image), ("label", label)):
                     sums[role] = reader.finish()
         except CaseInputError as exc:
@@ -208,14 +207,10 @@ class NiftiPairSource(Source):
         files once, keeping the slices of one range of the slice axis, at most :attr:`pass_bytes` of
         voxels. Memory stays bounded whatever the slice count (a case loaded whole grows with it),
         for one more inflation of the files per ``pass_bytes`` of voxels."""
-        axis = next(i for i, (canonical, _) in enumerate(grid.axes) if canonical == 2)  # the file's slice axis
-        flip = grid.axes[axis][1]
-        nz, plane = shape[axis], int(np.prod(shape)) // shape[axis]
-        per_pass = max(SLAB_SLICES, self.pass_bytes // (plane * sum(d.itemsize for d in dtypes))
-                       // SLAB_SLICES * SLAB_SLICES)
+        axis, flip = _slice_axis(grid)
+        nz = shape[axis]
         try:
-            for first in range(0, nz, per_pass):
-                last = min(nz, first + per_pass)
+            for first, last in self._passes(shape, axis, sum(d.itemsize for d in dtypes)):
                 image, label = _open_pair(ref, hashing=first == 0)  # the first pass hashes the files
                 with image, label, ThreadPoolExecutor(max_workers=2) as pool:
                     raw_image, raw_label = (job.result() for job in
@@ -227,52 +222,52 @@ class NiftiPairSource(Source):
                         elif size != sums[role][0]:
                             raise CaseInputError(reader.path, "changed while it was read (its size differs "
                                                               "between two passes); convert the case again")
-                for done in range(0, last - first, SLAB_SLICES):
-                    rows = [slice(None)] * 3
-                    rows[axis] = slice(done, done + SLAB_SLICES)
-                    start = first + done
-                    canonical = start if flip == 1 else nz - start - min(SLAB_SLICES, last - start)
+                for done, n, start in _slabs_of(first, last, nz, flip):
+                    rows = (slice(None),) * axis + (slice(done - first, done - first + n),)
                     # copies: a slab still being written must not keep this pass's voxels alive into the next
-                    yield self._slab(image, label, raw_image[tuple(rows)].copy(order="F"),
-                                     raw_label[tuple(rows)].copy(order="F"), grid, canonical)
+                    yield self._slab(image, label, raw_image[rows].copy(order="F"), raw_label[rows].copy(order="F"),
+                                     grid, start)
                 del raw_image, raw_label  # before the next pass reads its own
         except CaseInputError as exc:
             self._refuse_as_load(ref, exc)
 
-    def lesion_counts(self, ref: CaseRef) -> np.ndarray | None:
-        """Read the segmentation alone (a slab at a time, or in passes): the lesion label's pixels per slice."""
+    def lesion_stream(self, ref: CaseRef) -> tuple[np.ndarray, CaseStream] | None:
+        """The segmentation read alone first (a slab at a time, or in passes) for the lesion label's pixels
+        per slice, and the case's stream."""
         spec = next((s for s in self.manifest.labels if s.name == self.manifest.lesion_label), None)
+        if spec is None:
+            return None
+        stream = self.stream(ref)
+        grid = stream.source_grid
+        counts = np.zeros(stream.geometry.shape[0], dtype=np.int64)
         try:
-            with NiftiSlabReader(ref.path("label"), hashing=False) as label:
-                _, geometry, grid = canonicalize(np.broadcast_to(np.uint8(0), label.shape), label.affine)
-                shape, dtype = label.shape, label.dtype
-            if spec is None:
-                return None
-            counts = np.zeros(geometry.shape[0], dtype=np.int64)
-            for start, values in self._label_slabs(ref, shape, dtype, grid):
+            for start, values in self._label_slabs(ref, grid):
                 mask = binary_label(reorient(values, grid), spec)
                 counts[start:start + mask.shape[0]] = nonzero_per_slice(mask, threads=1)
-            return counts
-        except CaseInputError:
-            return None
+        except CaseInputError as exc:
+            self._refuse_as_load(ref, exc)
+        return counts, stream
 
-    def _label_slabs(self, ref: CaseRef, shape: tuple[int, int, int], dtype: np.dtype,
-                     grid: SourceGrid) -> Iterator[tuple[int, np.ndarray]]:
+    def _label_slabs(self, ref: CaseRef, grid: SourceGrid) -> Iterator[tuple[int, np.ndarray]]:
         """The segmentation's values (uint8, source layout) a slab of slices at a time, with each slab's
-        first canonical slice: one pass when its slice axis is its last, else passes of :attr:`pass_bytes`."""
-        axis = next(i for i, (canonical, _) in enumerate(grid.axes) if canonical == 2)
-        nz, flip = shape[axis], grid.axes[axis][1]
-        plane_bytes = int(np.prod(shape)) // nz * dtype.itemsize
-        per_pass = nz if axis == 2 else max(SLAB_SLICES, self.pass_bytes // plane_bytes)
-        for first in range(0, nz, per_pass):
-            last = min(nz, first + per_pass)
+        first canonical slice: in one pass when its slice axis is its last, else in :meth:`_passes`."""
+        axis, flip = _slice_axis(grid)
+        with NiftiSlabReader(ref.path("label"), hashing=False) as header:
+            shape, itemsize = header.shape, header.dtype.itemsize
+        for first, last in self._passes(shape, axis, itemsize):
             with NiftiSlabReader(ref.path("label"), hashing=False) as label:
                 whole = None if axis == 2 else label.read_range(axis, first, last)
-                for done in range(first, last, SLAB_SLICES):
-                    n = min(SLAB_SLICES, last - done)
+                for done, n, start in _slabs_of(first, last, shape[axis], flip):
                     rows = (slice(None),) * axis + (slice(done - first, done - first + n),)
-                    raw = label.read(n) if whole is None else whole[rows]
-                    yield (done if flip == 1 else nz - done - n), label_uint8(_slab_volume(label, raw))
+                    yield start, label_uint8(_slab_volume(label, label.read(n) if whole is None else whole[rows]))
+
+    def _passes(self, shape: tuple[int, int, int], axis: int, itemsize: int) -> list[tuple[int, int]]:
+        """The ranges of file slices each pass over a file keeps: all in one when ``axis`` (the slice axis) is
+        the file's last, else at most :attr:`pass_bytes` of voxels (``itemsize`` bytes each) a pass."""
+        nz = shape[axis]
+        plane_bytes = int(np.prod(shape)) // nz * itemsize
+        per_pass = nz if axis == 2 else max(SLAB_SLICES, self.pass_bytes // plane_bytes // SLAB_SLICES * SLAB_SLICES)
+        return [(first, min(nz, first + per_pass)) for first in range(0, nz, per_pass)]
 
     def _slab(self, image: NiftiSlabReader, label: NiftiSlabReader, raw_image: np.ndarray, raw_label: np.ndarray,
               grid: SourceGrid, start: int) -> SourceSlab:
@@ -319,6 +314,20 @@ class NiftiPairSource(Source):
             found = ", ".join(f"{v} ({n} voxels)" for v, n in sorted(unknown.items()))
             raise CaseInputError(path, f"label values outside the label map "
                                        f"{sorted(self.manifest.label_values)}: {found}")
+
+
+def _slice_axis(grid: SourceGrid) -> tuple[int, int]:
+    """The file axis that runs along the canonical z, and its direction (-1: the file is stored feet first)."""
+    axis = next(i for i, (canonical, _) in enumerate(grid.axes) if canonical == 2)
+    return axis, grid.axes[axis][1]
+
+
+def _slabs_of(first: int, last: int, nz: int, flip: int) -> Iterator[tuple[int, int, int]]:
+    """The slabs of file slices ``first .. last`` of ``nz``: each one's first file slice, its slice count,
+    and its first canonical slice (``flip`` -1: counted from the other end)."""
+    for done in range(first, last, SLAB_SLICES):
+        n = min(SLAB_SLICES, last - done)
+        yield done, n, done if flip == 1 else nz - done - n
 
 
 def _open_pair(ref: CaseRef, hashing: bool = True) -> tuple[NiftiSlabReader, NiftiSlabReader]:

@@ -45,18 +45,23 @@ class HeadersFirstSource(DicomSource):
         if not streamable(ct):
             hashing.cancel()
             return super().stream(ref)
+        return self._series_stream(ref, volume, ct, hashing)
+
+    def _series_stream(self, ref: CaseRef, volume: CaseVolume, ct: CtSeries, hashing: HashInBackground) -> CaseStream:
         return series_stream(volume, ct, hashing, refuse=lambda exc: self._refuse_as_load(ref, exc))
 
-    def lesion_counts(self, ref: CaseRef) -> np.ndarray | None:
+    def lesion_stream(self, ref: CaseRef) -> tuple[np.ndarray, CaseStream] | None:
         """The lesion label's pixels per slice, from the annotation rasterised on the series' plan (no pixels
-        read); None for a series that is loaded whole anyway (duplicates, tilt, irregular steps)."""
+        read), and the stream made from that same plan; None for a series loaded whole anyway."""
         try:
             volume, ct, hashing = self._case(ref, pixels=False)
-        except CaseInputError:
-            return None
-        hashing.cancel()
+        except CaseInputError as exc:
+            self._refuse_as_load(ref, exc)
         label = volume.labels.get(self.manifest.lesion_label)
-        return nonzero_per_slice(label, threads=1) if label is not None and streamable(ct) else None
+        if label is None or not streamable(ct):
+            hashing.cancel()
+            return None
+        return nonzero_per_slice(label, threads=1), self._series_stream(ref, volume, ct, hashing)
 
     @abstractmethod
     def _case(self, ref: CaseRef, pixels: bool) -> tuple[CaseVolume, CtSeries, HashInBackground]:

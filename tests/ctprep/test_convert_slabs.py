@@ -49,7 +49,7 @@ def _whole(monkeypatch, convert):
     with monkeypatch.context() as m:
         for cls in (NiftiPairSource, HeadersFirstSource):
             m.setattr(cls, "stream", Source.stream)
-            m.setattr(cls, "lesion_counts", Source.lesion_counts)
+            m.setattr(cls, "lesion_stream", Source.lesion_stream)
         return convert()
 
 
@@ -251,7 +251,7 @@ def test_a_dicom_case_streamed_equals_the_whole_volume_path(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("layout", ["lits", "lits slices first", "nsclc", "own dicom"])
 def test_lesion_slices_are_streamed_and_equal_the_whole_volume_path(tmp_path, ct, monkeypatch, layout):
-    """--slices lesion+K: the lesion label counted without the image (Source.lesion_counts), then the case
+    """--slices lesion+K: the lesion label counted without the image (Source.lesion_stream), then the case
     streamed keeping those slices; the case is never loaded whole, the store equals the whole path's."""
     from ctprep.phantoms.nsclc import write_nsclc_case
     from ctprep.sources.base import NiftiPairSource
@@ -267,7 +267,7 @@ def test_lesion_slices_are_streamed_and_equal_the_whole_volume_path(tmp_path, ct
     ref = source.discover(root)[0]
     loaded = source.load(ref)
     lesion = np.asarray(loaded.labels[source.manifest.lesion_label])
-    assert np.array_equal(source.lesion_counts(ref), np.count_nonzero(lesion, axis=(1, 2)))
+    assert np.array_equal(source.lesion_stream(ref)[0], np.count_nonzero(lesion, axis=(1, 2)))
     config = dict(source=name, input_dir=str(root), keep_hu=True, slices="lesion+2")
     streamed, whole = tmp_path / "streamed.zarr", tmp_path / "whole.zarr"
     with monkeypatch.context() as m:
